@@ -1,0 +1,53 @@
+"""Base config: a causal LM trained for many epochs on the embedded synthetic corpus (CPU scale).
+
+Every experiment config builds on this one: ``config = base.get_config()`` then changes what it studies.
+Model shape fields left as None come from the size preset (memdyn/sizes.py); set one to override the preset.
+"""
+
+from ml_collections import config_dict
+
+from memdyn.data.corpus import CorpusConfig
+from memdyn.sharding import DEFAULT_RULES
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    c = config_dict.ConfigDict()
+    c.seed = 0  # model init and MLM masks
+    c.num_steps = 600
+    c.batch_size = 32  # global batch, examples per update
+    c.log_every = 1  # train.csv row every n steps (per-example records are kept for every step)
+    c.record_examples = True  # per-example exact-match records for T(N, tau) and trajectories
+
+    c.model = config_dict.ConfigDict()
+    c.model.size = "tiny"  # a preset name from memdyn/sizes.py
+    c.model.causal = True  # False: masked LM (bidirectional attention, 15% masking)
+    c.model.mask_prob = 0.15
+    c.model.dtype = "float32"  # compute dtype of activations; parameters stay float32
+    for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
+                        ("max_len", int), ("positions", str), ("rotary_fraction", float),
+                        ("tie_embeddings", bool)):
+        c.model[field] = config_dict.placeholder(kind)
+
+    c.optimizer = config_dict.ConfigDict()
+    c.optimizer.lr = 1e-3
+    c.optimizer.b1 = 0.9  # Tirumala et al.: Adam betas (0.9, 0.98), eps 1e-8, no weight decay
+    c.optimizer.b2 = 0.98
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables
+    c.optimizer.schedule = "constant"  # constant | linear | cosine | polynomial (all after a linear warm-up)
+    c.optimizer.warmup_steps = 50
+    c.optimizer.end_lr_fraction = 0.0  # final lr / peak lr for the decaying schedules
+    c.optimizer.power = 1.0  # exponent of the polynomial schedule
+
+    c.data = config_dict.ConfigDict()
+    c.data.source = "synthetic"  # synthetic | store
+    c.data.store = config_dict.placeholder(str)  # with source=store: a directory written by memdyn
+    c.data.seq_len = 64  # tokens per example
+    c.data.order_seed = config_dict.placeholder(int)  # seed of the per-epoch permutation; None: config.seed
+    c.data.synthetic = config_dict.ConfigDict(CorpusConfig().__dict__)
+
+    c.sharding = config_dict.ConfigDict()
+    c.sharding.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    c.sharding.rules = [list(rule) for rule in DEFAULT_RULES]  # logical axis name -> mesh axes
+    return c

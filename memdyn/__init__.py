@@ -1,0 +1,3 @@
+"""memdyn: memorization dynamics of language models, in JAX/Flax."""
+
+__version__ = "0.1.0"

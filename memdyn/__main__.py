@@ -1,0 +1,3 @@
+from memdyn.main import run
+
+run()

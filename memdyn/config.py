@@ -1,0 +1,108 @@
+"""Resolving and validating a run's config before any compute.
+
+``resolve`` fills the model shape from the size preset (explicit fields override it), the vocabulary size from
+the data, and the parameter count; it checks every value a run depends on and names the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from ml_collections import config_dict
+
+from memdyn import sizes
+
+SCHEDULES = ("constant", "linear", "cosine", "polynomial")
+SOURCES = ("synthetic", "store")
+_SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.name != "vocab_size")
+
+
+def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelShape:
+    """Preset shape with the config's explicit overrides applied."""
+    m = config.model
+    default_len = m.max_len if m.max_len is not None else config.data.seq_len
+    shape = sizes.preset_shape(m.size, vocab_size=vocab_size, max_len=default_len)
+    overrides = {f: m[f] for f in _SHAPE_FIELDS if m.get(f) is not None}
+    if m.size not in sizes.PAPER_PRESETS:
+        overrides["vocab_size"] = vocab_size
+    shape = dataclasses.replace(shape, **overrides)
+    shape.validate()
+    return shape
+
+
+def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.ConfigDict:
+    """A validated copy of ``config`` with the model shape, vocabulary size and parameter count filled in."""
+    validate(config)
+    shape = model_shape(config, vocab_size)
+    if shape.vocab_size < vocab_size:
+        raise ValueError(f"the data's vocabulary has {vocab_size} ids but config.model.size={config.model.size!r} "
+                         f"has vocab_size={shape.vocab_size}")
+    seq_len = config.data.seq_len - (1 if config.model.causal else 0)  # causal models read L-1 tokens
+    if seq_len > shape.max_len:
+        raise ValueError(f"config.data.seq_len={config.data.seq_len} is longer than the position table "
+                         f"(config.model.max_len={shape.max_len})")
+    resolved = config_dict.ConfigDict(config.to_dict())
+    with resolved.unlocked():
+        for field in _SHAPE_FIELDS:
+            resolved.model[field] = getattr(shape, field)
+        resolved.model.vocab_size = shape.vocab_size
+        resolved.model.params = sizes.count_params(shape)
+        if resolved.data.order_seed is None:
+            resolved.data.order_seed = config.seed
+    return resolved
+
+
+def validate(config: config_dict.ConfigDict) -> None:
+    """Checks of values that need no data; each error names the field and value."""
+    def positive(name: str, value: Any) -> None:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name}={value!r} must be a positive integer")
+
+    positive("num_steps", config.num_steps)
+    positive("batch_size", config.batch_size)
+    positive("log_every", config.log_every)
+    if config.model.size not in sizes.PRESET_NAMES:
+        raise ValueError(f"config.model.size={config.model.size!r} is not a known size preset; known: "
+                         f"{', '.join(sizes.PRESET_NAMES)}")
+    if not 0.0 < config.model.mask_prob < 1.0:
+        raise ValueError(f"config.model.mask_prob={config.model.mask_prob} must be in (0, 1)")
+    opt = config.optimizer
+    if opt.schedule not in SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected one of {SCHEDULES}")
+    if not opt.lr > 0:
+        raise ValueError(f"config.optimizer.lr={opt.lr} must be positive")
+    if opt.warmup_steps < 0 or opt.warmup_steps > config.num_steps:
+        raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be in [0, num_steps]")
+    if config.data.source not in SOURCES:
+        raise ValueError(f"config.data.source={config.data.source!r}: expected one of {SOURCES}")
+    if config.data.source == "store" and not config.data.store:
+        raise ValueError("config.data.source='store' needs config.data.store=<directory of an example store>")
+    if config.data.seq_len < 2:
+        raise ValueError(f"config.data.seq_len={config.data.seq_len} must be at least 2")
+
+
+def to_json(config: config_dict.ConfigDict) -> str:
+    return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted field names whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += differences(a[key], b[key], name + ".")
+        elif a.get(key) != b.get(key):
+            out.append(f"{name}: {a.get(key)!r} != {b.get(key)!r}")
+    return out
+
+
+def load_run_config(workdir: str) -> config_dict.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--workdir={workdir!r} holds no memdyn run (no config.json)")
+    with open(path) as f:
+        return config_dict.ConfigDict(json.load(f))

@@ -1,0 +1,127 @@
+"""The example store: fixed-length token examples on disk, memory-mapped for random access.
+
+A store directory holds
+  tokens.npy       int32 [N, L]   token ids, right-padded with the pad id
+  example_ids.npy  int64 [N]      stable id of each example (what every per-example record refers to)
+  doc_ids.npy      int64 [N]      id of the document the example was cut from (copies share it)
+  tags.npy         int8  [N, L]   optional per-token tags (gold parts of speech for the synthetic corpus)
+  manifest.json    what was stored: source, vocabulary, counts, content hash
+It is written to a temporary directory and renamed into place, so a store is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+_ARRAYS = ("tokens", "example_ids", "doc_ids", "tags")
+
+
+class ExampleStore:
+    """Read access to a store directory; arrays are memory-mapped, never loaded whole."""
+
+    def __init__(self, path: str):
+        self.path = path
+        manifest_path = os.path.join(path, "manifest.json")
+        if not os.path.isfile(manifest_path):
+            raise FileNotFoundError(f"example store {path!r} is missing or incomplete (no manifest.json)")
+        with open(manifest_path) as f:
+            self.manifest: dict[str, Any] = json.load(f)
+        self.tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r")
+        self.example_ids = np.load(os.path.join(path, "example_ids.npy"), mmap_mode="r")
+        self.doc_ids = np.load(os.path.join(path, "doc_ids.npy"), mmap_mode="r")
+        tags_path = os.path.join(path, "tags.npy")
+        self.tags = np.load(tags_path, mmap_mode="r") if os.path.exists(tags_path) else None
+        if self.tokens.ndim != 2 or self.tokens.shape[0] == 0:
+            raise ValueError(f"example store {path!r} is empty (tokens shape {self.tokens.shape})")
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Examples at row ``indices`` [B]: tokens [B, L], example_ids [B], doc_ids [B] (and tags [B, L])."""
+        indices = np.asarray(indices)
+        out = {"tokens": np.asarray(self.tokens[indices]), "example_ids": np.asarray(self.example_ids[indices]),
+               "doc_ids": np.asarray(self.doc_ids[indices])}
+        if self.tags is not None:
+            out["tags"] = np.asarray(self.tags[indices])
+        return out
+
+    def row_of_example(self) -> dict[int, int]:
+        return {int(e): i for i, e in enumerate(self.example_ids)}
+
+
+def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_ids: np.ndarray,
+                tags: np.ndarray | None = None, manifest: dict[str, Any] | None = None) -> ExampleStore:
+    """Writes a store atomically (temporary directory, then rename) and opens it."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    if tokens.ndim != 2 or tokens.shape[0] == 0:
+        raise ValueError(f"refusing to write an empty example store to {path!r} (tokens shape {tokens.shape})")
+    arrays = {"tokens": tokens, "example_ids": np.asarray(example_ids, np.int64),
+              "doc_ids": np.asarray(doc_ids, np.int64)}
+    if tags is not None:
+        arrays["tags"] = np.asarray(tags, np.int8)
+    for name, array in arrays.items():
+        if array.shape[0] != tokens.shape[0]:
+            raise ValueError(f"{name} has {array.shape[0]} rows but tokens has {tokens.shape[0]}")
+    if len(np.unique(arrays["example_ids"])) != tokens.shape[0]:
+        raise ValueError(f"example ids of store {path!r} are not unique")
+    digest = hashlib.sha256()
+    for name in _ARRAYS:
+        if name in arrays:
+            digest.update(arrays[name].tobytes())
+    manifest = dict(manifest or {}, num_examples=int(tokens.shape[0]), seq_len=int(tokens.shape[1]),
+                    sha256=digest.hexdigest())
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".store-", dir=parent)
+    try:
+        for name, array in arrays.items():
+            np.save(os.path.join(staging, f"{name}.npy"), array)
+        with open(os.path.join(staging, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+        if os.path.exists(path):
+            raise FileExistsError(f"example store {path!r} already exists; not overwriting it")
+        os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExampleStore(path)
+
+
+def chunk_documents(documents: list[tuple[np.ndarray, np.ndarray | None]], seq_len: int,
+                    pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cuts each document into consecutive examples of ``seq_len`` tokens, padding the last one.
+
+    ``documents`` is a list of (tokens [T], tags [T] or None). Returns tokens [N, L] int32, tags [N, L] int8 and
+    the index of the source document of each example [N].
+    """
+    if seq_len < 2:
+        raise ValueError(f"config.data.seq_len={seq_len} must be at least 2")
+    token_rows, tag_rows, doc_index = [], [], []
+    for i, (tokens, tags) in enumerate(documents):
+        for start in range(0, len(tokens), seq_len):
+            piece = np.full(seq_len, pad_id, np.int32)
+            piece_tags = np.zeros(seq_len, np.int8)
+            chunk = tokens[start:start + seq_len]
+            piece[:len(chunk)] = chunk
+            if tags is not None:
+                piece_tags[:len(chunk)] = tags[start:start + seq_len]
+            token_rows.append(piece)
+            tag_rows.append(piece_tags)
+            doc_index.append(i)
+    if not token_rows:
+        raise ValueError("no documents to chunk: the dataset is empty")
+    return np.stack(token_rows), np.stack(tag_rows), np.asarray(doc_index, np.int64)

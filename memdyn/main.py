@@ -1,0 +1,70 @@
+"""memdyn command line: ``memdyn <command> [flags]``.
+
+Commands:
+  train  --config=configs/<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<dir>
+         Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
+  rows   --workdir=<dir> --step=<S> [--text]
+         Print the example ids (and with --text the decoded examples) trained at step S.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # clu pulls in TensorFlow; keep its start-up banner quiet
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+COMMANDS = ("train", "rows")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config file (configs/<name>.py[:arg]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
+_STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
+_TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
+
+
+def _require(flag, command: str):
+    if flag.value is None:
+        raise app.UsageError(f"`memdyn {command}` needs --{flag.name}")
+    return flag.value
+
+
+def cmd_train() -> None:
+    from memdyn import train
+    train.train(_CONFIG.value, _require(_WORKDIR, "train"))
+
+
+def cmd_rows() -> None:
+    from memdyn import config as config_lib
+    from memdyn.data import sources
+    from memdyn.data.order import StepOrder
+    workdir, step = _require(_WORKDIR, "rows"), _require(_STEP, "rows")
+    config = config_lib.load_run_config(workdir)
+    data = sources.open_run_data(workdir, config)
+    order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
+    rows = data.train.rows(order.rows(step))
+    for example_id, tokens in zip(rows["example_ids"], rows["tokens"]):
+        print(f"{example_id}\t{data.decode(tokens)}" if _TEXT.value else int(example_id))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: memdyn <{'|'.join(COMMANDS)}> [flags]; got {argv[1:]!r}. "
+                             "`memdyn --helpfull` lists every flag.")
+    if len(argv) > 2:
+        raise app.UsageError(f"unexpected arguments {argv[2:]!r}")
+    logging.set_verbosity(logging.INFO)
+    {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    run()

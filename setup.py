@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="memdyn",
+    version="0.1.0",
+    description="Memorization dynamics of language models across scales, in JAX/Flax.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["memdyn", "memdyn.*"]),
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint",
+        "tensorflow-datasets",
+        "seqio",
+        "ml-collections",
+        "clu",
+        "tensorboard",  # clu's SummaryWriter writes through TensorFlow's summary API
+        "absl-py",
+        "numpy",
+        "pandas",
+        "pyarrow",  # per-example records are Parquet
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+        "bench": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["memdyn=memdyn.main:run"]},
+)
