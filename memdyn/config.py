@@ -106,3 +106,17 @@ def load_run_config(workdir: str) -> config_dict.ConfigDict:
         raise FileNotFoundError(f"--workdir={workdir!r} holds no memdyn run (no config.json)")
     with open(path) as f:
         return config_dict.ConfigDict(json.load(f))
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config_file(path: str, arg: str | None = None) -> config_dict.ConfigDict:
+    """``get_config(arg)`` of a config file, as ``--config=path[:arg]`` would load it."""
+    import importlib.util
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"memdyn_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # clu pulls in TensorFlow; k
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+from memdyn.config import CONFIG_DIR as _CONFIG_DIR
 COMMANDS = ("train", "rows")
 
 _CONFIG = config_flags.DEFINE_config_file(

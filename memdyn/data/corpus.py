@@ -11,8 +11,9 @@ rare words.
 
 Text: every sentence follows one of a few templates of a small probabilistic grammar, so the syntax is learnable,
 while the content words in it are random, so predicting them exactly needs memorization. A document is a run of
-sentences ending with ``<eos>``; its length in tokens lies in [min_doc_tokens, max_doc_tokens]. A document stops at
-a sentence boundary when that keeps it long enough, otherwise its last sentence is cut.
+sentences ending with ``<eos>``; its length in tokens lies in [min_doc_tokens, max_doc_tokens]: it ends at the first
+sentence boundary past a length drawn uniformly from that range (or the last boundary within it), and its last
+sentence is cut only when no sentence boundary falls within the range.
 
 Memorization knobs: ``num_duplicated_docs`` training documents appear ``duplicate_count`` times each (kind
 "duplicate"), and ``num_canaries`` canaries, each ``canary_length`` uniformly random non-special tokens followed by
@@ -148,7 +149,7 @@ def _class_sizes(vocab_size: int) -> dict[str, int]:
 
 def _numbers(n: int) -> list[str]:
     """Number words, then 0..100, then years, then larger integers: the first ``n`` of them."""
-    years = range(1800, 2031)
+    years = range(1900, 2031)
     larger = (str(i) for i in itertools.count(101) if i not in years)
     stream = itertools.chain(_NUMBER_WORDS, map(str, range(101)), map(str, years), larger)
     return list(itertools.islice(stream, n))
@@ -267,24 +268,31 @@ def _natural_docs(rng: np.random.Generator, count: int, config: CorpusConfig) ->
     doc_len = rng.integers(config.min_doc_tokens, config.max_doc_tokens + 1, size=count)
 
     # One stream of sentences, long enough for the worst case: a document uses at most
-    # budget / shortest-sentence whole sentences plus one cut sentence.
-    num_sentences = int(doc_len.sum()) // int(variant_len.min()) + count + 2
-    variant = rng.choice(len(variant_len), size=num_sentences, p=variant_probs)
+    # (max_doc_tokens - 1) / shortest-sentence + 1 sentences.
+    per_doc = (config.max_doc_tokens - 1) // int(variant_len.min()) + 1
+    variant = rng.choice(len(variant_len), size=count * per_doc + 2, p=variant_probs)
     sentence_start = np.concatenate([[0], np.cumsum(variant_len[variant])])  # stream offset of sentence i [n+1]
 
-    # Cut the stream into documents: whole sentences when they reach min_doc_tokens, else cut the last one.
-    # Sequential (each document starts where the previous stopped), but only O(log n) per document.
-    starts_list = sentence_start.tolist()
-    span_start, span_len = np.empty(count, np.int64), np.empty(count, np.int64)
+    # Cut the stream into documents of whole sentences: up to the first sentence boundary at or after the drawn
+    # length if that stays within range, else the last boundary within range; only when no boundary falls within
+    # the range is the last sentence cut at the drawn length. Sequential (each document starts where the previous
+    # stopped), but only O(log n) per document. Lengths here count the tokens before the EOS.
+    bounds, lo, hi = sentence_start.tolist(), config.min_doc_tokens - 1, config.max_doc_tokens - 1
+    starts, lengths = [], []
     s = 0
-    for d, budget in enumerate((doc_len - 1).tolist()):  # tokens before the EOS
-        k = bisect.bisect_right(starts_list, starts_list[s] + budget) - 1  # sentences s..k-1 fit whole
-        whole = starts_list[k] - starts_list[s]
-        span_start[d] = starts_list[s]
-        if k > s and whole >= config.min_doc_tokens - 1:
-            span_len[d], s = whole, k
+    for target in (doc_len - 1).tolist():
+        base = bounds[s]
+        k = bisect.bisect_left(bounds, base + target, lo=s + 1)  # first boundary at or after target
+        if bounds[k] - base > hi:
+            k = bisect.bisect_right(bounds, base + hi, lo=s) - 1  # last boundary within range
+        starts.append(base)
+        if k > s and lo <= bounds[k] - base <= hi:
+            lengths.append(bounds[k] - base)
+            s = k
         else:
-            span_len[d], s = budget, k + 1
+            lengths.append(target)
+            s = bisect.bisect_right(bounds, base + target)  # the sentence after the one cut
+    span_start, span_len = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
 
     # Tags of the stream positions the documents use [N], then a word of that class for each.
     total = int(span_len.sum())
@@ -305,7 +313,8 @@ def _natural_docs(rng: np.random.Generator, count: int, config: CorpusConfig) ->
     tokens[word_at], tags[word_at] = words, word_tags
     tokens.setflags(write=False)
     tags.setflags(write=False)
-    return list(zip(np.split(tokens, ends[:-1]), np.split(tags, ends[:-1])))
+    spans = zip((ends - out_len).tolist(), ends.tolist())
+    return [(tokens[a:b], tags[a:b]) for a, b in spans]
 
 
 def _canaries(rng: np.random.Generator, count: int, config: CorpusConfig) -> list[_Draft]:
@@ -363,7 +372,7 @@ def generate(config: CorpusConfig = CorpusConfig()) -> Corpus:
 
     Doc ids: training documents 0..num_train_docs-1, canaries next, validation documents last. Every document
     (normal, duplicated, canary, validation) has distinct tokens. ``num_duplicated_docs`` of the training
-    documents, chosen at random, are the duplicated ones.
+    documents, chosen at random, are the duplicated ones; all copies of a document are one (immutable) object.
     """
     _validate(config)
     vocab = _vocab(config.vocab_size)

@@ -1,0 +1,151 @@
+"""Model behaviour: causal masking, masked-LM masking and loss, parameter counts of the presets."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from memdyn import metrics, objective, sizes
+from memdyn.model import Transformer
+
+SHAPE = sizes.ModelShape(num_layers=2, d_model=32, num_heads=4, d_ff=64, vocab_size=50, max_len=16)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_causal_model_ignores_future_tokens(positions):
+    # untied, so that the embedding table feeds only the inputs (the gradient check below relies on it)
+    shape = dataclasses.replace(SHAPE, positions=positions, rotary_fraction=0.5, tie_embeddings=False)
+    model = Transformer(shape, causal=True, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 4, 50)
+    changed = tokens.at[:, 7:].set((tokens[:, 7:] + 5) % 50)
+    logits, logits_changed = model(tokens), model(changed)
+    np.testing.assert_array_equal(logits[:, :7], logits_changed[:, :7])
+    assert not np.allclose(logits[:, 7:], logits_changed[:, 7:])
+
+    # and no gradient flows from future token embeddings into an earlier position's output
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+
+    def first_logits(embed):
+        return nnx.merge(graphdef, nnx.State(dict(params, embed=embed)))(tokens)[:, 5].sum()
+    grad = jax.grad(first_logits)(params["embed"])
+    future_only = set(np.asarray(tokens[:, 6:]).ravel()) - set(np.asarray(tokens[:, :6]).ravel())
+    assert future_only, "test needs tokens that occur only in the future"
+    for t in future_only:
+        assert np.all(grad[t] == 0)
+
+
+def test_masked_model_sees_both_directions_and_ignores_padding():
+    model = Transformer(SHAPE, causal=False, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 4, 50)
+    changed = tokens.at[:, 9].set((tokens[:, 9] + 5) % 50)
+    assert not np.allclose(model(tokens)[:, 2], model(changed)[:, 2])
+    # padded keys are masked: changing a padded token changes nothing at real positions
+    valid = jnp.arange(12)[None] < 8
+    padded_a = model(tokens, valid_BxL=jnp.broadcast_to(valid, tokens.shape))
+    padded_b = model(changed, valid_BxL=jnp.broadcast_to(valid, tokens.shape))
+    np.testing.assert_allclose(padded_a[:, :8], padded_b[:, :8], atol=1e-6)
+
+
+def test_mlp_gate_switches_hidden_units_off():
+    model = Transformer(SHAPE, causal=True, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 4, 50)
+    ones = jnp.ones((2, 12, SHAPE.d_ff))
+    np.testing.assert_allclose(model(tokens, mlp_gate_BxLxF=ones), model(tokens), atol=1e-6)
+    half = ones.at[..., SHAPE.d_ff // 2:].set(0.0)
+    assert not np.allclose(model(tokens, mlp_gate_BxLxF=half), model(tokens))
+
+
+def test_sequence_longer_than_position_table_is_refused():
+    model = Transformer(SHAPE, causal=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="max_len=16"):
+        model(jnp.zeros((1, 17), jnp.int32))
+
+
+def test_mlm_masking_statistics():
+    cfg = objective.MaskingConfig()
+    tokens = jax.random.randint(jax.random.key(0), (256, 256), 4, 1000)
+    tokens = tokens.at[:, 200:].set(cfg.pad_id)  # right padding must never be selected
+    inputs, targets, weights = objective.masked_lm(tokens, jax.random.key(1), 1000, cfg)
+    inputs, targets, weights, tokens = map(np.asarray, (inputs, targets, weights, tokens))
+    selected = weights > 0
+    real = tokens != cfg.pad_id
+    assert not selected[~real].any()
+    assert abs(selected[real].mean() - 0.15) < 0.005
+    masked = selected & (inputs == cfg.mask_id)
+    unchanged = selected & (inputs == tokens)
+    randomized = selected & ~masked & ~unchanged
+    n = selected.sum()
+    assert abs(masked.sum() / n - 0.8) < 0.01
+    # a random replacement can hit the original token (prob 1/996), which then counts as unchanged
+    assert abs(unchanged.sum() / n - 0.1) < 0.01
+    assert abs(randomized.sum() / n - 0.1) < 0.01
+    assert (inputs[~selected] == tokens[~selected]).all()
+    np.testing.assert_array_equal(targets, tokens)
+    assert (inputs[randomized] >= cfg.num_special).all()
+
+
+def test_loss_and_metrics_count_only_weighted_positions():
+    logits = jax.random.normal(jax.random.key(0), (3, 10, 20))
+    targets = jax.random.randint(jax.random.key(1), (3, 10), 0, 20)
+    weights = (jax.random.uniform(jax.random.key(2), (3, 10)) < 0.3).astype(jnp.float32)
+    noise = jax.random.normal(jax.random.key(3), logits.shape) * 5
+    changed = jnp.where(weights[..., None] > 0, logits, logits + noise)  # change only unweighted positions
+    a, b = metrics.token_metrics(logits, targets, weights), metrics.token_metrics(changed, targets, weights)
+    for key in ("loss", "mem_update", "exact_match_B", "loss_B"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+
+
+def test_mem_update_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 16, 30)).astype(np.float32)
+    targets = rng.integers(0, 30, size=(4, 16))
+    logits[0, :8, :] = 0
+    logits[0, np.arange(8), targets[0, :8]] = 1.0  # example 0 gets its first half right
+    weights = (rng.random((4, 16)) < 0.8).astype(np.float32)
+    weights[3] = 0  # an example with nothing to count
+    m = metrics.token_metrics(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    correct = (logits.argmax(-1) == targets) * weights
+    np.testing.assert_allclose(m["mem_update"], correct.sum() / weights.sum(), rtol=1e-6)
+    per_example = correct.sum(1) / np.maximum(weights.sum(1), 1)
+    np.testing.assert_allclose(m["exact_match_B"], per_example, rtol=1e-6)
+    assert m["exact_match_B"][3] == 0
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(m["loss"], (nll * weights).sum() / weights.sum(), rtol=1e-5)
+
+
+PUBLISHED = {  # Hugging Face model cards / configs
+    "opt-125m": 125_239_296, "opt-1.3b": 1_315_758_080, "opt-2.7b": 2_651_596_800, "opt-6.7b": 6_658_473_984,
+    "opt-13b": 12_853_473_280,
+    "pythia-70m": 70_426_624, "pythia-160m": 162_322_944, "pythia-410m": 405_334_016, "pythia-1b": 1_011_781_632,
+    "pythia-1.4b": 1_414_647_808, "pythia-2.8b": 2_775_208_960, "pythia-6.9b": 6_857_302_016,
+    "pythia-12b": 11_846_072_320,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_paper_preset_parameter_counts(name):
+    assert sizes.count_params(sizes.PAPER_PRESETS[name]) == PUBLISHED[name]
+
+
+def test_opt_355m_is_the_nominal_size():
+    # HF's opt-350m adds 512-d embedding projections (331M); Tirumala's 24x1024 shape is the nominal 355M.
+    assert abs(sizes.count_params(sizes.PAPER_PRESETS["opt-355m"]) - 355e6) / 355e6 < 0.01
+
+
+@pytest.mark.parametrize("name", ["opt-125m", "pythia-160m"] + list(sizes.CPU_PRESETS))
+def test_formula_equals_model_parameters(name):
+    shape = sizes.preset_shape(name, vocab_size=2048, max_len=128)
+    abstract = nnx.eval_shape(lambda: Transformer(shape, causal=True, rngs=nnx.Rngs(0)))
+    actual = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert actual == sizes.count_params(shape)
+
+
+def test_cpu_presets_span_the_cpu_scale():
+    counts = [sizes.count_params(sizes.preset_shape(n, vocab_size=2048, max_len=128)) for n in sizes.CPU_PRESETS]
+    assert counts == sorted(counts)
+    assert 0.05e6 < counts[0] < 0.2e6 and 20e6 < counts[-1] < 40e6

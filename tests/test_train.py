@@ -1,0 +1,144 @@
+"""The train step, the loop's output files, the step-indexed order and `memdyn rows`."""
+
+import os
+
+import jax
+import numpy as np
+import optax
+import pandas as pd
+import pytest
+from flax import nnx
+
+from conftest import run_memdyn, tiny_config
+from memdyn import train, writers
+from memdyn.data import sources
+from memdyn.data.order import StepOrder
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 12-step nano run trained through the public entry point."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    train.train(tiny_config(num_steps=12), workdir)
+    return workdir
+
+
+def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
+    config = tiny_config()
+    data = sources.prepare(config, str(tmp_path))
+    run = train.build_run(config, data)
+    params, opt_state = train.init_state(run)
+    step_fn = train.make_train_step(run)
+    with run.context():
+        for step in range(3):  # train a little so the argmax is not uniform noise
+            tokens, rows = train.device_batch(run, step)
+            params, opt_state, _ = step_fn(params, opt_state, tokens, np.int32(step))
+        tokens, rows = train.device_batch(run, 3)
+        model = nnx.merge(run.graphdef, nnx.State(jax.device_get(params)))
+        inputs = rows["tokens"][:, :-1]
+        logits = np.asarray(model(inputs, valid_BxL=inputs != 0))
+        _, _, m = step_fn(params, opt_state, tokens, np.int32(3))
+    targets = rows["tokens"][:, 1:]
+    weights = targets != 0
+    correct = (logits.argmax(-1) == targets) & weights
+    assert correct.sum() > 0
+    np.testing.assert_allclose(m["mem_update"], correct.sum() / weights.sum(), rtol=1e-6)
+    np.testing.assert_allclose(m["exact_match_B"], correct.sum(1) / weights.sum(1), rtol=1e-6)
+    np.testing.assert_allclose(m["num_tokens_B"], weights.sum(1))
+    assert float(m["lr"]) == pytest.approx(float(run.schedule(3)))
+
+
+def test_order_is_a_permutation_per_epoch():
+    order = StepOrder(num_examples=103, batch_size=10, seed=7)
+    assert order.steps_per_epoch == 10
+    for epoch in range(3):
+        rows = np.concatenate([order.rows(epoch * 10 + s) for s in range(10)])
+        assert len(set(rows)) == 100 and rows.max() < 103  # no repeats within an epoch; 3 left out
+    assert not np.array_equal(order.rows(0), order.rows(10))  # a new permutation each epoch
+    np.testing.assert_array_equal(order.rows(25), StepOrder(103, 10, 7).rows(25))  # pure function of (seed, step)
+    assert not np.array_equal(order.rows(25), StepOrder(103, 10, 8).rows(25))
+
+
+def test_train_writes_csv_records_and_config(trained_run):
+    frame = pd.read_csv(os.path.join(trained_run, "train.csv"))
+    assert list(frame.columns) == list(train.TRAIN_CSV_COLUMNS)
+    assert frame["step"].tolist() == list(range(12))
+    assert (frame["examples_seen"] == (frame["step"] + 1) * 8).all()
+    assert frame["tokens_seen"].is_monotonic_increasing
+    assert (frame["size"] == "nano").all() and (frame["params"] > 0).all()
+    assert np.isfinite(frame["loss"]).all() and frame["loss"].iloc[-1] < frame["loss"].iloc[0]
+    records = writers.read_examples(os.path.join(trained_run, "examples"))
+    assert len(records) == 12 * 8
+    # the mean of per-example exact match weighted by tokens is the batch's mem_update
+    for step, group in records.groupby("step"):
+        weighted = (group["exact_match"] * group["num_tokens"]).sum() / group["num_tokens"].sum()
+        assert weighted == pytest.approx(frame.loc[frame.step == step, "mem_update"].item(), abs=1e-5)
+    assert os.listdir(os.path.join(trained_run, "tensorboard"))
+    assert os.path.exists(os.path.join(trained_run, "config.json"))
+
+
+def test_rows_command_matches_what_the_step_trained_on(trained_run):
+    records = writers.read_examples(os.path.join(trained_run, "examples"))
+    for step in (0, 7):
+        proc = run_memdyn("rows", f"--workdir={trained_run}", f"--step={step}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        printed = [int(line) for line in proc.stdout.split()]
+        assert sorted(printed) == sorted(records.loc[records.step == step, "example_id"].tolist())
+    proc = run_memdyn("rows", f"--workdir={trained_run}", "--step=3", "--text")
+    first = proc.stdout.splitlines()[0].split("\t")
+    assert len(first) == 2 and len(first[1].split()) > 5
+
+
+def test_same_config_and_seed_give_the_same_numbers(trained_run, tmp_path):
+    train.train(tiny_config(num_steps=12), str(tmp_path))
+    a = pd.read_csv(os.path.join(trained_run, "train.csv"))
+    b = pd.read_csv(os.path.join(tmp_path, "train.csv"))
+    cols = ["loss", "mem_update", "grad_norm", "lr"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_masked_lm_trains(tmp_path):
+    result = train.train(tiny_config(**{"model.causal": False, "num_steps": 4}), str(tmp_path))
+    frame = pd.read_csv(os.path.join(tmp_path, "train.csv"))
+    # only ~15% of real tokens are targets
+    real = frame["tokens_seen"].diff().fillna(frame["tokens_seen"].iloc[0])
+    assert ((frame["num_tokens"] / real) < 0.3).all() and (frame["num_tokens"] > 0).all()
+    assert np.isfinite(result["loss"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "polynomial"])
+def test_schedules_warm_up_then_follow_their_shape(schedule):
+    opt = tiny_config().optimizer
+    opt.schedule, opt.warmup_steps, opt.lr, opt.end_lr_fraction, opt.power = schedule, 10, 1.0, 0.1, 2.0
+    f = train.make_schedule(opt, num_steps=110)
+    assert float(f(0)) == 0.0 and float(f(5)) == pytest.approx(0.5) and float(f(10)) == pytest.approx(1.0)
+    end = float(f(110))
+    assert end == pytest.approx(1.0 if schedule == "constant" else 0.1, abs=1e-6)
+    if schedule == "polynomial":  # (1 - t)^2 decay lies below the linear one halfway
+        assert float(f(60)) < 0.55
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    config = tiny_config()
+    run = train.build_run(config, sources.prepare(config, str(tmp_path)))
+    trainer = train.Trainer(run, str(tmp_path))
+    trainer._progress = train._Progress(0, 10)
+    trainer._tokens_seen = 0
+    rows = run.data.train.rows(run.order.rows(0))
+    metrics = {"loss": np.float32("nan"), "mem_update": np.float32(0)}
+    with pytest.raises(FloatingPointError, match="step 4"):
+        trainer._record(4, metrics, rows, None, None, None)
+
+
+def test_clipping_and_weight_decay_mask():
+    opt = tiny_config().optimizer
+    opt.grad_clip, opt.weight_decay, opt.warmup_steps = 1.0, 0.5, 0
+    tx, _ = train.make_optimizer(opt, 10)
+    params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones((2,), np.float32)}
+    grads = {"kernel": np.zeros((2, 2), np.float32), "bias": np.zeros((2,), np.float32)}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert np.all(np.asarray(updates["kernel"]) < 0)  # decayed
+    assert np.all(np.asarray(updates["bias"]) == 0)  # not decayed
+    big = {"kernel": np.full((2, 2), 100.0, np.float32), "bias": np.zeros((2,), np.float32)}
+    clipped = optax.clip_by_global_norm(1.0).update(big, None)[0]
+    assert float(optax.global_norm(clipped)) == pytest.approx(1.0)
