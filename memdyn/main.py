@@ -58,7 +58,14 @@ def main(argv: list[str]) -> None:
     if len(argv) > 2:
         raise app.UsageError(f"unexpected arguments {argv[2:]!r}")
     logging.set_verbosity(logging.INFO)
-    {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
+    try:
+        {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        # Bad input (a flag, a config value, a file): say what, without a traceback.
+        if os.environ.get("MEMDYN_TRACEBACK"):
+            raise
+        print(f"memdyn {argv[1]}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run() -> None:

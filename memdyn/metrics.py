@@ -32,3 +32,9 @@ def token_metrics(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
         "exact_match_B": (correct_BxL * weights_BxL).sum(axis=1) / safe_B,
         "num_tokens_B": num_tokens_B,
     }
+
+
+def mean_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
+    """Mean cross-entropy per counted token, with no memorization statistics."""
+    ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+    return (ce_BxL * weights_BxL).sum() / jnp.maximum(weights_BxL.sum(), 1.0)

@@ -24,7 +24,7 @@ from ml_collections import config_dict
 
 from memdyn import config as config_lib
 from memdyn import metrics as metrics_lib
-from memdyn import objective, sharding, writers
+from memdyn import objective, plots, sharding, writers
 from memdyn.data import sources
 from memdyn.data.order import StepOrder
 from memdyn.model import Transformer
@@ -143,8 +143,11 @@ def init_state(run: Run) -> tuple[Any, Any]:
     return params, opt_state
 
 
-def make_forward(run: Run) -> Callable[..., dict[str, jax.Array]]:
-    """forward(params, tokens_BxL, step) -> token metrics of the run's objective (see metrics.token_metrics)."""
+def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., dict[str, jax.Array]]:
+    """forward(params, tokens_BxL, step) -> token metrics of the run's objective (see metrics.token_metrics).
+
+    ``memorization_metrics=False`` returns the loss alone (the baseline of the metric-overhead benchmark).
+    """
     config = run.config
     masking = objective.MaskingConfig(pad_id=run.data.pad_id, mask_id=run.data.mask_id,
                                       num_special=run.data.num_special, mask_prob=config.model.mask_prob)
@@ -158,14 +161,16 @@ def make_forward(run: Run) -> Callable[..., dict[str, jax.Array]]:
                                                            run.shape.vocab_size, masking)
         model = nnx.merge(run.graphdef, nnx.State(params))
         logits = model(inputs, valid_BxL=inputs != masking.pad_id, mlp_gate_BxLxF=mlp_gate_BxLxF)
+        if not memorization_metrics:
+            return {"loss": metrics_lib.mean_loss(logits, targets, weights)}
         return metrics_lib.token_metrics(logits, targets, weights)
 
     return forward
 
 
-def make_train_step(run: Run) -> Callable:
+def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
     """The jitted step: (params, opt_state, tokens_BxL, step) -> (params, opt_state, metrics). State is donated."""
-    forward = make_forward(run)
+    forward = make_forward(run, memorization_metrics)
 
     def train_step(params, opt_state, tokens_BxL, step):
         def loss_fn(p):
@@ -174,7 +179,7 @@ def make_train_step(run: Run) -> Callable:
         grads, m = jax.grad(loss_fn, has_aux=True)(params)
         updates, opt_state = run.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        m = dict(m, grad_norm=optax.global_norm(grads), lr=run.schedule(step))
+        m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(step))
         return params, opt_state, m
 
     return jax.jit(train_step,
@@ -319,4 +324,6 @@ def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     logging.info("model %s: %s params, %d layers x d_model %d; mesh %s; %d examples, %d steps/epoch",
                  run.config.model.size, f"{run.config.model.params:,}", run.shape.num_layers, run.shape.d_model,
                  dict(run.mesh.shape), data.train.num_examples, run.order.steps_per_epoch)
-    return Trainer(run, workdir).train()
+    summary = Trainer(run, workdir).train()
+    plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
+    return summary

@@ -141,4 +141,4 @@ def test_clipping_and_weight_decay_mask():
     assert np.all(np.asarray(updates["bias"]) == 0)  # not decayed
     big = {"kernel": np.full((2, 2), 100.0, np.float32), "bias": np.zeros((2,), np.float32)}
     clipped = optax.clip_by_global_norm(1.0).update(big, None)[0]
-    assert float(optax.global_norm(clipped)) == pytest.approx(1.0)
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0)
