@@ -45,7 +45,29 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.data.store = config_dict.placeholder(str)  # with source=store: a directory written by memdyn
     c.data.seq_len = 64  # tokens per example
     c.data.order_seed = config_dict.placeholder(int)  # seed of the per-epoch permutation; None: config.seed
+    c.data.special_docs = 16  # held-out validation documents that form the `special` set (forgetting)
     c.data.synthetic = config_dict.ConfigDict(CorpusConfig().__dict__)
+
+    c.eval = config_dict.ConfigDict()
+    c.eval.every = 100  # evaluate the tracked sets every n steps (and before step 0); 0 disables
+    c.eval.sets = ("validation",)  # names of tracked sets (data/<name>/ stores)
+
+    c.checkpoint = config_dict.ConfigDict()
+    c.checkpoint.every = 200  # steps between checkpoints; the last step and SIGTERM always save
+    c.checkpoint.keep = 2  # newest checkpoints kept ...
+    c.checkpoint.keep_steps = ()  # ... plus these steps, kept for good (fork points)
+    c.checkpoint.async_save = True
+
+    # Insertion of a tracked set as extra updates (forgetting experiments); at_step None: no insertion.
+    c.insert = config_dict.ConfigDict()
+    c.insert.set = "special"
+    c.insert.at_step = config_dict.placeholder(int)  # inserted before this normal step
+    c.insert.repeats = 1  # updates on the set in a row per insertion
+    c.insert.every = 0  # spaced repetition: insert again every m steps ...
+    c.insert.times = 1  # ... this many insertions in all
+    c.insert.eval_every = 10  # evaluate the inserted set every n steps after the first insertion
+
+    c.init_from = config_dict.placeholder(str)  # "<workdir>[@step]": start from another run's checkpoint
 
     c.sharding = config_dict.ConfigDict()
     c.sharding.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices

@@ -3,14 +3,20 @@
 Commands:
   train  --config=configs/<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<dir>
          Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
+  train  ... --init_from=<workdir>[@step]
+         Fork: start a new run from another run's checkpoint (e.g. with config.insert.* set).
   rows   --workdir=<dir> --step=<S> [--text]
-         Print the example ids (and with --text the decoded examples) trained at step S.
+         Print what step S trained, one example per line: `<kind>\t<example_id>[\t<text>]`, kind `train` for
+         the step's batch and `insert:<set>:<repeat>` for inserted updates before it.
 """
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # clu pulls in TensorFlow; keep its start-up banner quiet
 
@@ -25,6 +31,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
+                                 "<workdir>[@step] (the latest when no step); same as --config.init_from.")
 
 
 def _require(flag, command: str):
@@ -35,20 +43,40 @@ def _require(flag, command: str):
 
 def cmd_train() -> None:
     from memdyn import train
-    train.train(_CONFIG.value, _require(_WORKDIR, "train"))
+    config = _CONFIG.value
+    if _INIT_FROM.value:
+        with config.unlocked():
+            config.init_from = _INIT_FROM.value
+    train.train(config, _require(_WORKDIR, "train"))
 
 
 def cmd_rows() -> None:
-    from memdyn import config as config_lib
+    from memdyn import config as config_lib, insertion
     from memdyn.data import sources
     from memdyn.data.order import StepOrder
     workdir, step = _require(_WORKDIR, "rows"), _require(_STEP, "rows")
     config = config_lib.load_run_config(workdir)
+    if not 0 <= step < config.num_steps:
+        raise ValueError(f"--step={step} is outside the run's steps [0, {config.num_steps})")
     data = sources.open_run_data(workdir, config)
     order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
-    rows = data.train.rows(order.rows(step))
-    for example_id, tokens in zip(rows["example_ids"], rows["tokens"]):
-        print(f"{example_id}\t{data.decode(tokens)}" if _TEXT.value else int(example_id))
+    batches = []
+    if step in insertion.insertion_steps(config.insert, config.num_steps):
+        inserted = data.sets[config.insert.set]
+        batches += [(f"insert:{config.insert.set}:{r}", inserted.rows(np.arange(inserted.num_examples)))
+                    for r in range(config.insert.repeats)]
+    batches.append(("train", data.train.rows(order.rows(step))))
+    for kind, rows in batches:
+        for example_id, tokens in zip(rows["example_ids"], rows["tokens"]):
+            text = f"\t{data.decode(tokens)}" if _TEXT.value else ""
+            print(f"{kind}\t{example_id}{text}")
+
+
+class _QuietLibraries(pylogging.Filter):
+    """Orbax logs every save step at INFO; keep its warnings and memdyn's own progress."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
 
 
 def main(argv: list[str]) -> None:
@@ -58,6 +86,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 2:
         raise app.UsageError(f"unexpected arguments {argv[2:]!r}")
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
         {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
     except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -22,7 +23,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_dict
 
+from memdyn import checkpoint, insertion
 from memdyn import config as config_lib
+from memdyn import evaluate as evaluate_lib
 from memdyn import metrics as metrics_lib
 from memdyn import objective, plots, sharding, writers
 from memdyn.data import sources
@@ -30,9 +33,13 @@ from memdyn.data.order import StepOrder
 from memdyn.model import Transformer
 from memdyn.sizes import ModelShape
 
-TRAIN_CSV_COLUMNS = ("step", "epoch", "epochs_done", "examples_seen", "tokens_seen", "loss", "mem_update", "lr",
-                     "grad_norm", "num_tokens", "steps_per_sec", "size", "params", "causal", "seed", "peak_lr",
-                     "batch_size", "seq_len")
+IDENTITY_COLUMNS = ("run", "size", "params", "causal", "seed", "peak_lr", "batch_size", "seq_len")
+TRAIN_CSV_COLUMNS = ("step", "update", "inserted_updates", "epoch", "epochs_done", "examples_seen", "tokens_seen",
+                     "loss", "mem_update", "lr", "grad_norm", "num_tokens", "steps_per_sec") + IDENTITY_COLUMNS
+EVAL_CSV_COLUMNS = ("step", "update", "inserted_updates", "set", "exact_match", "loss", "perplexity",
+                    "num_examples", "num_tokens") + IDENTITY_COLUMNS
+INSERT_CSV_COLUMNS = ("step", "update", "set", "repeat", "batch", "loss", "exact_match", "lr",
+                      "grad_norm") + IDENTITY_COLUMNS
 
 
 def make_schedule(opt: config_dict.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -78,6 +85,8 @@ class Run:
     opt_shardings: Any
     batch_sharding: NamedSharding
     replicated: NamedSharding
+    abstract_params: Any  # ShapeDtypeStructs with shardings: the target of a restore
+    abstract_opt_state: Any
 
     def context(self):
         """Mesh and logical rules must be active whenever a memdyn function is traced."""
@@ -130,7 +139,8 @@ def build_run(config: config_dict.ConfigDict, data: sources.RunData,
         batch_sharding = sharding.batch_sharding(mesh, 2)
     order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
     return Run(config, data, shape, mesh, rules, order, graphdef, tx, schedule, param_shardings, opt_shardings,
-               batch_sharding, replicated)
+               batch_sharding, replicated, checkpoint.abstract_like(abstract_params, param_shardings),
+               checkpoint.abstract_like(opt_shapes, opt_shardings))
 
 
 def init_state(run: Run) -> tuple[Any, Any]:
@@ -169,23 +179,33 @@ def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., d
 
 
 def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
-    """The jitted step: (params, opt_state, tokens_BxL, step) -> (params, opt_state, metrics). State is donated."""
+    """The jitted step: (params, opt_state, tokens_BxL, update) -> (params, opt_state, metrics). State is donated.
+
+    ``update`` counts every update, inserted ones included; it indexes the lr schedule (as optax's own count
+    does) and the masked-LM masks.
+    """
     forward = make_forward(run, memorization_metrics)
 
-    def train_step(params, opt_state, tokens_BxL, step):
+    def train_step(params, opt_state, tokens_BxL, update):
         def loss_fn(p):
-            m = forward(p, tokens_BxL, step)
+            m = forward(p, tokens_BxL, update)
             return m["loss"], m
         grads, m = jax.grad(loss_fn, has_aux=True)(params)
         updates, opt_state = run.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(step))
+        m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(update))
         return params, opt_state, m
 
     return jax.jit(train_step,
                    in_shardings=(run.param_shardings, run.opt_shardings, run.batch_sharding, run.replicated),
                    out_shardings=(run.param_shardings, run.opt_shardings, run.replicated),
                    donate_argnums=(0, 1))
+
+
+def make_eval_step(run: Run) -> Callable:
+    """Jitted forward for evaluation: (params, tokens_BxL, mask_index) -> token metrics, nothing donated."""
+    return jax.jit(make_forward(run), in_shardings=(run.param_shardings, run.batch_sharding, run.replicated),
+                   out_shardings=run.replicated)
 
 
 def device_batch(run: Run, step: int) -> tuple[jax.Array, dict[str, np.ndarray]]:
@@ -197,64 +217,207 @@ def device_batch(run: Run, step: int) -> tuple[jax.Array, dict[str, np.ndarray]]
     return tokens, rows
 
 
+@dataclasses.dataclass
+class Counters:
+    """What the loop carries from step to step (saved in every checkpoint)."""
+    step: int = 0  # normal steps done: the next step of the example order
+    update: int = 0  # updates done, inserted ones included
+    inserted_updates: int = 0
+    tokens_seen: int = 0  # non-padding tokens of the normally trained examples
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint of the current step was saved."""
+
+
 class Trainer:
-    """The training loop of one run in one workdir."""
+    """The training loop of one run in one workdir: normal steps, insertions, evaluations, checkpoints."""
 
     def __init__(self, run: Run, workdir: str):
         self.run = run
         self.workdir = workdir
-        self.step_fn = make_train_step(run)
         c = run.config
-        self.identity = {"size": c.model.size, "params": c.model.params, "causal": c.model.causal, "seed": c.seed,
+        self.step_fn = make_train_step(run)
+        self.eval_step = make_eval_step(run)
+        self.insert_steps = insertion.insertion_steps(c.insert, c.num_steps)
+        eval_sets = list(c.eval.sets) + ([c.insert.set] if self.insert_steps else [])
+        for name in eval_sets:
+            if name not in run.data.sets:
+                raise ValueError(f"tracked set {name!r} (config.eval.sets / config.insert.set) does not exist; "
+                                 f"this run's sets: {sorted(run.data.sets)}")
+        self.batches = {name: evaluate_lib.padded_batches(run.data.sets[name], c.batch_size, run.data.pad_id)
+                        for name in dict.fromkeys(eval_sets)}
+        self.checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.checkpoint.keep,
+                                                    keep_steps=tuple(c.checkpoint.keep_steps),
+                                                    async_save=c.checkpoint.async_save)
+        self.identity = {"run": os.path.basename(os.path.abspath(workdir)), "size": c.model.size,
+                         "params": c.model.params, "causal": c.model.causal, "seed": c.seed,
                          "peak_lr": c.optimizer.lr, "batch_size": c.batch_size, "seq_len": c.data.seq_len}
+        self._preempted = False
 
-    def train(self, params=None, opt_state=None, start_step: int = 0) -> dict[str, float]:
+    # -- files -------------------------------------------------------------------------------------------------
+    def _open_files(self, meta: dict[str, Any] | None) -> None:
+        """Opens the result files, first cutting them back to what ``meta`` (a checkpoint's) says existed."""
+        join = lambda name: os.path.join(self.workdir, name)
+        csvs = {"train.csv": TRAIN_CSV_COLUMNS, "eval.csv": EVAL_CSV_COLUMNS, "insertions.csv": INSERT_CSV_COLUMNS}
+        rows = (meta or {}).get("csv_rows", {})
+        for name in csvs:
+            writers.truncate_csv(join(name), rows.get(name, 0))
+        self.csv = {name: writers.CsvWriter(join(name), columns) for name, columns in csvs.items()}
+        parts = (meta or {}).get("parts", {})
+        self.records = {name: writers.ExampleRecordWriter(join(name)) for name in ("examples", "eval_examples")}
+        for name, writer in self.records.items():
+            writer.prune(parts.get(name, []))
+        self.tensorboard = writers.TensorBoardWriter(join("tensorboard"))
+
+    def _close_files(self) -> None:
+        for writer in (*self.csv.values(), *self.records.values(), self.tensorboard):
+            writer.close()
+
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def train(self, start: checkpoint.Restored | None = None, resume_files: bool = True) -> dict[str, Any]:
+        """Trains from ``start`` (a restored checkpoint) or from scratch up to ``config.num_steps``."""
         run, c = self.run, self.run.config
-        if params is None:
+        if start is None:
             params, opt_state = init_state(run)
-        csv_writer = writers.CsvWriter(os.path.join(self.workdir, "train.csv"), TRAIN_CSV_COLUMNS)
-        records = writers.ExampleRecordWriter(os.path.join(self.workdir, "examples"))
-        tensorboard = writers.TensorBoardWriter(os.path.join(self.workdir, "tensorboard"))
-        self._progress = _Progress(start_step, c.num_steps)
-        self._tokens_seen = 0
-        last = {}
+            counters = Counters()
+        else:
+            params, opt_state = start.params, start.opt_state
+            counters = Counters(**start.meta["counters"])
+        self._open_files(start.meta if (start is not None and resume_files) else None)
+        self._progress = _Progress(counters.step, c.num_steps)
+        self._last_row: dict[str, Any] = {}
+        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             with run.context():
-                pending = None
-                for step in range(start_step, c.num_steps):
-                    tokens, rows = device_batch(run, step)
-                    params, opt_state, metrics = self.step_fn(params, opt_state, tokens, np.int32(step))
-                    if pending is not None:  # fetch step t-1 only after step t is dispatched
-                        last = self._record(*pending, csv_writer, records, tensorboard)
-                    pending = (step, metrics, rows)
-                if pending is not None:
-                    last = self._record(*pending, csv_writer, records, tensorboard)
+                pending: list = []
+                if counters.step == 0 and c.eval.every and c.eval.sets:
+                    pending += [self._evaluate(params, name, counters) for name in c.eval.sets]
+                for step in range(counters.step, c.num_steps):
+                    items = []
+                    if step in self.insert_steps:
+                        params, opt_state, items = self._insert(params, opt_state, step, counters)
+                    params, opt_state, item = self._train_step(params, opt_state, step, counters)
+                    items.append(item)
+                    items += [self._evaluate(params, name, counters) for name in self._sets_to_evaluate(counters.step)]
+                    self._drain(pending)  # results of the previous step, fetched after this one is dispatched
+                    pending = items
+                    if self._checkpoint_due(counters.step) or self._preempted:
+                        self._drain(pending)
+                        pending = []
+                        self._save(params, opt_state, counters)
+                    if self._preempted:
+                        self.checkpointer.wait()
+                        raise Preempted(f"SIGTERM: saved checkpoint {counters.step} in {self.workdir!r}; run "
+                                        "`memdyn train` with the same --workdir to resume")
+                self._drain(pending)
         finally:
-            csv_writer.close()
-            records.close()
-            tensorboard.close()
+            signal.signal(signal.SIGTERM, previous_handler)
+            self.checkpointer.close()
+            self._close_files()
         self.params, self.opt_state = params, opt_state
-        return last
+        return self._last_row
 
-    def _record(self, step, metrics, rows, csv_writer, records, tensorboard) -> dict[str, float]:
+    def _on_sigterm(self, signum, frame) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint after the current step")
+        self._preempted = True
+
+    def _train_step(self, params, opt_state, step: int, counters: Counters):
+        tokens, rows = device_batch(self.run, step)
+        params, opt_state, m = self.step_fn(params, opt_state, tokens, np.int32(counters.update))
+        counters.tokens_seen += int((rows["tokens"] != self.run.data.pad_id).sum())
+        item = ("train", dict(step=step, update=counters.update, inserted_updates=counters.inserted_updates,
+                              tokens_seen=counters.tokens_seen, example_ids=rows["example_ids"]), m)
+        counters.update += 1
+        counters.step = step + 1
+        return params, opt_state, item
+
+    def _insert(self, params, opt_state, step: int, counters: Counters):
+        """The inserted set's updates before normal step ``step``, then its evaluation right after them."""
+        c, items = self.run.config, []
+        for repeat in range(c.insert.repeats):
+            for b, (tokens, _, _) in enumerate(self.batches[c.insert.set]):
+                device_tokens = jax.make_array_from_process_local_data(self.run.batch_sharding, tokens,
+                                                                       global_shape=tokens.shape)
+                params, opt_state, m = self.step_fn(params, opt_state, device_tokens, np.int32(counters.update))
+                items.append(("insert", dict(step=step, update=counters.update, set=c.insert.set, repeat=repeat,
+                                             batch=b), m))
+                counters.update += 1
+                counters.inserted_updates += 1
+        items.append(self._evaluate(params, c.insert.set, counters))
+        return params, opt_state, items
+
+    def _evaluate(self, params, name: str, counters: Counters):
+        extra = dict(update=counters.update, inserted_updates=counters.inserted_updates)
+        return ("eval", evaluate_lib.evaluate(self.eval_step, params, self.batches[name], self.run.batch_sharding,
+                                              name, counters.step, **extra), None)
+
+    def _sets_to_evaluate(self, steps_done: int) -> list[str]:
+        c = self.run.config
+        last = steps_done == c.num_steps  # every tracked set is evaluated at the end
+        names = list(c.eval.sets) if c.eval.every and (steps_done % c.eval.every == 0 or last) else []
+        first = self.insert_steps[0] if self.insert_steps else None
+        inserted_due = insertion.evaluates_inserted_set(c.insert, first, steps_done) or (last and first is not None)
+        if inserted_due and c.insert.set not in names:
+            names.append(c.insert.set)
+        return names
+
+    def _checkpoint_due(self, steps_done: int) -> bool:
+        every = self.run.config.checkpoint.every
+        return steps_done == self.run.config.num_steps or (every > 0 and steps_done % every == 0)
+
+    def _save(self, params, opt_state, counters: Counters) -> None:
+        for writer in self.records.values():
+            writer.flush()
+        meta = {"counters": dataclasses.asdict(counters),
+                "csv_rows": {name: w.rows for name, w in self.csv.items()},
+                "parts": {name: w.parts() for name, w in self.records.items()},
+                "config": json.loads(config_lib.to_json(self.run.config))}
+        self.checkpointer.save(counters.step, params, opt_state, meta)
+
+    # -- results -------------------------------------------------------------------------------------------------
+    def _drain(self, items: list) -> None:
+        for kind, info, m in items:
+            if kind == "eval":
+                self._record_eval(info)
+            else:
+                self._record_update(kind, info, jax.device_get(m))
+
+    def _record_update(self, kind: str, info: dict[str, Any], m: dict[str, np.ndarray]) -> None:
         c, order = self.run.config, self.run.order
-        m = jax.device_get(metrics)
         loss = float(m["loss"])
         if not np.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {step} (config.optimizer.lr={c.optimizer.lr}); "
-                                     "stopping")
-        self._tokens_seen += int((rows["tokens"] != self.run.data.pad_id).sum())
+            raise FloatingPointError(f"loss is {loss} at step {info['step']} ({kind} update {info['update']}, "
+                                     f"config.optimizer.lr={c.optimizer.lr}); stopping")
+        common = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]), **self.identity}
+        if kind == "insert":
+            self.csv["insertions.csv"].write([{**info, **common, "exact_match": float(m["mem_update"])}])
+            return
+        step = info["step"]
         steps_per_sec = self._progress.update(step, loss, float(m["mem_update"]))
         if c.record_examples:
-            records.add(step, rows["example_ids"], m["exact_match_B"], m["loss_B"], m["num_tokens_B"])
-        row = {"step": step, "epoch": order.epoch(step), "epochs_done": (step + 1) / order.steps_per_epoch,
-               "examples_seen": (step + 1) * c.batch_size, "tokens_seen": self._tokens_seen, "loss": loss,
-               "mem_update": float(m["mem_update"]), "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
-               "num_tokens": int(m["num_tokens"]), "steps_per_sec": steps_per_sec, **self.identity}
+            self.records["examples"].add(step, example_id=info["example_ids"].astype(np.int64),
+                                         exact_match=m["exact_match_B"].astype(np.float32),
+                                         loss=m["loss_B"].astype(np.float32),
+                                         num_tokens=m["num_tokens_B"].astype(np.int32))
+        row = {"step": step, "update": info["update"], "inserted_updates": info["inserted_updates"],
+               "epoch": order.epoch(step), "epochs_done": (step + 1) / order.steps_per_epoch,
+               "examples_seen": (step + 1) * c.batch_size, "tokens_seen": info["tokens_seen"],
+               "mem_update": float(m["mem_update"]), "num_tokens": int(m["num_tokens"]),
+               "steps_per_sec": steps_per_sec, **common}
+        self._last_row = row
         if step % c.log_every == 0 or step == c.num_steps - 1:
-            csv_writer.write([row])
-            tensorboard.write_scalars(step, {k: row[k] for k in ("loss", "mem_update", "lr", "grad_norm")})
-        return row
+            self.csv["train.csv"].write([row])
+            self.tensorboard.write_scalars(step, {k: row[k] for k in ("loss", "mem_update", "lr", "grad_norm")})
+
+    def _record_eval(self, pending: evaluate_lib.PendingEval) -> None:
+        aggregates, per_example = pending.result()
+        row = {"step": pending.step, "set": pending.name, **pending.extra, **aggregates, **self.identity}
+        self.csv["eval.csv"].write([row])
+        self.records["eval_examples"].add(pending.step, set=np.full(len(per_example["example_id"]), pending.name),
+                                          **per_example)
+        self.tensorboard.write_scalars(pending.step, {f"{pending.name}/exact_match": aggregates["exact_match"],
+                                                      f"{pending.name}/loss": aggregates["loss"]})
 
 
 class _Progress:
@@ -290,19 +453,23 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def check_workdir(config: config_dict.ConfigDict, workdir: str) -> None:
-    """Refuses a workdir that already holds a run, naming the config fields that differ; nothing is touched."""
+def _stored_config(workdir: str) -> dict[str, Any] | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        return
+        return None
     with open(path) as f:
-        stored = json.load(f)
+        return json.load(f)
+
+
+def _check_compatible(stored: dict[str, Any], config: config_dict.ConfigDict, where: str) -> None:
+    """Refuses to continue a run (or fork one) whose model, data, optimizer or seed differ, naming the fields."""
     resolved = config_lib.resolve(config, vocab_size=stored["model"]["vocab_size"])
-    diff = config_lib.differences(stored, json.loads(config_lib.to_json(resolved)))
-    if diff:
-        raise ValueError(f"--workdir={workdir!r} holds a run with a different config: " + "; ".join(diff[:10]))
-    raise FileExistsError(f"--workdir={workdir!r} already holds this run (config.json, train.csv); choose a "
-                          "new --workdir, or delete the old one")
+    requested = json.loads(config_lib.to_json(resolved))
+    if where.startswith("--init_from"):  # a fork is a new run: its provenance and insertions may differ
+        requested["init_from"] = stored.get("init_from")
+    problems = checkpoint.incompatibilities(stored, requested)
+    if problems:
+        raise ValueError(f"{where} holds a run with an incompatible config: " + "; ".join(problems[:10]))
 
 
 def write_config(config: config_dict.ConfigDict, workdir: str) -> None:
@@ -313,17 +480,68 @@ def write_config(config: config_dict.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
-    """``memdyn train``: validate, prepare data, build the run (all before compute), then train."""
+def parse_init_from(value: str) -> tuple[str, int | None]:
+    """'<workdir>[@step]' -> (workdir, step or None for the latest checkpoint)."""
+    path, _, step = value.partition("@")
+    if step and not step.isdigit():
+        raise ValueError(f"--init_from={value!r}: expected <workdir>[@<step>]")
+    return path, (int(step) if step else None)
+
+
+def _restore_parent(run: Run, init_from: str) -> checkpoint.Restored:
+    parent, at = parse_init_from(init_from)
+    stored = _stored_config(parent)
+    if stored is None:
+        raise FileNotFoundError(f"--init_from={init_from!r}: {parent!r} holds no memdyn run (no config.json)")
+    _check_compatible(stored, run.config, f"--init_from={init_from!r}")
+    ckpt_dir = os.path.join(parent, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"--init_from={init_from!r}: {parent!r} has no checkpoints")
+    parent_ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+    try:
+        if at is not None and at not in parent_ckpt.steps():
+            raise ValueError(f"--init_from={init_from!r}: no checkpoint {at}; available: {parent_ckpt.steps()}")
+        with run.context():
+            restored = parent_ckpt.restore_latest(run.abstract_params, run.abstract_opt_state, at_most=at)
+    finally:
+        parent_ckpt.close()
+    if restored is None or (at is not None and restored.step != at):
+        raise ValueError(f"--init_from={init_from!r}: no readable checkpoint" + (f" {at}" if at is not None else ""))
+    return restored
+
+
+def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``memdyn train``: validate, prepare data, build the run (all before compute), then train or resume.
+
+    A workdir that already holds this run resumes from its latest complete checkpoint; ``config.init_from``
+    starts a new run from another run's checkpoint (a fork, e.g. to insert a special set).
+    """
     config_lib.validate(config)
-    check_workdir(config, workdir)
+    stored = _stored_config(workdir)
+    if stored is not None:
+        _check_compatible(stored, config, f"--workdir={workdir!r}")
     os.makedirs(workdir, exist_ok=True)
     data = sources.prepare(config, workdir)
     run = build_run(config, data)
+    trainer = Trainer(run, workdir)
+    start, resume_files = None, False
+    if stored is not None:
+        with run.context():
+            start = trainer.checkpointer.restore_latest(run.abstract_params, run.abstract_opt_state)
+        resume_files = start is not None
+        if start is not None and start.step >= run.config.num_steps:
+            trainer.checkpointer.close()
+            logging.info("run in %s is complete (checkpoint %d of %d steps)", workdir, start.step,
+                         run.config.num_steps)
+            return {"step": start.step - 1, "complete": True}
+        logging.info("resuming %s from %s", workdir, f"checkpoint {start.step}" if start else "the beginning")
+    if start is None and run.config.init_from:
+        start = _restore_parent(run, run.config.init_from)
+        logging.info("forked from %s at checkpoint %d", run.config.init_from, start.step)
     write_config(run.config, workdir)
     logging.info("model %s: %s params, %d layers x d_model %d; mesh %s; %d examples, %d steps/epoch",
                  run.config.model.size, f"{run.config.model.params:,}", run.shape.num_layers, run.shape.d_model,
                  dict(run.mesh.shape), data.train.num_examples, run.order.steps_per_epoch)
-    summary = Trainer(run, workdir).train()
+    summary = trainer.train(start, resume_files=resume_files)
     plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
     return summary

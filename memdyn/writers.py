@@ -16,11 +16,12 @@ import numpy as np
 
 
 class CsvWriter:
-    """Appends rows with fixed columns to a CSV file (header written once)."""
+    """Appends rows with fixed columns to a CSV file (header written once); ``rows`` counts the data rows."""
 
     def __init__(self, path: str, columns: Sequence[str]):
         self.path = path
         self.columns = list(columns)
+        self.rows = count_csv_rows(path)
         new = not os.path.exists(path) or os.path.getsize(path) == 0
         self._file = open(path, "a", newline="")
         if new:
@@ -28,6 +29,7 @@ class CsvWriter:
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         self._write_lines([[_fmt(row.get(c)) for c in self.columns] for row in rows])
+        self.rows += len(rows)
 
     def _write_lines(self, rows: list[list[Any]]) -> None:
         buffer = io.StringIO()
@@ -41,6 +43,28 @@ class CsvWriter:
         self._file.close()
 
 
+def count_csv_rows(path: str) -> int:
+    """Data rows of a CSV written by CsvWriter (0 when absent); a torn last line does not count."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().split("\n")
+    return max(len(lines) - 2, 0)  # header, and the empty string after the final newline (or a torn line)
+
+
+def truncate_csv(path: str, num_rows: int) -> None:
+    """Keeps the header and the first ``num_rows`` rows (atomic rewrite); drops rows written after a checkpoint."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().split("\n")
+    kept = lines[:1 + num_rows]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(kept) + "\n")
+    os.replace(tmp, path)
+
+
 def _fmt(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else repr(float(value))
@@ -48,9 +72,7 @@ def _fmt(value: Any) -> Any:
 
 
 class ExampleRecordWriter:
-    """Per-example records (step, example_id, exact_match, loss, num_tokens) as Parquet parts of a directory."""
-
-    COLUMNS = ("step", "example_id", "exact_match", "loss", "num_tokens")
+    """Per-example records as Parquet parts of a directory; each ``add`` is one step's columns of equal length."""
 
     def __init__(self, directory: str, flush_every: int = 200):
         self.directory = directory
@@ -58,12 +80,9 @@ class ExampleRecordWriter:
         os.makedirs(directory, exist_ok=True)
         self._buffer: list[dict[str, np.ndarray]] = []
 
-    def add(self, step: int, example_ids_B: np.ndarray, exact_match_B: np.ndarray, loss_B: np.ndarray,
-            num_tokens_B: np.ndarray) -> None:
-        self._buffer.append({
-            "step": np.full(len(example_ids_B), step, np.int32), "example_id": example_ids_B.astype(np.int64),
-            "exact_match": exact_match_B.astype(np.float32), "loss": loss_B.astype(np.float32),
-            "num_tokens": num_tokens_B.astype(np.int32)})
+    def add(self, step: int, **columns: np.ndarray) -> None:
+        n = len(next(iter(columns.values())))
+        self._buffer.append({"step": np.full(n, step, np.int32), **{k: np.asarray(v) for k, v in columns.items()}})
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
@@ -72,13 +91,22 @@ class ExampleRecordWriter:
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
-        columns = {c: np.concatenate([b[c] for b in self._buffer]) for c in self.COLUMNS}
+        columns = {c: np.concatenate([b[c] for b in self._buffer]) for c in self._buffer[0]}
         first, last = int(columns["step"][0]), int(columns["step"][-1])
-        final = os.path.join(self.directory, f"part-{first:09d}-{last:09d}.parquet")
-        tmp = os.path.join(self.directory, f".tmp-part-{first:09d}.parquet")
+        index = len(self.parts())  # parts of one step range stay distinct (evaluations after an insertion)
+        final = os.path.join(self.directory, f"part-{first:09d}-{last:09d}-{index:05d}.parquet")
+        tmp = os.path.join(self.directory, f".tmp-{os.path.basename(final)}")
         pq.write_table(pa.table(columns), tmp)
         os.replace(tmp, final)
         self._buffer = []
+
+    def parts(self) -> list[str]:
+        return sorted(f for f in os.listdir(self.directory) if f.startswith("part-") and f.endswith(".parquet"))
+
+    def prune(self, keep: Sequence[str]) -> None:
+        """Deletes parts not in ``keep`` (written after the checkpoint being resumed)."""
+        for name in set(self.parts()) - set(keep):
+            os.remove(os.path.join(self.directory, name))
 
     def close(self) -> None:
         self.flush()
@@ -89,9 +117,10 @@ def read_examples(directory: str):
     import pandas as pd
     parts = sorted(f for f in os.listdir(directory) if f.startswith("part-") and f.endswith(".parquet"))
     if not parts:
-        return pd.DataFrame({c: [] for c in ExampleRecordWriter.COLUMNS})
+        raise FileNotFoundError(f"no per-example records in {directory!r}")
     frame = pd.concat([pd.read_parquet(os.path.join(directory, p)) for p in parts], ignore_index=True)
-    return frame.sort_values(["step", "example_id"], ignore_index=True)
+    keys = [k for k in ("step", "set", "example_id") if k in frame.columns]
+    return frame.sort_values(keys, ignore_index=True, kind="stable")
 
 
 class TensorBoardWriter:

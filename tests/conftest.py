@@ -22,6 +22,10 @@ def tiny_config(**overrides):
     c.data.synthetic.vocab_size = 256
     c.data.synthetic.num_train_docs = 40
     c.data.synthetic.num_validation_docs = 8
+    c.data.special_docs = 3
+    c.eval.every = 4
+    c.checkpoint.every = 4
+    c.insert.eval_every = 2
     for dotted, value in overrides.items():
         node = c
         *parents, leaf = dotted.split(".")

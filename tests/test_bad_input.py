@@ -83,6 +83,7 @@ def test_workdir_with_another_run_is_not_touched(tmp_path):
     before = open(csv_path).read()
     with pytest.raises(ValueError, match=r"optimizer\.lr: 0\.001 != 0\.5"):
         train.train(tiny_config(num_steps=2, **{"optimizer.lr": 0.5}), workdir)
-    with pytest.raises(FileExistsError, match="already holds this run"):
-        train.train(tiny_config(num_steps=2), workdir)
+    with pytest.raises(ValueError, match=r"data\.seq_len: 32 != 16"):
+        train.train(tiny_config(num_steps=2, **{"data.seq_len": 16}), workdir)
+    assert train.train(tiny_config(num_steps=2), workdir)["complete"]  # the same run: nothing to do
     assert open(csv_path).read() == before

@@ -1,7 +1,9 @@
 """Turning a run's data config into example stores (train and validation) and a vocabulary.
 
 ``synthetic``: the embedded corpus (memdyn.data.corpus) is generated, cut into examples and written to
-<workdir>/data/{train,validation}; a store already there is reused when its manifest matches the config.
+<workdir>/data/{train,validation,special}; a store already there is reused when its manifest matches the config.
+The ``special`` set (held-out examples for forgetting experiments) is the last ``data.special_docs`` validation
+documents, so it comes from the training distribution but is never in the training order.
 ``store``: an existing store directory written by memdyn (its manifest carries the vocabulary size).
 """
 
@@ -21,7 +23,7 @@ from memdyn.data.store import ExampleStore, chunk_documents, write_store
 @dataclasses.dataclass(frozen=True)
 class RunData:
     train: ExampleStore
-    validation: ExampleStore | None
+    sets: dict[str, ExampleStore]  # tracked sets by name ("validation", "special", ...)
     vocab: tuple[str, ...] | None  # id -> token text, when known
     vocab_size: int
     pad_id: int = corpus_lib.PAD_ID
@@ -47,9 +49,13 @@ def open_run_data(workdir: str, config: config_dict.ConfigDict) -> RunData:
         return _open_existing(config.data.store)
     data_dir = os.path.join(workdir, "data")
     train = ExampleStore(os.path.join(data_dir, "train"))
-    return RunData(train=train, validation=ExampleStore(os.path.join(data_dir, "validation")),
-                   vocab=_read_vocab(os.path.join(data_dir, "vocab.txt")),
+    return RunData(train=train, sets=_open_sets(data_dir), vocab=_read_vocab(os.path.join(data_dir, "vocab.txt")),
                    vocab_size=int(train.manifest["vocab_size"]))
+
+
+def _open_sets(data_dir: str) -> dict[str, ExampleStore]:
+    return {name: ExampleStore(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))
+            if name != "train" and os.path.isfile(os.path.join(data_dir, name, "manifest.json"))}
 
 
 def _open_existing(path: str) -> RunData:
@@ -59,38 +65,46 @@ def _open_existing(path: str) -> RunData:
     if "vocab_size" not in train.manifest:
         raise ValueError(f"example store {path!r}: manifest.json has no vocab_size")
     vocab_path = os.path.join(path, "vocab.txt")
-    return RunData(train=train, validation=None, vocab=_read_vocab(vocab_path) if os.path.exists(vocab_path) else None,
+    return RunData(train=train, sets={}, vocab=_read_vocab(vocab_path) if os.path.exists(vocab_path) else None,
                    vocab_size=int(train.manifest["vocab_size"]))
 
 
 def _synthetic(config: config_dict.ConfigDict, data_dir: str) -> RunData:
     corpus_config = corpus_lib.CorpusConfig(**config.data.synthetic.to_dict())
-    manifest = {"source": "synthetic", "corpus": dataclasses.asdict(corpus_config), "seq_len": config.data.seq_len}
-    train_dir, validation_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "validation")
+    manifest = {"source": "synthetic", "corpus": dataclasses.asdict(corpus_config), "seq_len": config.data.seq_len,
+                "special_docs": config.data.special_docs}
+    train_dir = os.path.join(data_dir, "train")
     vocab_path = os.path.join(data_dir, "vocab.txt")
     if os.path.exists(os.path.join(train_dir, "manifest.json")):
-        train, validation = ExampleStore(train_dir), ExampleStore(validation_dir)
+        train = ExampleStore(train_dir)
         stored = {k: train.manifest.get(k) for k in manifest}
         if json.loads(json.dumps(stored)) != json.loads(json.dumps(manifest)):
             raise ValueError(f"the example store in {data_dir!r} was built from a different data config "
                              f"({stored}); use a new --workdir")
-        return RunData(train, validation, _read_vocab(vocab_path), int(train.manifest["vocab_size"]))
+        return RunData(train, _open_sets(data_dir), _read_vocab(vocab_path), int(train.manifest["vocab_size"]))
 
     corpus = corpus_lib.generate(corpus_config)
+    if not 0 <= config.data.special_docs < len(corpus.validation):
+        raise ValueError(f"config.data.special_docs={config.data.special_docs} must be below the "
+                         f"{len(corpus.validation)} validation documents (data.synthetic.num_validation_docs)")
     manifest["vocab_size"] = len(corpus.vocab)
-    stores = {}
-    for split, documents, path in (("train", corpus.train, train_dir), ("validation", corpus.validation,
-                                                                         validation_dir)):
+    split_docs = {"train": corpus.train, "validation": corpus.validation[:len(corpus.validation)
+                                                                          - config.data.special_docs]}
+    if config.data.special_docs:
+        split_docs["special"] = corpus.validation[len(corpus.validation) - config.data.special_docs:]
+    stores, next_id = {}, 0
+    for split, documents in split_docs.items():
         tokens, tags, doc_index = chunk_documents([(d.tokens, d.tags) for d in documents], config.data.seq_len,
                                                   corpus_lib.PAD_ID)
         doc_ids = np.asarray([documents[i].doc_id for i in doc_index], np.int64)
-        # Validation ids start after the training ids so that ids are unique across a run's sets.
-        offset = 0 if split == "train" else stores["train"].num_examples
-        stores[split] = write_store(path, tokens=tokens, tags=tags, doc_ids=doc_ids,
-                                    example_ids=offset + np.arange(len(tokens)),
+        # Ids continue across sets so that an example id is unique within a run.
+        stores[split] = write_store(os.path.join(data_dir, split), tokens=tokens, tags=tags, doc_ids=doc_ids,
+                                    example_ids=next_id + np.arange(len(tokens)),
                                     manifest=dict(manifest, split=split, tag_names=list(corpus_lib.POS_TAGS)))
+        next_id += len(tokens)
     _write_vocab(vocab_path, corpus.vocab)
-    return RunData(stores["train"], stores["validation"], tuple(corpus.vocab), len(corpus.vocab))
+    train = stores.pop("train")
+    return RunData(train, stores, tuple(corpus.vocab), len(corpus.vocab))
 
 
 def _write_vocab(path: str, vocab: tuple[str, ...]) -> None:

@@ -1,0 +1,1 @@
+"""Analyses of finished memdyn runs (read their CSVs, no JAX)."""

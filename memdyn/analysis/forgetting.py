@@ -1,0 +1,215 @@
+"""Forgetting of an inserted "special batch" (Tirumala et al. 2022, forgetting baseline).
+
+A set of held-out examples is trained on at some step (maybe repeated, maybe spaced out);
+afterwards its exact memorization M is evaluated every few steps while normal training goes on.
+M decays towards a floor, the forgetting baseline: estimated here both as the minimum of M after
+the last insertion and as the asymptote b of a fit M(t) = b + a * exp(-(t - t0) / tau).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import pandas as pd
+
+IDENTITY_COLUMNS = ("run", "size", "params", "causal", "seed", "peak_lr", "batch_size", "seq_len")
+FIT_FIELDS = ("asymptote", "asymptote_se", "amplitude", "tau")
+MIN_FIT_POINTS = 4
+
+
+def _set_insertions(insertions: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    return insertions[insertions["set"] == set_name] if len(insertions) else insertions
+
+
+def _saw_insertions_at_step(evals: pd.DataFrame, insertions: pd.DataFrame) -> pd.Series:
+    """Whether each eval ran after the insertions scheduled at its own step.
+
+    An eval and an insertion can share a step number; ``inserted_updates`` (cumulative over all
+    sets) tells the order. Without that column, evals at an insertion step count as after it.
+    """
+    if "inserted_updates" not in evals.columns:
+        return pd.Series(True, index=evals.index)
+    all_steps = np.sort(insertions["step"].to_numpy()) if len(insertions) else np.empty(0)
+    done_by_step = np.searchsorted(all_steps, evals["step"].to_numpy(), side="right")
+    return pd.Series(evals["inserted_updates"].to_numpy() >= done_by_step, index=evals.index)
+
+
+def forgetting_curve(eval_frame: pd.DataFrame, insertions: pd.DataFrame,
+                     set_name: str = "special") -> pd.DataFrame:
+    """Evaluations of ``set_name`` from its first insertion on, annotated for the forgetting fit.
+
+    Added columns: ``insert_step`` (first insertion), ``last_insert_step``, ``num_insertions``,
+    ``steps_since_insert`` (step - last_insert_step; negative between spaced insertions),
+    ``after_last_insert`` (the eval saw every insertion, so it belongs to the decay) and
+    ``m_before`` (M at the last eval before the first insertion, NaN if none; carried as a column
+    so that ``fit_forgetting`` needs the curve only). Raises ValueError if the set was never inserted.
+    """
+    own = _set_insertions(insertions, set_name)
+    if own.empty:
+        raise ValueError(f"set {set_name!r} was never inserted")
+    first, last = int(own["step"].min()), int(own["step"].max())
+    evals = eval_frame[eval_frame["set"] == set_name].sort_values("step", kind="stable")
+    saw = _saw_insertions_at_step(evals, insertions)
+    step = evals["step"]
+    before = (step < first) | ((step == first) & ~saw)
+    after_last = (step > last) | ((step == last) & saw)
+
+    curve = evals[~before].copy()
+    curve["insert_step"] = first
+    curve["last_insert_step"] = last
+    curve["num_insertions"] = len(own)
+    curve["steps_since_insert"] = curve["step"] - last
+    curve["after_last_insert"] = after_last[~before]
+    pre = evals.loc[before, "exact_match"]
+    curve["m_before"] = float(pre.iloc[-1]) if len(pre) else math.nan
+    return curve.reset_index(drop=True)
+
+
+def _decay(t, b, a, tau):
+    return b + a * np.exp(-t / tau)
+
+
+def _fit_decay(t: np.ndarray, m: np.ndarray) -> dict:
+    """Least-squares fit of b + a * exp(-t / tau); NaN fields when it is not identifiable."""
+    nan_fit = dict.fromkeys(FIT_FIELDS, math.nan)
+    span = float(t.max() - t.min()) if len(t) else 0.0
+    # A flat curve leaves a and tau undetermined; too few points leave no residual freedom.
+    if len(t) < MIN_FIT_POINTS or span <= 0 or np.ptp(m) <= 1e-12:
+        return nan_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    p0 = [float(m.min()), float(m[0] - m.min()), span / 4]
+    bounds = ([0.0, 0.0, 1e-6], [1.0, np.inf, np.inf])
+    p0[0] = min(max(p0[0], 0.0), 1.0)  # M is an accuracy, but keep p0 feasible if data stray
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)  # checked below via finiteness
+            params, cov = curve_fit(_decay, t, m, p0=p0, bounds=bounds, maxfev=10_000)
+    except (RuntimeError, ValueError):
+        return nan_fit
+    se = np.sqrt(np.diag(cov)) if np.all(np.isfinite(cov)) else np.full(3, np.nan)
+    if not (np.all(np.isfinite(params)) and np.isfinite(se[0])):
+        return nan_fit
+    b, a, tau = (float(p) for p in params)
+    return {"asymptote": b, "asymptote_se": float(se[0]), "amplitude": a, "tau": tau}
+
+
+def fit_forgetting(curve: pd.DataFrame) -> dict:
+    """Summary of one run's forgetting curve (as made by ``forgetting_curve``); never raises on bad fits."""
+    if curve.empty:
+        return {"insert_step": math.nan, "last_insert_step": math.nan, "num_insertions": 0,
+                "m_before": math.nan, "m_after": math.nan, "baseline_min": math.nan,
+                **dict.fromkeys(FIT_FIELDS, math.nan), "num_points": 0}
+    head = curve.iloc[0]
+    decay = curve[curve["after_last_insert"].astype(bool)].dropna(subset=["exact_match"])
+    t = decay["steps_since_insert"].to_numpy(dtype=float)
+    m = decay["exact_match"].to_numpy(dtype=float)
+    return {
+        "insert_step": int(head["insert_step"]),
+        "last_insert_step": int(head["last_insert_step"]),
+        "num_insertions": int(head["num_insertions"]),
+        "m_before": float(head["m_before"]),
+        "m_after": float(m[0]) if len(m) else math.nan,
+        "baseline_min": float(m.min()) if len(m) else math.nan,
+        **_fit_decay(t, m),
+        "num_points": len(m),
+    }
+
+
+def _read_csv(path: str) -> pd.DataFrame:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # created but never written to
+        return pd.DataFrame()
+
+
+def _load_run(workdir: str, set_name: str) -> tuple[pd.DataFrame, dict]:
+    """One run's curve (with identity columns) and its summary row."""
+    evals = _read_csv(os.path.join(workdir, "eval.csv"))
+    insertions = _read_csv(os.path.join(workdir, "insertions.csv"))
+    if evals.empty:
+        raise ValueError(f"{workdir}: eval.csv has no rows")
+    if "run" not in evals.columns or evals["run"].isna().all():
+        evals["run"] = os.path.basename(os.path.normpath(workdir))
+    try:
+        curve = forgetting_curve(evals, insertions, set_name)
+    except ValueError as error:
+        raise ValueError(f"{workdir}: {error}") from None
+    identity = {c: evals[c].iloc[0] for c in IDENTITY_COLUMNS if c in evals.columns}
+    return curve, {**identity, "set": set_name, **fit_forgetting(curve)}
+
+
+def analyze_runs(workdirs: list[str], set_name: str = "special",
+                 out_dir: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Forgetting curves and fits of ``set_name`` for each run; optionally written to ``out_dir``.
+
+    Returns (curves of all runs concatenated, summary with one row per run).
+    """
+    loaded = [_load_run(w, set_name) for w in workdirs]
+    curves = pd.concat([c for c, _ in loaded], ignore_index=True) if loaded else pd.DataFrame()
+    summary = pd.DataFrame([s for _, s in loaded])
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        _atomic_write(os.path.join(out_dir, "forgetting_curves.csv"), lambda p: curves.to_csv(p, index=False))
+        _atomic_write(os.path.join(out_dir, "forgetting_summary.csv"), lambda p: summary.to_csv(p, index=False))
+        _atomic_write(os.path.join(out_dir, "forgetting.png"), lambda p: _plot(curves, summary, set_name, p))
+    return curves, summary
+
+
+def _atomic_write(path: str, write) -> None:
+    """Calls ``write(tmp)`` on a temp file beside ``path`` and renames it, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix="." + os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _size_colours(summary: pd.DataFrame, plt) -> dict | None:
+    """Colour per model size (ordered by parameter count) when the runs span several sizes."""
+    if "size" not in summary.columns or summary["size"].nunique() < 2:
+        return None
+    order = summary.sort_values("params") if "params" in summary.columns else summary
+    sizes = list(dict.fromkeys(order["size"]))
+    cmap = plt.get_cmap("viridis")
+    return {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
+
+
+def _plot(curves: pd.DataFrame, summary: pd.DataFrame, set_name: str, png_path: str) -> None:
+    """M of the set against steps since the last insertion, one line per run, dashed fitted asymptotes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = _size_colours(summary, plt)
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for i, row in summary.iterrows():
+        run_curve = curves[curves["run"] == row["run"]]
+        size = row.get("size", "")
+        colour = colours[size] if colours else f"C{i % 10}"
+        label = f"{row['run']} ({size})" if size != "" else str(row["run"])
+        ax.plot(run_curve["steps_since_insert"], run_curve["exact_match"], color=colour, lw=1.2,
+                marker=".", ms=3, label=label)
+        if np.isfinite(row["asymptote"]):
+            ax.axhline(row["asymptote"], color=colour, ls="--", lw=0.9)
+    ax.axvline(0, color="grey", ls=":", lw=0.8)
+    ax.set(xlabel="steps since last insertion", ylabel=f"M ({set_name})", ylim=(0, 1),
+           title=f"forgetting of the {set_name!r} set (dashed: fitted asymptote)")
+    ax.legend(fontsize=7)
+    fig.savefig(png_path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def find_runs(sweep_dir: str) -> list[str]:
+    """Run directories (``sweep_dir`` itself included) under ``sweep_dir`` that hold an eval.csv, sorted."""
+    found = [root for root, _, files in os.walk(sweep_dir) if "eval.csv" in files]
+    return sorted(found)
