@@ -5,6 +5,9 @@ Commands:
          Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
   train  ... --init_from=<workdir>[@step]
          Fork: start a new run from another run's checkpoint (e.g. with config.insert.* set).
+  analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
+         Forgetting curves of an inserted set, the forgetting baseline (minimum after insertion) and the
+         asymptote of an exponential fit: forgetting_curves.csv, forgetting_summary.csv, forgetting.png.
   rows   --workdir=<dir> --step=<S> [--text]
          Print what step S trained, one example per line: `<kind>\t<example_id>[\t<text>]`, kind `train` for
          the step's batch and `insert:<set>:<repeat>` for inserted updates before it.
@@ -24,13 +27,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
-COMMANDS = ("train", "rows")
+COMMANDS = ("train", "rows", "analyze")
+ANALYSES = ("forgetting",)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config file (configs/<name>.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
+_SWEEP = flags.DEFINE_string("sweep", None, "`analyze`: a directory of runs (every subdirectory with eval.csv).")
+_OUT = flags.DEFINE_string("out", None, "`analyze`: output directory (default: --workdir or --sweep).")
+_SET = flags.DEFINE_string("set", "special", "`analyze forgetting`: the inserted tracked set.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
                                  "<workdir>[@step] (the latest when no step); same as --config.init_from.")
 
@@ -79,16 +86,35 @@ class _QuietLibraries(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
 
 
+def cmd_analyze(what: str) -> None:
+    if what not in ANALYSES:
+        raise app.UsageError(f"`memdyn analyze` needs one of {ANALYSES}; got {what!r}")
+    from memdyn.analysis import forgetting
+    if bool(_WORKDIR.value) == bool(_SWEEP.value):
+        raise app.UsageError("`memdyn analyze forgetting` needs exactly one of --workdir or --sweep")
+    workdirs = [_WORKDIR.value] if _WORKDIR.value else forgetting.find_runs(_SWEEP.value)
+    if not workdirs:
+        raise FileNotFoundError(f"--sweep={_SWEEP.value!r} holds no runs (no eval.csv below it)")
+    out = _OUT.value or _WORKDIR.value or _SWEEP.value
+    _, summary = forgetting.analyze_runs(workdirs, set_name=_SET.value, out_dir=out)
+    print(summary.to_string(index=False))
+    print(f"wrote {out}/forgetting_curves.csv, forgetting_summary.csv, forgetting.png")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: memdyn <{'|'.join(COMMANDS)}> [flags]; got {argv[1:]!r}. "
                              "`memdyn --helpfull` lists every flag.")
-    if len(argv) > 2:
-        raise app.UsageError(f"unexpected arguments {argv[2:]!r}")
+    positional = argv[3:] if argv[1] == "analyze" else argv[2:]
+    if positional:
+        raise app.UsageError(f"unexpected arguments {positional!r}")
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
-        {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
+        if argv[1] == "analyze":
+            cmd_analyze(argv[2] if len(argv) > 2 else "")
+        else:
+            {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         # Bad input (a flag, a config value, a file): say what, without a traceback.
         if os.environ.get("MEMDYN_TRACEBACK"):

@@ -4,10 +4,16 @@ Pre-LayerNorm blocks with multi-head attention and a GELU MLP; learned or rotary
 embeddings. The MLP takes an optional per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks'
 sequence-tied masks). Every parameter carries logical axis names (see ``memdyn.sharding``).
 
-Shape suffixes: B batch, L length, D d_model, H heads, K head_dim, F d_ff, V vocabulary, S key length.
+Causal models also decode incrementally with a KV cache (``Transformer.prefill`` then ``decode_step``), doing
+the same per-query arithmetic as the full pass; ``memdyn.extract`` builds greedy decoding on it.
+
+Shape suffixes: B batch, L length, D d_model, H heads, K head_dim, F d_ff, V vocabulary, S key length, M prompt
+length, N layers (KV cache only).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +76,17 @@ class Attention(nnx.Module):
         self.out_bias = _param(rngs, (d,), ("embed",), init="zeros")
 
     def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxS: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+        return self.with_kv(x_BxLxD, mask_Bx1xLxS, positions_BxL)[0]
+
+    def with_kv(self, x_BxLxD: jax.Array, mask_Bx1xLxS: jax.Array, positions_BxL: jax.Array,
+                cache_kv: tuple[jax.Array, jax.Array] | None = None, start: jax.Array | int = 0
+                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Attention output and the keys/values it attended to (rotary already applied to keys).
+
+        Without ``cache_kv`` the L queries attend to the L new keys (the full forward pass). With
+        ``cache_kv = (keys_BxSxHxK, values_BxSxHxK)`` the new keys/values are first written into the cache at
+        ``start`` and the queries attend to all S cache slots; ``mask_Bx1xLxS`` then spans the cache.
+        """
         dtype = x_BxLxD.dtype
         names = ("batch", "length", "act_heads", None)
 
@@ -82,13 +99,21 @@ class Attention(nnx.Module):
         if self.shape.positions == "rotary":
             q_BxLxHxK = rotary(q_BxLxHxK, positions_BxL, self.shape.rotary_fraction)
             k_BxSxHxK = rotary(k_BxSxHxK, positions_BxL, self.shape.rotary_fraction)
+        if cache_kv is not None:
+            keys_BxSxHxK, values_BxSxHxK = cache_kv
+            k_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(keys_BxSxHxK, k_BxSxHxK.astype(keys_BxSxHxK.dtype),
+                                                            start, axis=1)
+            v_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(values_BxSxHxK,
+                                                            v_BxSxHxK.astype(values_BxSxHxK.dtype), start, axis=1)
+        # One code path for full and cached attention: empty cache slots get probability exactly 0, so a cached
+        # query computes what the full pass computes (up to rounding, as the matrix shapes differ).
         scale = self.shape.head_dim ** -0.5
         scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) * scale
         scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
         probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(dtype)
         out_BxLxHxK = sharding.constrain(jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK), names)
         out = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.out_kernel[...].astype(dtype))
-        return out + self.out_bias[...].astype(dtype)
+        return out + self.out_bias[...].astype(dtype), (k_BxSxHxK, v_BxSxHxK)
 
 
 class MLP(nnx.Module):
@@ -115,9 +140,29 @@ class Block(nnx.Module):
         self.mlp = MLP(shape.d_model, shape.d_ff, rngs=rngs)
 
     def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None):
-        x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL)
+        return self.with_kv(x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF)[0]
+
+    def with_kv(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None, cache_kv=None, start=0):
+        """Block output and the attention's keys/values (see ``Attention.with_kv`` for ``cache_kv``)."""
+        attended_BxLxD, kv = self.attention.with_kv(self.attention_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL,
+                                                    cache_kv, start)
+        x_BxLxD = x_BxLxD + attended_BxLxD
         x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD), gate_BxLxF)
-        return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+        return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed")), kv
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for S slots, filled by ``Transformer.prefill`` / ``decode_step``.
+
+    N layers: ``keys`` and ``values`` are [N, B, S, H, K] (rotary already applied to keys); ``valid_BxS`` marks
+    the slots a query may attend to (real prompt tokens and tokens decoded so far).
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    valid_BxS: jax.Array
 
 
 class Transformer(nnx.Module):
@@ -142,6 +187,79 @@ class Transformer(nnx.Module):
     def __call__(self, tokens_BxL: jax.Array, *, valid_BxL: jax.Array | None = None,
                  mlp_gate_BxLxF: jax.Array | None = None) -> jax.Array:
         """Logits [B, L, V] in float32. ``valid_BxL`` marks real (non-padding) tokens; padded keys are masked."""
+        return self._forward(tokens_BxL, valid_BxL, mlp_gate_BxLxF)[0]
+
+    def prefill(self, tokens_BxM: jax.Array, max_len: int, *, valid_BxM: jax.Array | None = None,
+                mlp_gate_BxF: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Runs a prompt through the causal model: its logits [B, M, V] (equal to ``self(tokens_BxM)``) and a
+        cache of ``max_len`` slots holding the prompt's keys and values, ready for ``decode_step(·, ·, M)``.
+
+        ``valid_BxM`` marks real prompt tokens as in ``__call__`` (default: all real). Positions are always
+        0..M-1, so decoding continues ``self(concat(prompt, new), valid_BxL=concat(valid_BxM, ones))``: that is
+        the training layout only for full-length (unpadded) prompts, which is what extraction uses.
+        ``mlp_gate_BxF`` is a per-sequence MLP gate, applied at every position (MemSinks' sequence-tied masks).
+        """
+        self._require_causal()
+        batch, length = tokens_BxM.shape
+        if not length <= max_len <= self.shape.max_len:
+            raise ValueError(f"cache length {max_len} must lie between the prompt length {length} and the position "
+                             f"table (config.model.max_len={self.shape.max_len})")
+        gate_BxMxF = None if mlp_gate_BxF is None else jnp.broadcast_to(
+            mlp_gate_BxF[:, None, :], (batch, length, mlp_gate_BxF.shape[-1]))
+        logits_BxMxV, keys_NxBxMxHxK, values_NxBxMxHxK = self._forward(tokens_BxM, valid_BxM, gate_BxMxF)
+        free = max_len - length
+        slots = ((0, 0), (0, 0), (0, free), (0, 0), (0, 0))
+        valid_BxM = jnp.ones((batch, length), bool) if valid_BxM is None else valid_BxM.astype(bool)
+        cache = KVCache(keys=jnp.pad(keys_NxBxMxHxK, slots), values=jnp.pad(values_NxBxMxHxK, slots),
+                        valid_BxS=jnp.pad(valid_BxM, ((0, 0), (0, free))))  # empty slots are not valid keys
+        return logits_BxMxV, cache
+
+    def decode_step(self, token_B: jax.Array, cache: KVCache, position: jax.Array | int, *,
+                    mlp_gate_BxF: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Feeds one token per sequence at ``position`` (same for the whole batch; may be traced) and returns its
+        next-token logits [B, V] in float32 and the cache with this token's keys/values added.
+
+        Positions must be fed in order, starting at the prompt length given to ``prefill``; ``position`` must be
+        below the cache length (not checkable when traced: out-of-range writes are clamped by XLA).
+        """
+        self._require_causal()
+        batch = token_B.shape[0]
+        max_len = cache.keys.shape[2]
+        positions_Bx1 = jnp.full((batch, 1), position)
+        x_Bx1xD = self._embed(token_B[:, None], position)
+        valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, jnp.ones((batch, 1), bool), position, 1)
+        mask_Bx1x1xS = (valid_BxS & (jnp.arange(max_len) <= position))[:, None, None, :]
+        gate_Bx1xF = None if mlp_gate_BxF is None else mlp_gate_BxF[:, None, :]
+        keys, values = [], []
+        for i, name in enumerate(self.block_names):
+            x_Bx1xD, (keys_BxSxHxK, values_BxSxHxK) = getattr(self, name).with_kv(
+                x_Bx1xD, mask_Bx1x1xS, positions_Bx1, gate_Bx1xF, (cache.keys[i], cache.values[i]), position)
+            keys.append(keys_BxSxHxK)
+            values.append(values_BxSxHxK)
+        logits_BxV = self._unembed(x_Bx1xD)[:, 0]
+        return logits_BxV, KVCache(keys=jnp.stack(keys), values=jnp.stack(values), valid_BxS=valid_BxS)
+
+    def _require_causal(self) -> None:
+        if not self.causal:
+            raise ValueError("KV-cache decoding needs a causal LM; this Transformer is a masked LM (causal=False)")
+
+    def _embed(self, tokens_BxL: jax.Array, start: jax.Array | int) -> jax.Array:
+        """Token (plus learned position) embeddings of tokens at positions start, ..., start + L - 1."""
+        x_BxLxD = self.embed[...][tokens_BxL].astype(self.dtype)
+        if self.shape.positions == "learned":
+            table_LxD = jax.lax.dynamic_slice_in_dim(self.position_embed[...], start, tokens_BxL.shape[1])
+            x_BxLxD = x_BxLxD + table_LxD.astype(self.dtype)
+        return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+
+    def _unembed(self, x_BxLxD: jax.Array) -> jax.Array:
+        x_BxLxD = self.final_norm(x_BxLxD)
+        unembed_DxV = self.embed[...].T if self.shape.tie_embeddings else self.unembed[...]
+        logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, unembed_DxV.astype(self.dtype))
+        return sharding.constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+    def _forward(self, tokens_BxL, valid_BxL, mlp_gate_BxLxF):
+        """Full forward pass: logits [B, L, V] and every layer's keys and values, stacked [layers, B, L, H, K]
+        (unused outputs cost nothing under jit)."""
         batch, length = tokens_BxL.shape
         if length > self.shape.max_len:
             raise ValueError(f"sequence length {length} exceeds the position table (config.model.max_len="
@@ -149,18 +267,15 @@ class Transformer(nnx.Module):
         if valid_BxL is None:
             valid_BxL = jnp.ones_like(tokens_BxL, dtype=bool)
         positions_BxL = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        x_BxLxD = self.embed[...][tokens_BxL].astype(self.dtype)
-        if self.shape.positions == "learned":
-            x_BxLxD = x_BxLxD + self.position_embed[...][:length].astype(self.dtype)
-        x_BxLxD = sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+        x_BxLxD = self._embed(tokens_BxL, 0)
 
         mask_Bx1xLxS = valid_BxL[:, None, None, :]
         if self.causal:
             mask_Bx1xLxS = mask_Bx1xLxS & jnp.tril(jnp.ones((length, length), bool))[None, None]
+        keys, values = [], []
         for name in self.block_names:
-            x_BxLxD = getattr(self, name)(x_BxLxD, mask_Bx1xLxS, positions_BxL, mlp_gate_BxLxF)
-
-        x_BxLxD = self.final_norm(x_BxLxD)
-        unembed_DxV = self.embed[...].T if self.shape.tie_embeddings else self.unembed[...]
-        logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, unembed_DxV.astype(self.dtype))
-        return sharding.constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "act_vocab"))
+            x_BxLxD, (keys_BxLxHxK, values_BxLxHxK) = getattr(self, name).with_kv(
+                x_BxLxD, mask_Bx1xLxS, positions_BxL, mlp_gate_BxLxF)
+            keys.append(keys_BxLxHxK)
+            values.append(values_BxLxHxK)
+        return self._unembed(x_BxLxD), jnp.stack(keys), jnp.stack(values)

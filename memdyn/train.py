@@ -291,8 +291,8 @@ class Trainer:
         try:
             with run.context():
                 pending: list = []
-                if counters.step == 0 and c.eval.every and c.eval.sets:
-                    pending += [self._evaluate(params, name, counters) for name in c.eval.sets]
+                if not (start is not None and resume_files):  # a new run or fork: evaluate where it starts
+                    pending += [self._evaluate(params, name, counters) for name in self.batches]
                 for step in range(counters.step, c.num_steps):
                     items = []
                     if step in self.insert_steps:

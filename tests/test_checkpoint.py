@@ -113,7 +113,7 @@ def test_insertion_trains_exactly_the_special_rows(reference):
     evals = pd.read_csv(os.path.join(reference, "eval.csv"))
     after = evals[(evals.set == "special") & (evals.step == 5)]
     assert len(after) == 1 and after["inserted_updates"].item() == len(inserted)
-    assert sorted(evals.loc[evals.set == "special", "step"]) == [5, 7, 9, 11, 12]
+    assert sorted(evals.loc[evals.set == "special", "step"]) == [0, 5, 7, 9, 11, 12]
 
 
 def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):

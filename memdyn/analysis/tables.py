@@ -1,0 +1,18 @@
+"""Markdown tables of result frames (for RESULTS.md files), without extra dependencies."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def to_markdown(frame: pd.DataFrame, digits: int = 4) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
