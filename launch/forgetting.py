@@ -21,7 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memdyn import config as config_lib, train  # noqa: E402
+from memdyn import config as config_lib, logs, train  # noqa: E402
 from memdyn.analysis import forgetting  # noqa: E402
 from memdyn.analysis.tables import to_markdown  # noqa: E402
 from memdyn.data import sources  # noqa: E402
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="nano,micro,tiny")
     parser.add_argument("--epochs_after", type=int, default=10)
     args = parser.parse_args()
+    logs.configure()
     epoch = steps_per_epoch()
     after = args.epochs_after * epoch
     sizes = args.sizes.split(",")

@@ -5,6 +5,10 @@ Commands:
          Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
   train  ... --init_from=<workdir>[@step]
          Fork: start a new run from another run's checkpoint (e.g. with config.insert.* set).
+  eval   --workdir=<dir> --set=<name> [--step=<S>] [--extract [--prompt_len=32 --num_new=32]]
+         Evaluate a set (validation, special, train, ...) at checkpoint S (default: the latest): per-example
+         M(f) and loss in evals/<set>-<S>.csv; with --extract Biderman's k-extractability per example
+         (example_id,score,memorized,prefix_match) in evals/<set>-<S>-extract.csv.
   analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
          Forgetting curves of an inserted set, the forgetting baseline (minimum after insertion) and the
          asymptote of an exponential fit: forgetting_curves.csv, forgetting_summary.csv, forgetting.png.
@@ -15,7 +19,6 @@ Commands:
 
 from __future__ import annotations
 
-import logging as pylogging
 import os
 import sys
 
@@ -26,8 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # clu pulls in TensorFlow; k
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from memdyn import logs
+
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
-COMMANDS = ("train", "rows", "analyze")
+COMMANDS = ("train", "eval", "rows", "analyze")
 ANALYSES = ("forgetting",)
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,7 +42,11 @@ _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index)
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
 _SWEEP = flags.DEFINE_string("sweep", None, "`analyze`: a directory of runs (every subdirectory with eval.csv).")
 _OUT = flags.DEFINE_string("out", None, "`analyze`: output directory (default: --workdir or --sweep).")
-_SET = flags.DEFINE_string("set", "special", "`analyze forgetting`: the inserted tracked set.")
+_SET = flags.DEFINE_string("set", None, "`eval`: the set to evaluate (a tracked set or `train`); "
+                           "`analyze forgetting`: the inserted set (default special).")
+_EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`: prompt tokens M.")
+_NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`: greedy tokens N scored.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
                                  "<workdir>[@step] (the latest when no step); same as --config.init_from.")
 
@@ -79,11 +88,12 @@ def cmd_rows() -> None:
             print(f"{kind}\t{example_id}{text}")
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Orbax logs every save step at INFO; keep its warnings and memdyn's own progress."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+def cmd_eval() -> None:
+    from memdyn import eval_checkpoint
+    aggregates = eval_checkpoint.evaluate_checkpoint(
+        _require(_WORKDIR, "eval"), _require(_SET, "eval"), _STEP.value, extract_k=_EXTRACT.value,
+        prompt_len=_PROMPT_LEN.value, num_new=_NUM_NEW.value)
+    print("\n".join(f"{k}: {v}" for k, v in aggregates.items()))
 
 
 def cmd_analyze(what: str) -> None:
@@ -96,7 +106,7 @@ def cmd_analyze(what: str) -> None:
     if not workdirs:
         raise FileNotFoundError(f"--sweep={_SWEEP.value!r} holds no runs (no eval.csv below it)")
     out = _OUT.value or _WORKDIR.value or _SWEEP.value
-    _, summary = forgetting.analyze_runs(workdirs, set_name=_SET.value, out_dir=out)
+    _, summary = forgetting.analyze_runs(workdirs, set_name=_SET.value or "special", out_dir=out)
     print(summary.to_string(index=False))
     print(f"wrote {out}/forgetting_curves.csv, forgetting_summary.csv, forgetting.png")
 
@@ -108,13 +118,12 @@ def main(argv: list[str]) -> None:
     positional = argv[3:] if argv[1] == "analyze" else argv[2:]
     if positional:
         raise app.UsageError(f"unexpected arguments {positional!r}")
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logs.configure()
     try:
         if argv[1] == "analyze":
             cmd_analyze(argv[2] if len(argv) > 2 else "")
         else:
-            {"train": cmd_train, "rows": cmd_rows}[argv[1]]()
+            {"train": cmd_train, "eval": cmd_eval, "rows": cmd_rows}[argv[1]]()
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         # Bad input (a flag, a config value, a file): say what, without a traceback.
         if os.environ.get("MEMDYN_TRACEBACK"):
