@@ -29,3 +29,13 @@ def evaluates_inserted_set(insert: config_dict.ConfigDict, first_insertion: int 
     """Whether the inserted set is evaluated after ``steps_done`` normal steps (every ``eval_every`` from S)."""
     return first_insertion is not None and steps_done > first_insertion and \
         (steps_done - first_insertion) % insert.eval_every == 0
+
+
+def insert_batch_size(num_examples: int, batch_size: int, shards: int) -> int:
+    """Rows per inserted batch: the set in ceil(n / B) equal batches, rounded up to a multiple of the data shards.
+
+    Equal batches avoid one full batch followed by a nearly empty one whose few examples would get a whole
+    update to themselves; the last batch is completed with padding rows, which count for nothing.
+    """
+    size = -(-num_examples // -(-num_examples // batch_size))
+    return -(-size // shards) * shards

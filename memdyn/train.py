@@ -247,6 +247,9 @@ class Trainer:
                                  f"this run's sets: {sorted(run.data.sets)}")
         self.batches = {name: evaluate_lib.padded_batches(run.data.sets[name], c.batch_size, run.data.pad_id)
                         for name in dict.fromkeys(eval_sets)}
+        if self.insert_steps:
+            self.insert_batches = evaluate_lib.padded_batches(
+                run.data.sets[c.insert.set], self._insert_batch_size(), run.data.pad_id)
         self.checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.checkpoint.keep,
                                                     keep_steps=tuple(c.checkpoint.keep_steps),
                                                     async_save=c.checkpoint.async_save)
@@ -254,6 +257,12 @@ class Trainer:
                          "params": c.model.params, "causal": c.model.causal, "seed": c.seed,
                          "peak_lr": c.optimizer.lr, "batch_size": c.batch_size, "seq_len": c.data.seq_len}
         self._preempted = False
+
+    def _insert_batch_size(self) -> int:
+        n = self.run.data.sets[self.run.config.insert.set].num_examples
+        with self.run.context():
+            shards = sharding.data_parallel_size(self.run.mesh)
+        return insertion.insert_batch_size(n, self.run.config.batch_size, shards)
 
     # -- files -------------------------------------------------------------------------------------------------
     def _open_files(self, meta: dict[str, Any] | None) -> None:
@@ -336,7 +345,7 @@ class Trainer:
         """The inserted set's updates before normal step ``step``, then its evaluation right after them."""
         c, items = self.run.config, []
         for repeat in range(c.insert.repeats):
-            for b, (tokens, _, _) in enumerate(self.batches[c.insert.set]):
+            for b, (tokens, _, _) in enumerate(self.insert_batches):
                 device_tokens = jax.make_array_from_process_local_data(self.run.batch_sharding, tokens,
                                                                        global_shape=tokens.shape)
                 params, opt_state, m = self.step_fn(params, opt_state, device_tokens, np.int32(counters.update))

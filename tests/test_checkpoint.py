@@ -100,6 +100,8 @@ def test_insertion_trains_exactly_the_special_rows(reference):
     data = sources.open_run_data(reference, train.build_run(config, sources.prepare(config, reference)).config)
     special = data.sets["special"]
     assert len(inserted) == -(-special.num_examples // config.batch_size)  # one update per batch of the set
+    assert insertion.insert_batch_size(33, 32, 1) == 17 and insertion.insert_batch_size(33, 32, 4) == 20
+    assert insertion.insert_batch_size(20, 32, 8) == 24 and insertion.insert_batch_size(64, 32, 1) == 32
     assert (inserted["step"] == 5).all() and inserted["update"].tolist() == list(range(5, 5 + len(inserted)))
     frame = pd.read_csv(os.path.join(reference, "train.csv"))
     assert frame.loc[frame.step == 5, "update"].item() == 5 + len(inserted)  # normal step 5 follows insertion
@@ -127,7 +129,9 @@ def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
     with run.context():
         restored = ckpt.restore(4, run.abstract_params, run.abstract_opt_state)
         forward = train.make_eval_step(run)
-        tokens = run.data.sets["special"].rows(np.arange(config.batch_size))["tokens"]
+        special = run.data.sets["special"]
+        rows = insertion.insert_batch_size(special.num_examples, config.batch_size, shards=1)
+        tokens = special.rows(np.arange(min(rows, special.num_examples)))["tokens"]
         m = forward(restored.params, jax.device_put(tokens, run.batch_sharding), np.int32(4))
     ckpt.close()
     inserted = pd.read_csv(os.path.join(workdir, "insertions.csv"))
