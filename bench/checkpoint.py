@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memdyn import checkpoint, config as config_lib, train  # noqa: E402
+from memdyn import checkpoint, config as config_lib, core  # noqa: E402
 from memdyn.data import sources  # noqa: E402
 
 
@@ -35,13 +35,13 @@ def bench_size(size: str, steps: int, tmp: str) -> dict:
     c = config_lib.load_config_file(os.path.join(config_lib.CONFIG_DIR, "base.py"))
     c.model.size, c.batch_size, c.optimizer.warmup_steps = size, 16, 0
     c.data.synthetic.num_train_docs = 400
-    run = train.build_run(c, sources.prepare(c, os.path.join(tmp, "data")))
-    params, opt_state = train.init_state(run)
-    step_fn = train.make_train_step(run)
+    run = core.build_run(c, sources.prepare(c, os.path.join(tmp, "data")))
+    params, opt_state = core.init_state(run)
+    step_fn = core.make_train_step(run)
     meta = {"counters": {}}
     out = {"size": size, "params": run.config.model.params}
     with run.context():
-        tokens, _ = train.device_batch(run, 0)
+        tokens, _ = core.device_batch(run, 0)
 
         def run_steps(save_dir: str | None):
             nonlocal params, opt_state

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.peak import measure_matmul_peak  # noqa: E402
 from bench.torch_peer import torch_train_tokens_per_sec  # noqa: E402
-from memdyn import config as config_lib, sizes, train  # noqa: E402
+from memdyn import config as config_lib, core, sizes  # noqa: E402
 from memdyn.data import sources  # noqa: E402
 
 
@@ -52,12 +52,12 @@ def time_steps(step_fn, params, opt_state, tokens, steps: int, windows: int = 3)
 def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_dir: str) -> dict:
     config = _config(size, batch, seq)
     data = sources.prepare(config, os.path.join(data_dir, f"L{seq}"))
-    run = train.build_run(config, data)
-    params, opt_state = train.init_state(run)
-    with_metrics = train.make_train_step(run, memorization_metrics=True)
-    without = train.make_train_step(run, memorization_metrics=False)
+    run = core.build_run(config, data)
+    params, opt_state = core.init_state(run)
+    with_metrics = core.make_train_step(run, memorization_metrics=True)
+    without = core.make_train_step(run, memorization_metrics=False)
     with run.context():
-        tokens, _ = train.device_batch(run, 0)
+        tokens, _ = core.device_batch(run, 0)
         for fn in (with_metrics, without):  # compile and warm up both before timing either
             params, opt_state, m = fn(params, opt_state, tokens, np.int32(0))
             jax.block_until_ready(m["loss"])

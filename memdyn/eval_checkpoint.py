@@ -14,10 +14,9 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import pandas as pd
 
-from memdyn import checkpoint, config as config_lib, evaluate, extract, train
+from memdyn import checkpoint, config as config_lib, core, evaluate, extract
 from memdyn.data import sources
 
 
@@ -40,7 +39,7 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     if extract_k and store.seq_len < prompt_len + num_new:
         raise ValueError(f"--extract needs examples of at least prompt_len + num_new = {prompt_len + num_new} "
                          f"tokens; this run's examples have {store.seq_len}")
-    run = train.build_run(config, data)
+    run = core.build_run(config, data)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         steps = ckpt.steps()
@@ -55,7 +54,7 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     os.makedirs(out_dir, exist_ok=True)
     batches = evaluate.padded_batches(store, config.batch_size, data.pad_id)
     with run.context():
-        aggregates, per_example = evaluate.evaluate(train.make_eval_step(run), restored.params, batches,
+        aggregates, per_example = evaluate.evaluate(core.make_eval_step(run), restored.params, batches,
                                                     run.batch_sharding, set_name, restored.step).result()
     aggregates = {"set": set_name, "step": restored.step, **aggregates}
     _atomic_csv(pd.DataFrame(per_example), os.path.join(out_dir, f"{set_name}-{restored.step}.csv"))
@@ -67,7 +66,7 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     return aggregates
 
 
-def _extractability(run: train.Run, params, batches, prompt_len: int, num_new: int, pad_id: int) -> pd.DataFrame:
+def _extractability(run: core.Run, params, batches, prompt_len: int, num_new: int, pad_id: int) -> pd.DataFrame:
     """k-extractability of every example with ≥ M + N real tokens, batched like the evaluation."""
     rows = []
     with run.context():

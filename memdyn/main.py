@@ -26,7 +26,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # clu pulls in TensorFlow; keep its start-up banner quiet
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from memdyn import logs

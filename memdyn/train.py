@@ -1,8 +1,7 @@
-"""Train state, the jitted train step and the training loop.
+"""The training loop (``memdyn train``): normal steps, insertions, evaluations, checkpoints, resume and forks.
 
-The state is a pair of pure pytrees (params, opt_state) sharded by logical axis rules; the model's structure (an
-NNX GraphDef) is static. One ``jax.jit`` with explicit in/out shardings and donated state runs forward, backward,
-the optimizer update and the memorization metrics of the same logits.
+Results are fetched one step late, so the host never waits for the device inside the loop; checkpoints record
+how far every result file had got, so a resumed run rewrites nothing twice and misses nothing.
 """
 
 from __future__ import annotations
@@ -12,26 +11,19 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_dict
 
 from memdyn import checkpoint, insertion
 from memdyn import config as config_lib
 from memdyn import evaluate as evaluate_lib
-from memdyn import metrics as metrics_lib
-from memdyn import objective, plots, sharding, writers
+from memdyn import plots, sharding, writers
 from memdyn.data import sources
-from memdyn.data.order import StepOrder
-from memdyn.model import Transformer
-from memdyn.sizes import ModelShape
+from memdyn.core import Run, build_run, device_batch, init_state, make_eval_step, make_train_step
 
 IDENTITY_COLUMNS = ("run", "size", "params", "causal", "seed", "peak_lr", "batch_size", "seq_len")
 TRAIN_CSV_COLUMNS = ("step", "update", "inserted_updates", "epoch", "epochs_done", "examples_seen", "tokens_seen",
@@ -40,181 +32,6 @@ EVAL_CSV_COLUMNS = ("step", "update", "inserted_updates", "set", "exact_match", 
                     "num_examples", "num_tokens") + IDENTITY_COLUMNS
 INSERT_CSV_COLUMNS = ("step", "update", "set", "repeat", "batch", "loss", "exact_match", "lr",
                       "grad_norm") + IDENTITY_COLUMNS
-
-
-def make_schedule(opt: config_dict.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to ``opt.lr``, then constant / linear / cosine / polynomial decay to the end."""
-    warmup = int(opt.warmup_steps)
-    decay_steps = max(num_steps - warmup, 1)
-    end = opt.lr * opt.end_lr_fraction
-    main = {
-        "constant": optax.constant_schedule(opt.lr),
-        "linear": optax.linear_schedule(opt.lr, end, decay_steps),
-        "cosine": optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.end_lr_fraction),
-        "polynomial": optax.polynomial_schedule(opt.lr, end, opt.power, decay_steps),
-    }[opt.schedule]
-    if warmup == 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
-
-
-def make_optimizer(opt: config_dict.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation,
-                                                                          optax.Schedule]:
-    schedule = make_schedule(opt, num_steps)
-    # Decay matrices only (kernels, embeddings), never biases or layer-norm parameters.
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-                        mask=decay_mask)
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw) if opt.grad_clip > 0 else adamw
-    return tx, schedule
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything a run needs, built and validated before any compute."""
-    config: config_dict.ConfigDict  # resolved
-    data: sources.RunData
-    shape: ModelShape
-    mesh: jax.sharding.Mesh
-    rules: tuple[tuple[str, Any], ...]
-    order: StepOrder
-    graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    param_shardings: Any
-    opt_shardings: Any
-    batch_sharding: NamedSharding
-    replicated: NamedSharding
-    abstract_params: Any  # ShapeDtypeStructs with shardings: the target of a restore
-    abstract_opt_state: Any
-
-    def context(self):
-        """Mesh and logical rules must be active whenever a memdyn function is traced."""
-        return _Contexts(jax.set_mesh(self.mesh), sharding.use_rules(self.rules))
-
-
-class _Contexts:
-    def __init__(self, *contexts):
-        self._contexts = contexts
-
-    def __enter__(self):
-        for c in self._contexts:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self._contexts):
-            c.__exit__(*exc)
-
-
-def build_model(shape: ModelShape, config: config_dict.ConfigDict) -> Transformer:
-    return Transformer(shape, causal=config.model.causal, rngs=nnx.Rngs(params=config.seed),
-                       dtype=config.model.dtype)
-
-
-def build_run(config: config_dict.ConfigDict, data: sources.RunData,
-              devices: list[jax.Device] | None = None) -> Run:
-    """Resolves the config against the data and the devices; raises before compute on any bad value."""
-    config = config_lib.resolve(config, vocab_size=data.vocab_size)
-    if data.train.seq_len != config.data.seq_len:
-        raise ValueError(f"config.data.seq_len={config.data.seq_len} but the example store "
-                         f"{data.train.path!r} holds sequences of {data.train.seq_len} tokens")
-    shape = config_lib.model_shape(config, data.vocab_size)
-    rules = sharding.rules_from_config(config.sharding.rules)
-    mesh = sharding.make_mesh(config.sharding.mesh, devices)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
-        dp = sharding.data_parallel_size(mesh)
-        if config.batch_size % dp:
-            raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {dp} data-parallel "
-                             f"shards of mesh {dict(mesh.shape)}")
-        abstract_model = nnx.eval_shape(lambda: build_model(shape, config))
-        graphdef, abstract_state = nnx.split(abstract_model)
-        param_specs = sharding.param_specs(abstract_state)
-        param_shardings = sharding.named(mesh, param_specs)
-        tx, schedule = make_optimizer(config.optimizer, config.num_steps)
-        abstract_params = nnx.to_pure_dict(abstract_state)
-        replicated = NamedSharding(mesh, P())
-        opt_shapes = jax.eval_shape(tx.init, abstract_params)
-        opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shapes, param_shardings,
-                                              transform_non_params=lambda _: replicated)
-        batch_sharding = sharding.batch_sharding(mesh, 2)
-    order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
-    return Run(config, data, shape, mesh, rules, order, graphdef, tx, schedule, param_shardings, opt_shardings,
-               batch_sharding, replicated, checkpoint.abstract_like(abstract_params, param_shardings),
-               checkpoint.abstract_like(opt_shapes, opt_shardings))
-
-
-def init_state(run: Run) -> tuple[Any, Any]:
-    """Freshly initialised (params, opt_state), created directly in their shardings."""
-    def init_params():
-        return nnx.to_pure_dict(nnx.split(build_model(run.shape, run.config))[1])
-    with run.context():
-        params = jax.jit(init_params, out_shardings=run.param_shardings)()
-        opt_state = jax.jit(run.tx.init, out_shardings=run.opt_shardings)(params)
-    return params, opt_state
-
-
-def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., dict[str, jax.Array]]:
-    """forward(params, tokens_BxL, step) -> token metrics of the run's objective (see metrics.token_metrics).
-
-    ``memorization_metrics=False`` returns the loss alone (the baseline of the metric-overhead benchmark).
-    """
-    config = run.config
-    masking = objective.MaskingConfig(pad_id=run.data.pad_id, mask_id=run.data.mask_id,
-                                      num_special=run.data.num_special, mask_prob=config.model.mask_prob)
-    base_key = jax.random.key(config.seed)
-
-    def forward(params, tokens_BxL, step, mlp_gate_BxLxF=None):
-        if config.model.causal:
-            inputs, targets, weights = objective.causal_lm(tokens_BxL, masking.pad_id)
-        else:  # masks are a pure function of (seed, step): resume and re-evaluation see the same masks
-            inputs, targets, weights = objective.masked_lm(tokens_BxL, jax.random.fold_in(base_key, step),
-                                                           run.shape.vocab_size, masking)
-        model = nnx.merge(run.graphdef, nnx.State(params))
-        logits = model(inputs, valid_BxL=inputs != masking.pad_id, mlp_gate_BxLxF=mlp_gate_BxLxF)
-        if not memorization_metrics:
-            return {"loss": metrics_lib.mean_loss(logits, targets, weights)}
-        return metrics_lib.token_metrics(logits, targets, weights)
-
-    return forward
-
-
-def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
-    """The jitted step: (params, opt_state, tokens_BxL, update) -> (params, opt_state, metrics). State is donated.
-
-    ``update`` counts every update, inserted ones included; it indexes the lr schedule (as optax's own count
-    does) and the masked-LM masks.
-    """
-    forward = make_forward(run, memorization_metrics)
-
-    def train_step(params, opt_state, tokens_BxL, update):
-        def loss_fn(p):
-            m = forward(p, tokens_BxL, update)
-            return m["loss"], m
-        grads, m = jax.grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = run.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(update))
-        return params, opt_state, m
-
-    return jax.jit(train_step,
-                   in_shardings=(run.param_shardings, run.opt_shardings, run.batch_sharding, run.replicated),
-                   out_shardings=(run.param_shardings, run.opt_shardings, run.replicated),
-                   donate_argnums=(0, 1))
-
-
-def make_eval_step(run: Run) -> Callable:
-    """Jitted forward for evaluation: (params, tokens_BxL, mask_index) -> token metrics, nothing donated."""
-    return jax.jit(make_forward(run), in_shardings=(run.param_shardings, run.batch_sharding, run.replicated),
-                   out_shardings=run.replicated)
-
-
-def device_batch(run: Run, step: int) -> tuple[jax.Array, dict[str, np.ndarray]]:
-    """Global batch of ``step`` as a sharded array [B, L], and its host-side rows (ids, tokens)."""
-    rows = run.data.train.rows(run.order.rows(step))
-    # Each process passes only its addressable rows; with one process that is the whole batch.
-    tokens = jax.make_array_from_process_local_data(run.batch_sharding, rows["tokens"],
-                                                    global_shape=rows["tokens"].shape)
-    return tokens, rows
 
 
 @dataclasses.dataclass

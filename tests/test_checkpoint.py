@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_memdyn, run_python, tiny_config
-from memdyn import checkpoint, insertion, train, writers
+from conftest import REPO, run_memdyn, tiny_config
+from memdyn import checkpoint, core, insertion, train, writers
 from memdyn.data import sources
 
 VOLATILE = ["steps_per_sec", "run"]  # wall-clock and directory name; everything else must match bitwise
@@ -30,7 +30,7 @@ def _frames(workdir):
 
 
 def _final_params(workdir, config):
-    run = train.build_run(config, sources.prepare(config, workdir))
+    run = core.build_run(config, sources.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context():
         restored = ckpt.restore(max(ckpt.steps()), run.abstract_params, run.abstract_opt_state)
@@ -97,7 +97,7 @@ def test_fork_without_insertion_continues_the_parent_exactly(tmp_path):
 def test_insertion_trains_exactly_the_special_rows(reference):
     config = tiny_config(**CONFIG)
     inserted = pd.read_csv(os.path.join(reference, "insertions.csv"))
-    data = sources.open_run_data(reference, train.build_run(config, sources.prepare(config, reference)).config)
+    data = sources.open_run_data(reference, core.build_run(config, sources.prepare(config, reference)).config)
     special = data.sets["special"]
     assert len(inserted) == -(-special.num_examples // config.batch_size)  # one update per batch of the set
     assert insertion.insert_batch_size(33, 32, 1) == 17 and insertion.insert_batch_size(33, 32, 4) == 20
@@ -124,11 +124,11 @@ def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config(num_steps=6, **{"insert.at_step": 4})
     train.train(config, workdir)
-    run = train.build_run(config, sources.prepare(config, workdir))
+    run = core.build_run(config, sources.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context():
         restored = ckpt.restore(4, run.abstract_params, run.abstract_opt_state)
-        forward = train.make_eval_step(run)
+        forward = core.make_eval_step(run)
         special = run.data.sets["special"]
         rows = insertion.insert_batch_size(special.num_examples, config.batch_size, shards=1)
         tokens = special.rows(np.arange(min(rows, special.num_examples)))["tokens"]
@@ -177,7 +177,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
-    run = train.build_run(config, sources.prepare(config, workdir))
+    run = core.build_run(config, sources.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context(), caplog.at_level("WARNING"):
         restored = ckpt.restore_latest(run.abstract_params, run.abstract_opt_state)
@@ -198,7 +198,7 @@ config = tiny_config(num_steps=8, **{"model.size": "tiny", "model.num_layers": 1
 config.sharding.mesh = mesh
 if mode == "train":
     train.train(config, workdir)
-run = train.build_run(config, sources.prepare(config, workdir))
+run = core.build_run(config, sources.prepare(config, workdir))
 ckpt = checkpoint.Checkpointer(workdir + "/checkpoints", read_only=True)
 with run.context():
     r = ckpt.restore(8, run.abstract_params, run.abstract_opt_state)

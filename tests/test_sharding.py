@@ -9,7 +9,7 @@ import json, tempfile, sys
 sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import tiny_config
-from memdyn import train
+from memdyn import core, train
 from memdyn.data import sources
 
 MESHES = [None, (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
@@ -23,13 +23,13 @@ for mesh in MESHES:
     devices = jax.devices()[:1] if mesh is None else jax.devices()
     if mesh is None:
         c.sharding.mesh = (1, 1, 1)
-    run = train.build_run(c, data, devices)
-    params, opt_state = train.init_state(run)
-    step_fn = train.make_train_step(run)
+    run = core.build_run(c, data, devices)
+    params, opt_state = core.init_state(run)
+    step_fn = core.make_train_step(run)
     losses = []
     with run.context():
         for step in range(4):
-            tokens, _ = train.device_batch(run, step)
+            tokens, _ = core.device_batch(run, step)
             params, opt_state, m = step_fn(params, opt_state, tokens, np.int32(step))
             losses.append([float(m["loss"]), float(m["mem_update"]), float(m["grad_norm"])])
     specs = {

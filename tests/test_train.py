@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from conftest import run_memdyn, tiny_config
-from memdyn import train, writers
+from memdyn import core, train, writers
 from memdyn.data import sources
 from memdyn.data.order import StepOrder
 
@@ -26,14 +26,14 @@ def trained_run(tmp_path_factory):
 def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
     config = tiny_config()
     data = sources.prepare(config, str(tmp_path))
-    run = train.build_run(config, data)
-    params, opt_state = train.init_state(run)
-    step_fn = train.make_train_step(run)
+    run = core.build_run(config, data)
+    params, opt_state = core.init_state(run)
+    step_fn = core.make_train_step(run)
     with run.context():
         for step in range(3):  # train a little so the argmax is not uniform noise
-            tokens, rows = train.device_batch(run, step)
+            tokens, rows = core.device_batch(run, step)
             params, opt_state, _ = step_fn(params, opt_state, tokens, np.int32(step))
-        tokens, rows = train.device_batch(run, 3)
+        tokens, rows = core.device_batch(run, 3)
         model = nnx.merge(run.graphdef, nnx.State(jax.device_get(params)))
         inputs = rows["tokens"][:, :-1]
         logits = np.asarray(model(inputs, valid_BxL=inputs != 0))
@@ -112,7 +112,7 @@ def test_masked_lm_trains(tmp_path):
 def test_schedules_warm_up_then_follow_their_shape(schedule):
     opt = tiny_config().optimizer
     opt.schedule, opt.warmup_steps, opt.lr, opt.end_lr_fraction, opt.power = schedule, 10, 1.0, 0.1, 2.0
-    f = train.make_schedule(opt, num_steps=110)
+    f = core.make_schedule(opt, num_steps=110)
     assert float(f(0)) == 0.0 and float(f(5)) == pytest.approx(0.5) and float(f(10)) == pytest.approx(1.0)
     end = float(f(110))
     assert end == pytest.approx(1.0 if schedule == "constant" else 0.1, abs=1e-6)
@@ -130,7 +130,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
 def test_clipping_and_weight_decay_mask():
     opt = tiny_config().optimizer
     opt.grad_clip, opt.weight_decay, opt.warmup_steps = 1.0, 0.5, 0
-    tx, _ = train.make_optimizer(opt, 10)
+    tx, _ = core.make_optimizer(opt, 10)
     params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones((2,), np.float32)}
     grads = {"kernel": np.zeros((2, 2), np.float32), "bias": np.zeros((2,), np.float32)}
     updates, _ = tx.update(grads, tx.init(params), params)

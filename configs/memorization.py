@@ -1,0 +1,30 @@
+"""Memorization dynamics across sizes (Tirumala et al. 2022, §3) at CPU scale on the embedded corpus.
+
+A small fixed training set (200 synthetic documents, ≈430 examples of 64 tokens: 13 steps per epoch at batch
+32) is trained for 40 epochs; validation is evaluated every epoch, so the overfitting point (first epoch where
+validation perplexity rises) and M(f) there can be read off. Sweep sizes and seeds:
+
+    memdyn sweep --config=configs/memorization.py --workdir=runs/memorization \
+        --sweep=model.size=nano,micro,tiny,small --sweep=seed=0,1
+    memdyn analyze memorization --sweep=runs/memorization
+
+The argument is the size preset (default ``tiny``).
+"""
+
+import os
+
+from memdyn.config import load_config_file
+
+
+def get_config(size: str = "tiny"):
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c.model.size = size
+    c.data.synthetic.num_train_docs = 200
+    c.data.synthetic.num_validation_docs = 100
+    c.data.special_docs = 0
+    c.num_steps = 520  # 40 epochs of 13 steps
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 50
+    c.eval.every = 13  # once an epoch
+    c.checkpoint.every = 0  # the end of the run is enough
+    return c

@@ -1,0 +1,338 @@
+"""Local sweeps: the cross product of ``--sweep a.b=v1,v2`` specs, one workdir per combination.
+
+``run_sweep`` validates every combination before any run starts, skips runs that are already complete (a cheap
+look at the workdir's checkpoints, nothing is built), resumes interrupted ones (``train.train`` does that) and
+trains the rest, in this process one after another or as ``parallel`` concurrent ``memdyn train`` processes.
+``<sweep_dir>/sweep.json`` lists every run with its overrides and status: pending, running, complete (trained
+by this call), skipped (already complete), failed or interrupted.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import logging
+from ml_collections import config_dict
+
+from memdyn import config as config_lib
+
+SWEEP_FILE = "sweep.json"
+_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_MAX_NAME = 200  # file names are limited to 255 bytes
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+# -- specs -----------------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A value as a ``--config.<field>=<text>`` override means it: a Python literal, else the raw string."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _split_values(text: str, spec: str) -> list[str]:
+    """Splits at the commas outside brackets and quotes: ``(2,2),(4,1)`` -> ``["(2,2)", "(4,1)"]``."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"malformed sweep spec {spec!r}: unbalanced {ch!r}")
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth or quote:
+        raise ValueError(f"malformed sweep spec {spec!r}: unclosed bracket or quote")
+    items.append(text[start:])
+    if any(not item.strip() for item in items):
+        raise ValueError(f"malformed sweep spec {spec!r}: empty value")
+    return items
+
+
+def _parse_spec(spec: str) -> tuple[str, list[Any]]:
+    key, eq, values = spec.partition("=")
+    key = key.strip()
+    if not eq or not _KEY.match(key):
+        raise ValueError(f"malformed sweep spec {spec!r}: expected <field>=<v1>,<v2>,... (e.g. seed=0,1,2)")
+    return key, [parse_value(v) for v in _split_values(values, spec)]
+
+
+def parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
+    """The cross product of ``"a.b=v1,v2"`` specs as override dicts, the first spec varying slowest."""
+    parsed = [_parse_spec(spec) for spec in specs]
+    keys = [key for key, _ in parsed]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"sweep specs name {', '.join(repeated)} more than once")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values for _, values in parsed))]
+
+
+# -- names and configs -------------------------------------------------------------------------------------------
+def _name_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "x".join(_name_value(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """A readable, filesystem-safe directory name: ``model.size=tiny,seed=1`` (``default`` when empty)."""
+    if not overrides:
+        return "default"
+    name = ",".join(f"{_UNSAFE.sub('_', k)}={_UNSAFE.sub('_', _name_value(v))}" for k, v in overrides.items())
+    if len(name) > _MAX_NAME:  # keep it unique when cut
+        name = name[:_MAX_NAME - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def apply_overrides(config: config_dict.ConfigDict, overrides: dict[str, Any]) -> config_dict.ConfigDict:
+    """A copy of ``config`` with dotted-field overrides; an unknown field or a wrong type raises ValueError."""
+    config = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        node, *parents, leaf = [config, *dotted.split(".")]
+        for i, part in enumerate(parents):
+            if not isinstance(node, config_dict.ConfigDict) or part not in node:
+                raise ValueError(f"config.{dotted}: unknown field config.{'.'.join(parents[:i + 1])}")
+            node = node[part]
+        if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
+            raise ValueError(f"config.{dotted}: unknown field")
+        if isinstance(node[leaf], config_dict.ConfigDict):
+            raise ValueError(f"config.{dotted} is a group of fields; override one of them")
+        if node.get_type(leaf) is str and value is not None and not isinstance(value, str):
+            value = _name_value(value)  # `model.size=1` means the string, as on the command line
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ValueError(f"config.{dotted}={value!r}: {e}") from None
+    return config
+
+
+def _check_resumable(config: config_dict.ConfigDict, workdir: str) -> None:
+    """Raises when ``workdir`` holds a run whose model, data, optimizer or seed differ from ``config``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return
+    from memdyn import checkpoint  # imports orbax; only needed when a workdir already exists
+    with open(path) as f:
+        stored = json.load(f)
+    resolved = config_lib.resolve(config, vocab_size=stored["model"]["vocab_size"])
+    problems = checkpoint.incompatibilities(stored, json.loads(config_lib.to_json(resolved)))
+    if problems:
+        raise ValueError(f"{workdir!r} holds a run with an incompatible config: " + "; ".join(problems[:10]))
+
+
+def latest_checkpoint(workdir: str) -> int | None:
+    """The newest finished checkpoint step of a workdir (Orbax renames a checkpoint to its step when done)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d))]
+    return max(steps, default=None)
+
+
+def is_complete(workdir: str, num_steps: int) -> bool:
+    """Whether ``workdir`` holds a run trained to ``num_steps`` steps, without building it."""
+    step = latest_checkpoint(workdir)
+    return os.path.isfile(os.path.join(workdir, "config.json")) and step is not None and step >= num_steps
+
+
+# -- the sweep -----------------------------------------------------------------------------------------------------
+def _plan(base: config_dict.ConfigDict, sweep_dir: str, specs: list[str],
+          base_overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run's name, workdir, overrides and config, all validated before any run starts."""
+    runs, seen = [], {}
+    for overrides in parse_sweep(specs):
+        name = run_name(overrides)
+        if name in seen:
+            raise ValueError(f"sweep runs {seen[name]} and {overrides} share the directory name {name!r}")
+        seen[name] = overrides
+        workdir = os.path.join(sweep_dir, name)
+        try:
+            config = apply_overrides(base, {**base_overrides, **overrides})
+            config_lib.validate(config)
+            _check_resumable(config, workdir)
+        except ValueError as e:
+            raise ValueError(f"sweep run {name}: {e}") from None
+        runs.append({"name": name, "workdir": workdir, "overrides": overrides, "config": config})
+    return runs
+
+
+def _write_json(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k != "config"}
+
+
+class _Manifest:
+    """sweep.json: this call's runs, after those of earlier calls into the same directory that it does not repeat."""
+
+    def __init__(self, sweep_dir: str, header: dict[str, Any], runs: list[dict[str, Any]]):
+        self.path = os.path.join(sweep_dir, SWEEP_FILE)
+        self.header, self.runs = header, runs
+        names = {r["name"] for r in runs}
+        self.earlier = [r for r in _read_runs(self.path) if r.get("name") not in names]
+
+    def save(self) -> None:
+        _write_json(self.path, {**self.header, "runs": self.earlier + [_public(r) for r in self.runs]})
+
+
+def _read_runs(path: str) -> list[dict[str, Any]]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f).get("runs", [])
+
+
+def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],
+              base_overrides: dict[str, Any] | None = None, parallel: int = 1) -> list[dict[str, Any]]:
+    """Trains every combination of ``specs`` in ``sweep_dir/<run_name>``; returns sweep.json's runs of this call.
+
+    ``base_overrides`` ({"a.b": value}) apply to every run, under the sweep's own. Runs are trained in this
+    process when ``parallel`` is 1, else as up to ``parallel`` concurrent ``python -m memdyn train`` processes
+    (environment inherited: XLA_FLAGS, JAX_PLATFORMS), each logging to ``sweep_dir/logs/<run_name>.log``.
+    Failed runs do not stop the others; a RuntimeError names them at the end.
+    """
+    if parallel < 1:
+        raise ValueError(f"parallel={parallel} must be at least 1")
+    config_path, sweep_dir = os.path.abspath(config_path), os.path.abspath(sweep_dir)
+    base = config_lib.load_config_file(config_path, config_arg)
+    base_overrides = dict(base_overrides or {})
+    runs = _plan(base, sweep_dir, specs, base_overrides)
+    os.makedirs(sweep_dir, exist_ok=True)
+    header = {"config": config_path, "config_arg": config_arg, "specs": list(specs), "base_overrides": base_overrides}
+    manifest = _Manifest(sweep_dir, header, runs)
+    for run in runs:
+        run["status"] = "skipped" if is_complete(run["workdir"], run["config"].num_steps) else "pending"
+    manifest.save()
+    todo = [(i, run) for i, run in enumerate(runs, 1) if run["status"] == "pending"]
+    for i, run in enumerate(runs, 1):
+        if run["status"] == "skipped":
+            logging.info("run %d/%d: %s (already complete, skipped)", i, len(runs), run["name"])
+    if parallel == 1:
+        _run_in_process(todo, len(runs), manifest)
+    else:
+        command = [sys.executable, "-m", "memdyn", "train",
+                   f"--config={config_path}" + (f":{config_arg}" if config_arg is not None else "")]
+        _run_processes(todo, len(runs), manifest, command, base_overrides, parallel, sweep_dir)
+    failed = [r["name"] for r in runs if r["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} sweep runs failed ({', '.join(failed)}); "
+                           f"see {manifest.path}")
+    return [_public(r) for r in runs]
+
+
+def _run_in_process(todo: list[tuple[int, dict]], total: int, manifest: _Manifest) -> None:
+    from memdyn import train  # imports JAX
+    for i, run in todo:
+        logging.info("run %d/%d: %s", i, total, run["name"])
+        run["status"] = "running"
+        manifest.save()
+        try:
+            train.train(run["config"], run["workdir"])
+            run["status"] = "complete"
+        except (KeyboardInterrupt, train.Preempted):  # stop the sweep; the run resumes next time
+            run["status"] = "interrupted"
+            raise
+        except Exception as e:  # a failed run does not stop the others
+            logging.exception("sweep run %s failed", run["name"])
+            run.update(status="failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            manifest.save()
+
+
+def format_flag(key: str, value: Any) -> str:
+    """``--config.<key>=<value>`` as ml_collections' config flags parse it back into ``value``."""
+    text = value if isinstance(value, str) else repr(tuple(value)) if isinstance(value, list) else repr(value)
+    return f"--config.{key}={text}"
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM to the sweep: exit, stopping its runs first (each saves a checkpoint)."""
+    raise SystemExit(128 + signum)
+
+
+def _run_processes(todo: list[tuple[int, dict]], total: int, manifest: _Manifest, command: list[str],
+                   base_overrides: dict[str, Any], parallel: int, sweep_dir: str) -> None:
+    """Up to ``parallel`` concurrent ``memdyn train`` processes, each in its own session (Ctrl-C stops the sweep,
+    which then SIGTERMs its runs so they save a checkpoint)."""
+    log_dir = os.path.join(sweep_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    queue, running = list(todo), {}
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                i, run = queue.pop(0)
+                logging.info("run %d/%d: %s", i, total, run["name"])
+                flags = [format_flag(k, v) for k, v in {**base_overrides, **run["overrides"]}.items()]
+                log_path = os.path.join(log_dir, f"{run['name']}.log")
+                with open(log_path, "w") as log:
+                    proc = subprocess.Popen([*command, *flags, f"--workdir={run['workdir']}"], env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+                running[proc] = (run, log_path)
+                run["status"] = "running"
+                manifest.save()
+            for proc in [p for p in running if p.poll() is not None]:
+                run, log_path = running.pop(proc)
+                _finish(run, proc.returncode, log_path)
+                manifest.save()
+            time.sleep(0.2)
+    except BaseException:
+        _stop(running)
+        manifest.save()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _finish(run: dict[str, Any], returncode: int, log_path: str) -> None:
+    if returncode == 0:
+        run["status"] = "complete"
+        return
+    with open(log_path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    run.update(status="failed", error=f"exit status {returncode}: {lines[-1] if lines else ''} (log: {log_path})")
+    logging.error("sweep run %s failed: %s", run["name"], run["error"])
+
+
+def _stop(running: dict[subprocess.Popen, tuple[dict, str]]) -> None:
+    """SIGTERMs the running runs (they save a checkpoint and exit) and waits for them."""
+    for proc, (run, _) in running.items():
+        proc.terminate()
+        run["status"] = "interrupted"
+    for proc in running:
+        proc.wait()

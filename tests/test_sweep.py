@@ -1,0 +1,121 @@
+"""Local sweeps (spec parsing, run/skip/resume, validation before any run) and the CSV exports."""
+
+import json
+import os
+import re
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from memdyn import export, sweep
+
+BASE = os.path.join(REPO, "configs", "base.py")
+TINY = {"model.size": "nano", "num_steps": 4, "batch_size": 8, "data.seq_len": 32,
+        "data.synthetic.vocab_size": 256, "data.synthetic.num_train_docs": 40,
+        "data.synthetic.num_validation_docs": 8, "data.special_docs": 3, "optimizer.warmup_steps": 1,
+        "optimizer.lr": 0.002, "eval.every": 2, "checkpoint.every": 2, "sharding.mesh": (-1, 1, 1)}
+
+
+def test_parse_sweep_is_the_cross_product_in_order():
+    combos = sweep.parse_sweep(["model.size=nano,tiny", "seed=0,1", "sharding.mesh=(2,1,1),(-1,1,1)"])
+    assert len(combos) == 8
+    assert combos[0] == {"model.size": "nano", "seed": 0, "sharding.mesh": (2, 1, 1)}
+    assert combos[1] == {"model.size": "nano", "seed": 0, "sharding.mesh": (-1, 1, 1)}
+    assert combos[-1] == {"model.size": "tiny", "seed": 1, "sharding.mesh": (-1, 1, 1)}
+    assert sweep.parse_sweep([]) == [{}]
+
+
+def test_parse_sweep_values():
+    [a, b] = sweep.parse_sweep(["x=1e-3,true", "y='a,b'", "z=False", "w=None"])
+    assert a == {"x": 0.001, "y": "a,b", "z": False, "w": None}
+    assert b["x"] is True
+    assert [c["v"] for c in sweep.parse_sweep(["v=3,2.5,cosine,[1,2]"])] == [3, 2.5, "cosine", [1, 2]]
+
+
+@pytest.mark.parametrize("spec", ["seed", "=1,2", "seed=", "seed=1,,2", "a..b=1", "mesh=(1,2", "x=1)"])
+def test_malformed_spec_is_named(spec):
+    with pytest.raises(ValueError, match=re.escape(f"malformed sweep spec {spec!r}")):
+        sweep.parse_sweep(["seed=0", spec])
+
+
+def test_run_names_are_readable_and_safe():
+    assert sweep.run_name({"model.size": "tiny", "seed": 1}) == "model.size=tiny,seed=1"
+    assert sweep.run_name({"sharding.mesh": (-1, 1, 1), "optimizer.lr": 1e-3}) == \
+        "sharding.mesh=-1x1x1,optimizer.lr=0.001"
+    assert sweep.run_name({"data.store": "/a b/c"}) == "data.store=_a_b_c"
+    assert sweep.run_name({}) == "default"
+    long = sweep.run_name({"x": "a" * 300})
+    assert len(long) <= 200 and long != sweep.run_name({"x": "a" * 301})
+
+
+def test_invalid_combination_fails_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match=r"config\.model\.nope"):
+        sweep.run_sweep(BASE, None, str(tmp_path), ["seed=0,1", "model.nope=1"], TINY)
+    with pytest.raises(ValueError, match=r"model.size=bogus.*config\.model\.size='bogus'"):
+        sweep.run_sweep(BASE, None, str(tmp_path), ["model.size=nano,bogus"], TINY)
+    with pytest.raises(ValueError, match=r"config\.batch_size='x'"):
+        sweep.run_sweep(BASE, None, str(tmp_path), ["seed=0"], {**TINY, "batch_size": "x"})
+    assert os.listdir(tmp_path) == []  # nothing trained, not even the valid first combination
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """seed=0 trained for 2 steps in a subprocess (parallel mode), then the sweep seed=0,1 to 4 steps in-process."""
+    sweep_dir = str(tmp_path_factory.mktemp("sweep"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_PLATFORMS", "cpu")
+        mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+        first = sweep.run_sweep(BASE, None, sweep_dir, ["seed=0"], {**TINY, "num_steps": 2}, parallel=2)
+    second = sweep.run_sweep(BASE, None, sweep_dir, ["seed=0,1"], TINY)
+    return sweep_dir, first, second
+
+
+def test_sweep_trains_every_combination_and_resumes(swept):
+    sweep_dir, first, second = swept
+    assert [(r["name"], r["status"]) for r in first] == [("seed=0", "complete")]
+    assert [(r["name"], r["status"], r["overrides"]) for r in second] == [
+        ("seed=0", "complete", {"seed": 0}), ("seed=1", "complete", {"seed": 1})]
+    for seed in (0, 1):
+        workdir = os.path.join(sweep_dir, f"seed={seed}")
+        assert sweep.latest_checkpoint(workdir) == 4
+        train = pd.read_csv(os.path.join(workdir, "train.csv"))
+        assert train["step"].tolist() == [0, 1, 2, 3] and (train["seed"] == seed).all()
+        assert (train["peak_lr"] == 0.002).all()  # the overrides reached the subprocess and the resumed run
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+        manifest = json.load(f)
+    assert [r["status"] for r in manifest["runs"]] == ["complete", "complete"]
+    assert manifest["base_overrides"]["num_steps"] == 4
+
+
+def test_second_sweep_skips_complete_runs(swept):
+    sweep_dir = swept[0]
+    paths = [os.path.join(sweep_dir, f"seed={s}", "train.csv") for s in (0, 1)]
+    mtimes = [os.stat(p).st_mtime_ns for p in paths]
+    runs = sweep.run_sweep(BASE, None, sweep_dir, ["seed=0,1"], TINY)
+    assert [r["status"] for r in runs] == ["skipped", "skipped"]
+    assert [os.stat(p).st_mtime_ns for p in paths] == mtimes
+
+
+def test_export_sweep_concatenates_runs_with_override_columns(swept, tmp_path):
+    sweep_dir = swept[0]
+    written = export.export_sweep(sweep_dir, str(tmp_path))
+    assert set(written) == set(export.FILES)
+    for name in ("train.csv", "eval.csv", "examples.csv", "eval_examples.csv"):
+        frame = export.load(written[name])
+        per_run = [export.read_file(os.path.join(sweep_dir, f"seed={s}"), name) for s in (0, 1)]
+        assert len(frame) == sum(len(f) for f in per_run) > 0
+        assert list(frame.columns[:2]) == ["run", "seed"]
+        assert sorted(frame.groupby("run")["seed"].unique().apply(list).items()) == [("seed=0", [0]), ("seed=1", [1])]
+    assert len(export.load(written["examples.csv"])) == 2 * 4 * 8
+    assert {"size", "params", "peak_lr", "loss"} <= set(export.load(written["train.csv"]).columns)
+
+
+def test_export_run_writes_tidy_csvs(swept, tmp_path):
+    workdir = os.path.join(swept[0], "seed=1")
+    written = export.export_run(workdir, str(tmp_path))
+    assert set(written) == set(export.FILES)
+    assert open(written["train.csv"]).read() == open(os.path.join(workdir, "train.csv")).read()
+    examples = export.load(written["examples.csv"])
+    assert list(examples.columns[:2]) == ["step", "example_id"] and len(examples) == 4 * 8
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
