@@ -9,6 +9,16 @@ Commands:
          Evaluate a set (validation, special, train, ...) at checkpoint S (default: the latest): per-example
          M(f) and loss in evals/<set>-<S>.csv; with --extract Biderman's k-extractability per example
          (example_id,score,memorized,prefix_match) in evals/<set>-<S>-extract.csv.
+  sweep  --config=<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<sweep dir>
+         --sweep=<field>=<v1>,<v2>[,...] [--sweep=...] [--parallel=<k>]
+         Train the cross product of the --sweep values, one workdir per run (<sweep dir>/<field>=<v>,...);
+         complete runs are skipped, interrupted ones resume; sweep.json lists the runs and their status.
+  export (--workdir=<dir> | --sweep=<dir>) --out=<dir>
+         Tidy CSVs (train, eval, insertions, examples, eval_examples) of a run, or of all the runs of a sweep
+         concatenated with the swept fields as columns.
+  analyze memorization (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
+         Per-epoch M(f), T(N, tau) in epochs and updates for tau in 0.5/0.7/0.9, the overfitting point and M(f)
+         there: memorization_summary.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png.
   analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
          Forgetting curves of an inserted set, the forgetting baseline (minimum after insertion) and the
          asymptote of an exponential fit: forgetting_curves.csv, forgetting_summary.csv, forgetting.png.
@@ -32,16 +42,19 @@ from ml_collections import config_flags
 from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
-COMMANDS = ("train", "eval", "rows", "analyze")
-ANALYSES = ("forgetting",)
+COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze")
+ANALYSES = ("forgetting", "memorization")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config file (configs/<name>.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
-_SWEEP = flags.DEFINE_string("sweep", None, "`analyze`: a directory of runs (every subdirectory with eval.csv).")
-_OUT = flags.DEFINE_string("out", None, "`analyze`: output directory (default: --workdir or --sweep).")
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", [], "`sweep`: <field>=<v1>,<v2>,... (repeat the flag for a cross product); "
+    "`export`/`analyze`: the directory of a sweep's runs.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "`sweep`: runs at a time (each in its own process when > 1).")
+_OUT = flags.DEFINE_string("out", None, "`export`/`analyze`: output directory (default: --workdir or --sweep).")
 _SET = flags.DEFINE_string("set", None, "`eval`: the set to evaluate (a tracked set or `train`); "
                            "`analyze forgetting`: the inserted set (default special).")
 _EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
@@ -96,19 +109,50 @@ def cmd_eval() -> None:
     print("\n".join(f"{k}: {v}" for k, v in aggregates.items()))
 
 
+def _run_or_sweep(command: str) -> tuple[str | None, str | None]:
+    sweep_dir = _SWEEP.value[0] if _SWEEP.value else None
+    if bool(_WORKDIR.value) == bool(sweep_dir) or len(_SWEEP.value) > 1:
+        raise app.UsageError(f"`memdyn {command}` needs exactly one of --workdir or --sweep=<dir>")
+    return _WORKDIR.value, sweep_dir
+
+
+def cmd_sweep() -> None:
+    from memdyn import sweep
+    if not _SWEEP.value:
+        raise app.UsageError("`memdyn sweep` needs at least one --sweep=<field>=<v1>,<v2>,...")
+    path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    runs = sweep.run_sweep(path, arg or None, _require(_WORKDIR, "sweep"), _SWEEP.value,
+                           base_overrides=overrides, parallel=_PARALLEL.value)
+    for run in runs:
+        print(f"{run['status']:>11}  {run['name']}")
+
+
+def cmd_export() -> None:
+    from memdyn import export
+    workdir, sweep_dir = _run_or_sweep("export")
+    out = _require(_OUT, "export")
+    written = export.export_run(workdir, out) if workdir else export.export_sweep(sweep_dir, out)
+    print("\n".join(f"{name}: {path}" for name, path in written.items()))
+
+
 def cmd_analyze(what: str) -> None:
     if what not in ANALYSES:
         raise app.UsageError(f"`memdyn analyze` needs one of {ANALYSES}; got {what!r}")
-    from memdyn.analysis import forgetting
-    if bool(_WORKDIR.value) == bool(_SWEEP.value):
-        raise app.UsageError("`memdyn analyze forgetting` needs exactly one of --workdir or --sweep")
-    workdirs = [_WORKDIR.value] if _WORKDIR.value else forgetting.find_runs(_SWEEP.value)
+    from memdyn.analysis import forgetting, memorization
+    workdir, sweep_dir = _run_or_sweep(f"analyze {what}")
+    workdirs = [workdir] if workdir else forgetting.find_runs(sweep_dir)
     if not workdirs:
-        raise FileNotFoundError(f"--sweep={_SWEEP.value!r} holds no runs (no eval.csv below it)")
-    out = _OUT.value or _WORKDIR.value or _SWEEP.value
-    _, summary = forgetting.analyze_runs(workdirs, set_name=_SET.value or "special", out_dir=out)
+        raise FileNotFoundError(f"--sweep={sweep_dir!r} holds no runs (no eval.csv below it)")
+    out = _OUT.value or workdir or sweep_dir
+    if what == "forgetting":
+        _, summary = forgetting.analyze_runs(workdirs, set_name=_SET.value or "special", out_dir=out)
+        files = "forgetting_curves.csv, forgetting_summary.csv, forgetting.png"
+    else:
+        summary = memorization.analyze_runs(workdirs, out_dir=out)
+        files = "memorization_summary.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png"
     print(summary.to_string(index=False))
-    print(f"wrote {out}/forgetting_curves.csv, forgetting_summary.csv, forgetting.png")
+    print(f"wrote {files} in {out}")
 
 
 def main(argv: list[str]) -> None:
@@ -123,7 +167,8 @@ def main(argv: list[str]) -> None:
         if argv[1] == "analyze":
             cmd_analyze(argv[2] if len(argv) > 2 else "")
         else:
-            {"train": cmd_train, "eval": cmd_eval, "rows": cmd_rows}[argv[1]]()
+            {"train": cmd_train, "eval": cmd_eval, "rows": cmd_rows, "sweep": cmd_sweep,
+             "export": cmd_export}[argv[1]]()
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         # Bad input (a flag, a config value, a file): say what, without a traceback.
         if os.environ.get("MEMDYN_TRACEBACK"):

@@ -189,8 +189,10 @@ class Trainer:
         return names
 
     def _checkpoint_due(self, steps_done: int) -> bool:
-        every = self.run.config.checkpoint.every
-        return steps_done == self.run.config.num_steps or (every > 0 and steps_done % every == 0)
+        c = self.run.config
+        every = c.checkpoint.every
+        return (steps_done == c.num_steps or steps_done in tuple(c.checkpoint.keep_steps)
+                or (every > 0 and steps_done % every == 0))
 
     def _save(self, params, opt_state, counters: Counters) -> None:
         for writer in self.records.values():

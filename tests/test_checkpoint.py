@@ -85,13 +85,14 @@ def test_complete_run_is_not_retrained(reference):
 
 def test_fork_without_insertion_continues_the_parent_exactly(tmp_path):
     parent, fork = str(tmp_path / "parent"), str(tmp_path / "fork")
-    config = tiny_config(num_steps=12, **{"checkpoint.keep_steps": (4,)})  # keep the fork point
+    config = tiny_config(num_steps=12, **{"checkpoint.keep_steps": (5,)})  # save and keep the fork point
     train.train(config, parent)
-    train.train(tiny_config(num_steps=12, init_from=f"{parent}@4"), fork)
+    assert sorted(int(n) for n in os.listdir(os.path.join(parent, "checkpoints")) if n.isdigit()) == [5, 8, 12]
+    train.train(tiny_config(num_steps=12, init_from=f"{parent}@5"), fork)
     a = pd.read_csv(os.path.join(parent, "train.csv")).drop(columns=VOLATILE)
     b = pd.read_csv(os.path.join(fork, "train.csv")).drop(columns=VOLATILE)
-    assert b["step"].tolist() == list(range(4, 12))
-    pd.testing.assert_frame_equal(a[a.step >= 4].reset_index(drop=True), b, check_exact=True)
+    assert b["step"].tolist() == list(range(5, 12))
+    pd.testing.assert_frame_equal(a[a.step >= 5].reset_index(drop=True), b, check_exact=True)
 
 
 def test_insertion_trains_exactly_the_special_rows(reference):
