@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -113,7 +114,8 @@ class Trainer:
         self._open_files(start.meta if (start is not None and resume_files) else None)
         self._progress = _Progress(counters.step, c.num_steps)
         self._last_row: dict[str, Any] = {}
-        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
+        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
         try:
             with run.context():
                 pending: list = []
@@ -138,7 +140,8 @@ class Trainer:
                                         "`memdyn train` with the same --workdir to resume")
                 self._drain(pending)
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
             self.checkpointer.close()
             self._close_files()
         self.params, self.opt_state = params, opt_state
