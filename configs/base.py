@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.data.store = config_dict.placeholder(str)  # with source=store: a directory written by memdyn
     c.data.seq_len = 64  # tokens per example
     c.data.order_seed = config_dict.placeholder(int)  # seed of the per-epoch permutation; None: config.seed
-    c.data.special_docs = 16  # held-out validation documents that form the `special` set (forgetting)
+    c.data.special_docs = 16  # held-out documents of the `special` set (forgetting), and as many for `control`
     c.data.synthetic = config_dict.ConfigDict(CorpusConfig().__dict__)
 
     c.eval = config_dict.ConfigDict()

@@ -58,7 +58,10 @@ class Trainer:
         self.step_fn = make_train_step(run)
         self.eval_step = make_eval_step(run)
         self.insert_steps = insertion.insertion_steps(c.insert, c.num_steps)
-        eval_sets = list(c.eval.sets) + ([c.insert.set] if self.insert_steps else [])
+        # The inserted set is evaluated together with the control set (same distribution, never inserted).
+        self.tracked = [c.insert.set] + (["control"] if "control" in run.data.sets else []) \
+            if self.insert_steps else []
+        eval_sets = list(c.eval.sets) + self.tracked
         for name in eval_sets:
             if name not in run.data.sets:
                 raise ValueError(f"tracked set {name!r} (config.eval.sets / config.insert.set) does not exist; "
@@ -173,7 +176,7 @@ class Trainer:
                                              batch=b), m))
                 counters.update += 1
                 counters.inserted_updates += 1
-        items.append(self._evaluate(params, c.insert.set, counters))
+        items += [self._evaluate(params, name, counters) for name in self.tracked]
         return params, opt_state, items
 
     def _evaluate(self, params, name: str, counters: Counters):
@@ -187,8 +190,8 @@ class Trainer:
         names = list(c.eval.sets) if c.eval.every and (steps_done % c.eval.every == 0 or last) else []
         first = self.insert_steps[0] if self.insert_steps else None
         inserted_due = insertion.evaluates_inserted_set(c.insert, first, steps_done) or (last and first is not None)
-        if inserted_due and c.insert.set not in names:
-            names.append(c.insert.set)
+        if inserted_due:
+            names += [name for name in self.tracked if name not in names]
         return names
 
     def _checkpoint_due(self, steps_done: int) -> bool:

@@ -109,3 +109,26 @@ def test_missing_inputs_raise_clearly(tmp_path):
         tmp_path / "insertions.csv", index=False)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path))):
         forgetting.analyze_runs([str(tmp_path)])
+
+
+def test_excess_over_a_control_set_separates_forgetting_from_generalization(tmp_path):
+    """M on the special set rises with generalization (as the control's does) while the memorized excess decays."""
+    evals, insertions = write_run(tmp_path, [100])
+    steps = np.arange(100, 601, 10)
+    control = 0.2 + 0.1 * (steps - 100) / 500  # generalization keeps improving on unseen text
+    excess = decay(steps, t0=100, b=0.05, a=0.3, tau=40.0, noise=0.002, seed=1)
+    special = evals["set"] == "special"
+    evals.loc[special & (evals.step >= 100), "exact_match"] = control + excess
+    evals.loc[special & (evals.step < 100), "exact_match"] = 0.2
+    controls = evals[special].assign(set="control")
+    controls.loc[controls.step >= 100, "exact_match"] = control
+    controls.loc[controls.step < 100, "exact_match"] = 0.19
+    evals = pd.concat([evals, controls], ignore_index=True)
+    curve = forgetting.forgetting_curve(evals, insertions)
+    np.testing.assert_allclose(curve["excess"], excess, atol=1e-12)
+    fit = forgetting.fit_forgetting(curve)
+    assert fit["excess_before"] == pytest.approx(0.01)
+    assert fit["excess_asymptote"] == pytest.approx(0.05, abs=0.01)
+    assert fit["excess_tau"] == pytest.approx(40, abs=6)
+    # without the control, the raw M does not decay to the memorization floor
+    assert fit["asymptote"] > 0.2

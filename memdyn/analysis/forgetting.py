@@ -4,6 +4,11 @@ A set of held-out examples is trained on at some step (maybe repeated, maybe spa
 afterwards its exact memorization M is evaluated every few steps while normal training goes on.
 M decays towards a floor, the forgetting baseline: estimated here both as the minimum of M after
 the last insertion and as the asymptote b of a fit M(t) = b + a * exp(-(t - t0) / tau).
+
+Small models still generalize better while the special set is being forgotten, which lifts M on any held-out
+text. A run that also evaluates a ``control`` set (held-out documents from the same distribution, never
+inserted) at the same steps gets the *excess* memorization M_special - M_control, whose decay isolates
+forgetting; the ``excess_*`` fields summarize it the same way.
 """
 
 from __future__ import annotations
@@ -39,14 +44,16 @@ def _saw_insertions_at_step(evals: pd.DataFrame, insertions: pd.DataFrame) -> pd
 
 
 def forgetting_curve(eval_frame: pd.DataFrame, insertions: pd.DataFrame,
-                     set_name: str = "special") -> pd.DataFrame:
+                     set_name: str = "special", control: str | None = "control") -> pd.DataFrame:
     """Evaluations of ``set_name`` from its first insertion on, annotated for the forgetting fit.
 
     Added columns: ``insert_step`` (first insertion), ``last_insert_step``, ``num_insertions``,
     ``steps_since_insert`` (step - last_insert_step; negative between spaced insertions),
     ``after_last_insert`` (the eval saw every insertion, so it belongs to the decay) and
     ``m_before`` (M at the last eval before the first insertion, NaN if none; carried as a column
-    so that ``fit_forgetting`` needs the curve only). Raises ValueError if the set was never inserted.
+    so that ``fit_forgetting`` needs the curve only). When ``control`` was evaluated at the same steps:
+    ``control_exact_match``, ``excess`` (M - control M) and ``excess_before``. Raises ValueError if the set was
+    never inserted.
     """
     own = _set_insertions(insertions, set_name)
     if own.empty:
@@ -66,6 +73,15 @@ def forgetting_curve(eval_frame: pd.DataFrame, insertions: pd.DataFrame,
     curve["after_last_insert"] = after_last[~before]
     pre = evals.loc[before, "exact_match"]
     curve["m_before"] = float(pre.iloc[-1]) if len(pre) else math.nan
+    if control is not None and (eval_frame["set"] == control).any():
+        keys = ["step", "inserted_updates"] if "inserted_updates" in eval_frame.columns else ["step"]
+        control_m = eval_frame.loc[eval_frame["set"] == control, keys + ["exact_match"]].drop_duplicates(keys)
+        paired = evals.merge(control_m.rename(columns={"exact_match": "control_exact_match"}), on=keys,
+                             how="left")["control_exact_match"].to_numpy()
+        curve["control_exact_match"] = paired[~before.to_numpy()]
+        curve["excess"] = curve["exact_match"] - curve["control_exact_match"]
+        pre_excess = evals["exact_match"].to_numpy()[before.to_numpy()] - paired[before.to_numpy()]
+        curve["excess_before"] = float(pre_excess[-1]) if len(pre_excess) else math.nan
     return curve.reset_index(drop=True)
 
 
@@ -83,8 +99,8 @@ def _fit_decay(t: np.ndarray, m: np.ndarray) -> dict:
     from scipy.optimize import OptimizeWarning, curve_fit
 
     p0 = [float(m.min()), float(m[0] - m.min()), span / 4]
-    bounds = ([0.0, 0.0, 1e-6], [1.0, np.inf, np.inf])
-    p0[0] = min(max(p0[0], 0.0), 1.0)  # M is an accuracy, but keep p0 feasible if data stray
+    bounds = ([-1.0, 0.0, 1e-6], [1.0, np.inf, np.inf])  # M in [0, 1]; an excess over a control in [-1, 1]
+    p0[0] = min(max(p0[0], -1.0), 1.0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)  # checked below via finiteness
@@ -108,7 +124,7 @@ def fit_forgetting(curve: pd.DataFrame) -> dict:
     decay = curve[curve["after_last_insert"].astype(bool)].dropna(subset=["exact_match"])
     t = decay["steps_since_insert"].to_numpy(dtype=float)
     m = decay["exact_match"].to_numpy(dtype=float)
-    return {
+    summary = {
         "insert_step": int(head["insert_step"]),
         "last_insert_step": int(head["last_insert_step"]),
         "num_insertions": int(head["num_insertions"]),
@@ -118,6 +134,15 @@ def fit_forgetting(curve: pd.DataFrame) -> dict:
         **_fit_decay(t, m),
         "num_points": len(m),
     }
+    if "excess" in decay.columns:
+        paired = decay.dropna(subset=["excess"])
+        e = paired["excess"].to_numpy(dtype=float)
+        fit = _fit_decay(paired["steps_since_insert"].to_numpy(dtype=float), e)
+        summary.update({"excess_before": float(head["excess_before"]),
+                        "excess_after": float(e[0]) if len(e) else math.nan,
+                        "excess_baseline_min": float(e.min()) if len(e) else math.nan,
+                        **{f"excess_{k}": v for k, v in fit.items()}})
+    return summary
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -185,26 +210,32 @@ def _size_colours(summary: pd.DataFrame, plt) -> dict | None:
 
 
 def _plot(curves: pd.DataFrame, summary: pd.DataFrame, set_name: str, png_path: str) -> None:
-    """M of the set against steps since the last insertion, one line per run, dashed fitted asymptotes."""
+    """M of the set (and its excess over the control, when evaluated) against steps since the last insertion,
+    one line per run, dashed fitted asymptotes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [("exact_match", "asymptote", f"M ({set_name})")]
+    if "excess" in curves.columns:
+        panels.append(("excess", "excess_asymptote", f"M ({set_name}) - M (control)"))
     colours = _size_colours(summary, plt)
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
-    for i, row in summary.iterrows():
-        run_curve = curves[curves["run"] == row["run"]]
-        size = row.get("size", "")
-        colour = colours[size] if colours else f"C{i % 10}"
-        label = f"{row['run']} ({size})" if size != "" else str(row["run"])
-        ax.plot(run_curve["steps_since_insert"], run_curve["exact_match"], color=colour, lw=1.2,
-                marker=".", ms=3, label=label)
-        if np.isfinite(row["asymptote"]):
-            ax.axhline(row["asymptote"], color=colour, ls="--", lw=0.9)
-    ax.axvline(0, color="grey", ls=":", lw=0.8)
-    ax.set(xlabel="steps since last insertion", ylabel=f"M ({set_name})", ylim=(0, 1),
-           title=f"forgetting of the {set_name!r} set (dashed: fitted asymptote)")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), constrained_layout=True,
+                             squeeze=False)
+    for ax, (column, asymptote, ylabel) in zip(axes[0], panels):
+        for i, row in summary.iterrows():
+            run_curve = curves[curves["run"] == row["run"]]
+            size = row.get("size", "")
+            colour = colours[size] if colours else f"C{i % 10}"
+            label = f"{row['run']} ({size})" if size != "" else str(row["run"])
+            ax.plot(run_curve["steps_since_insert"], run_curve[column], color=colour, lw=1.2, marker=".", ms=3,
+                    label=label)
+            if np.isfinite(row.get(asymptote, math.nan)):
+                ax.axhline(row[asymptote], color=colour, ls="--", lw=0.9)
+        ax.axvline(0, color="grey", ls=":", lw=0.8)
+        ax.set(xlabel="steps since last insertion", ylabel=ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"forgetting of the {set_name!r} set (dashed: fitted asymptote)")
     fig.savefig(png_path, dpi=110, format="png")
     plt.close(fig)
 

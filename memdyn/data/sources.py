@@ -3,7 +3,8 @@
 ``synthetic``: the embedded corpus (memdyn.data.corpus) is generated, cut into examples and written to
 <workdir>/data/{train,validation,special}; a store already there is reused when its manifest matches the config.
 The ``special`` set (held-out examples for forgetting experiments) is the last ``data.special_docs`` validation
-documents, so it comes from the training distribution but is never in the training order.
+documents, so it comes from the training distribution but is never in the training order; the ``control`` set is
+the as many documents before them, never inserted, evaluated beside it to separate forgetting from generalization.
 ``store``: an existing store directory written by memdyn (its manifest carries the vocabulary size).
 """
 
@@ -84,14 +85,16 @@ def _synthetic(config: config_dict.ConfigDict, data_dir: str) -> RunData:
         return RunData(train, _open_sets(data_dir), _read_vocab(vocab_path), int(train.manifest["vocab_size"]))
 
     corpus = corpus_lib.generate(corpus_config)
-    if not 0 <= config.data.special_docs < len(corpus.validation):
-        raise ValueError(f"config.data.special_docs={config.data.special_docs} must be below the "
-                         f"{len(corpus.validation)} validation documents (data.synthetic.num_validation_docs)")
+    if not 0 <= 2 * config.data.special_docs < len(corpus.validation):
+        raise ValueError(f"config.data.special_docs={config.data.special_docs}: twice it (special + control) must "
+                         f"be below the {len(corpus.validation)} validation documents "
+                         "(data.synthetic.num_validation_docs)")
     manifest["vocab_size"] = len(corpus.vocab)
-    split_docs = {"train": corpus.train, "validation": corpus.validation[:len(corpus.validation)
-                                                                          - config.data.special_docs]}
-    if config.data.special_docs:
-        split_docs["special"] = corpus.validation[len(corpus.validation) - config.data.special_docs:]
+    k, held_out = config.data.special_docs, corpus.validation
+    split_docs = {"train": corpus.train, "validation": held_out[:len(held_out) - 2 * k]}
+    if k:  # the special set, and a control set of as many held-out documents that is never inserted
+        split_docs["control"] = held_out[len(held_out) - 2 * k:len(held_out) - k]
+        split_docs["special"] = held_out[len(held_out) - k:]
     stores, next_id = {}, 0
     for split, documents in split_docs.items():
         tokens, tags, doc_index = chunk_documents([(d.tokens, d.tags) for d in documents], config.data.seq_len,
