@@ -21,10 +21,11 @@ setup(
         "pandas",
         "pyarrow",  # per-example records are Parquet
         "matplotlib",
+        "scipy",  # forgetting-curve fits
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],
-        "bench": ["torch==2.13.0"],
+        "bench": ["torch==2.13.0", "transformers"],  # PyTorch and Hugging Face peers of bench/
     },
     entry_points={"console_scripts": ["memdyn=memdyn.main:run"]},
 )
