@@ -84,7 +84,8 @@ def main() -> None:
 
     _, summary = forgetting.analyze_runs(forgetting.find_runs(forks), out_dir=args.out)
     columns = ["run", "size", "params", "insert_step", "num_insertions", "m_before", "m_after", "baseline_min",
-               "asymptote", "asymptote_se", "tau"]
+               "excess_before", "excess_after", "excess_asymptote", "excess_asymptote_se", "excess_tau",
+               "retained_min", "retained_asymptote"]
     table = to_markdown(summary[columns])
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write(f"steps per epoch: {epoch}; each fork trains {args.epochs_after} epochs after its (last) "

@@ -130,5 +130,6 @@ def test_excess_over_a_control_set_separates_forgetting_from_generalization(tmp_
     assert fit["excess_before"] == pytest.approx(0.01)
     assert fit["excess_asymptote"] == pytest.approx(0.05, abs=0.01)
     assert fit["excess_tau"] == pytest.approx(40, abs=6)
+    assert fit["retained_asymptote"] == pytest.approx(0.04, abs=0.01)
     # without the control, the raw M does not decay to the memorization floor
     assert fit["asymptote"] > 0.2

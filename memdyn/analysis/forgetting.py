@@ -89,7 +89,7 @@ def _decay(t, b, a, tau):
     return b + a * np.exp(-t / tau)
 
 
-def _fit_decay(t: np.ndarray, m: np.ndarray) -> dict:
+def _fit_decay(t: np.ndarray, m: np.ndarray, floor: float = 0.0) -> dict:
     """Least-squares fit of b + a * exp(-t / tau); NaN fields when it is not identifiable."""
     nan_fit = dict.fromkeys(FIT_FIELDS, math.nan)
     span = float(t.max() - t.min()) if len(t) else 0.0
@@ -99,8 +99,8 @@ def _fit_decay(t: np.ndarray, m: np.ndarray) -> dict:
     from scipy.optimize import OptimizeWarning, curve_fit
 
     p0 = [float(m.min()), float(m[0] - m.min()), span / 4]
-    bounds = ([-1.0, 0.0, 1e-6], [1.0, np.inf, np.inf])  # M in [0, 1]; an excess over a control in [-1, 1]
-    p0[0] = min(max(p0[0], -1.0), 1.0)
+    bounds = ([floor, 0.0, 1e-6], [1.0, np.inf, np.inf])  # M in [0, 1]; an excess over a control in [-1, 1]
+    p0[0] = min(max(p0[0], floor), 1.0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)  # checked below via finiteness
@@ -137,11 +137,14 @@ def fit_forgetting(curve: pd.DataFrame) -> dict:
     if "excess" in decay.columns:
         paired = decay.dropna(subset=["excess"])
         e = paired["excess"].to_numpy(dtype=float)
-        fit = _fit_decay(paired["steps_since_insert"].to_numpy(dtype=float), e)
+        fit = _fit_decay(paired["steps_since_insert"].to_numpy(dtype=float), e, floor=-1.0)
         summary.update({"excess_before": float(head["excess_before"]),
                         "excess_after": float(e[0]) if len(e) else math.nan,
                         "excess_baseline_min": float(e.min()) if len(e) else math.nan,
                         **{f"excess_{k}": v for k, v in fit.items()}})
+        # The two sets differ in difficulty, so what insertion left behind is the excess relative to before it.
+        summary["retained_min"] = summary["excess_baseline_min"] - summary["excess_before"]
+        summary["retained_asymptote"] = summary["excess_asymptote"] - summary["excess_before"]
     return summary
 
 
@@ -219,19 +222,19 @@ def _plot(curves: pd.DataFrame, summary: pd.DataFrame, set_name: str, png_path: 
     panels = [("exact_match", "asymptote", f"M ({set_name})")]
     if "excess" in curves.columns:
         panels.append(("excess", "excess_asymptote", f"M ({set_name}) - M (control)"))
-    colours = _size_colours(summary, plt)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), constrained_layout=True,
                              squeeze=False)
     for ax, (column, asymptote, ylabel) in zip(axes[0], panels):
         for i, row in summary.iterrows():
             run_curve = curves[curves["run"] == row["run"]]
             size = row.get("size", "")
-            colour = colours[size] if colours else f"C{i % 10}"
+            colour = f"C{i % 10}"  # one colour per run: runs of one size must stay apart
             label = f"{row['run']} ({size})" if size != "" else str(row["run"])
-            ax.plot(run_curve["steps_since_insert"], run_curve[column], color=colour, lw=1.2, marker=".", ms=3,
+            ax.plot(run_curve["steps_since_insert"], run_curve[column], color=colour, lw=1.0, marker=".", ms=2.5,
                     label=label)
-            if np.isfinite(row.get(asymptote, math.nan)):
-                ax.axhline(row[asymptote], color=colour, ls="--", lw=0.9)
+            se = row.get(asymptote + "_se", math.nan)
+            if np.isfinite(row.get(asymptote, math.nan)) and se < 0.02:  # only well-determined asymptotes
+                ax.axhline(row[asymptote], color=colour, ls="--", lw=0.8)
         ax.axvline(0, color="grey", ls=":", lw=0.8)
         ax.set(xlabel="steps since last insertion", ylabel=ylabel)
         ax.legend(fontsize=7)
