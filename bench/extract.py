@@ -14,6 +14,8 @@ into the Hugging Face model):
   do_sample=False, use_cache=False)``, then the position-wise score against the true tokens. fp32 on CPU here
   (they ran fp16 on GPUs, batches of 1024).
 * HF cache: the same generate with ``use_cache=True``, an extra column.
+* Below the table, both HF runs again with one torch thread instead of all cores: on a shared machine whose cores
+  other jobs also use, OpenMP's barriers can make all-core torch many times slower than one thread.
 
 Each contender is warmed up (compiled) first; then ``rounds`` rounds run every contender once per round, in turn
 (interleaved, so drift of a busy machine hits all alike), each timing a window of repeated calls of at least
@@ -95,6 +97,18 @@ def hf_extractability(model, tokens_BxT: torch.Tensor, prompt_len: int, num_new:
     return {"score": score, "continuation": continuation}
 
 
+def with_threads(threads: int, fn):
+    """``fn`` run with ``threads`` torch intra-op threads, restoring the previous setting."""
+    def run():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(previous)
+    return run
+
+
 def seconds_per_call(fn, min_window: float) -> float:
     """Mean seconds per call over a window of repeated calls lasting at least ``min_window`` seconds."""
     calls, start = 0, time.perf_counter()
@@ -130,6 +144,10 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
         "kv": lambda: jax.block_until_ready(extract.extractability(graphdef, params, tokens_jax, prompt_len, num_new)),
         "hf_nocache": lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, use_cache=False),
         "hf_cache": lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, use_cache=True),
+        # Extra: one torch thread. On a shared, oversubscribed machine OpenMP's barriers make all-core torch
+        # far slower than one thread; this shows how much of the gap that is.
+        "hf_nocache_1t": with_threads(1, lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, False)),
+        "hf_cache_1t": with_threads(1, lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, True)),
     }
     results = {name: fn() for name, fn in contenders.items()}  # warm-up: compile memdyn, warm torch
     for fn in contenders.values():
@@ -173,7 +191,8 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} cores, {platform.processor() or ''}"
           f" jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"transformers {transformers.__version__}")
+          f"transformers {transformers.__version__}; load average at start "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"batch {args.batch} sequences x {args.prompt_len + args.num_new} tokens, M = {args.prompt_len}, "
           f"N = {args.num_new}, vocab {args.vocab}, fp32, greedy; median of {args.rounds} interleaved rounds\n")
     print("| size | params | memdyn one-pass seq/s | memdyn KV-cache seq/s | HF generate no-cache seq/s | "
@@ -190,6 +209,10 @@ def main() -> None:
                       f"{100 * r['agree_cache']:.1f}%; memdyn scores == HF scores: {r['score_ok']}; one-pass "
                       f"prefix_match == decoded prefix: {r['one_pass_ok']} ({r['memorized']}/{args.batch} "
                       f"memorized by construction)")
+        checks.append(f"{size}, HF with 1 torch thread instead of {os.cpu_count()}: no-cache "
+                      f"{r['hf_nocache_1t']:,.1f} seq/s, cache {r['hf_cache_1t']:,.1f} seq/s; memdyn one-pass / "
+                      f"HF no-cache 1 thread {r['one_pass'] / r['hf_nocache_1t']:,.0f}x, KV / HF no-cache 1 thread "
+                      f"{r['kv'] / r['hf_nocache_1t']:,.1f}x")
     print()
     for line in checks:
         print("- " + line)
