@@ -192,7 +192,7 @@ import json, sys
 sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import tiny_config
-from memdyn import checkpoint, train
+from memdyn import checkpoint, core, train
 from memdyn.data import sources
 workdir, mesh, mode = sys.argv[1], tuple(json.loads(sys.argv[2])), sys.argv[3]
 config = tiny_config(num_steps=8, **{"model.size": "tiny", "model.num_layers": 1})
