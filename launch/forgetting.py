@@ -31,14 +31,7 @@ CONFIG = os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
 
 
 def _config(size: str, **fields):
-    c = config_lib.load_config_file(CONFIG, size)
-    for dotted, value in fields.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return config_lib.apply_overrides(config_lib.load_config_file(CONFIG, size), fields)
 
 
 def steps_per_epoch() -> int:

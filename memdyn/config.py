@@ -6,6 +6,7 @@ the data, and the parameter count; it checks every value a run depends on and na
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -120,3 +121,25 @@ def load_config_file(path: str, arg: str | None = None) -> config_dict.ConfigDic
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def apply_overrides(config: config_dict.ConfigDict, overrides: dict[str, Any]) -> config_dict.ConfigDict:
+    """A copy of ``config`` with dotted-field overrides; an unknown field or a wrong type raises ValueError."""
+    config = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        node, *parents, leaf = [config, *dotted.split(".")]
+        for i, part in enumerate(parents):
+            if not isinstance(node, config_dict.ConfigDict) or part not in node:
+                raise ValueError(f"config.{dotted}: unknown field config.{'.'.join(parents[:i + 1])}")
+            node = node[part]
+        if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
+            raise ValueError(f"config.{dotted}: unknown field")
+        if isinstance(node[leaf], config_dict.ConfigDict):
+            raise ValueError(f"config.{dotted} is a group of fields; override one of them")
+        if node.get_type(leaf) is str and value is not None and not isinstance(value, str):
+            value = str(value)  # `model.size=1` means the string, as on the command line
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ValueError(f"config.{dotted}={value!r}: {e}") from None
+    return config

@@ -10,7 +10,6 @@ by this call), skipped (already complete), failed or interrupted.
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import itertools
 import json
@@ -106,28 +105,6 @@ def run_name(overrides: dict[str, Any]) -> str:
     return name
 
 
-def apply_overrides(config: config_dict.ConfigDict, overrides: dict[str, Any]) -> config_dict.ConfigDict:
-    """A copy of ``config`` with dotted-field overrides; an unknown field or a wrong type raises ValueError."""
-    config = copy.deepcopy(config)
-    for dotted, value in overrides.items():
-        node, *parents, leaf = [config, *dotted.split(".")]
-        for i, part in enumerate(parents):
-            if not isinstance(node, config_dict.ConfigDict) or part not in node:
-                raise ValueError(f"config.{dotted}: unknown field config.{'.'.join(parents[:i + 1])}")
-            node = node[part]
-        if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
-            raise ValueError(f"config.{dotted}: unknown field")
-        if isinstance(node[leaf], config_dict.ConfigDict):
-            raise ValueError(f"config.{dotted} is a group of fields; override one of them")
-        if node.get_type(leaf) is str and value is not None and not isinstance(value, str):
-            value = _name_value(value)  # `model.size=1` means the string, as on the command line
-        try:
-            node[leaf] = value
-        except TypeError as e:
-            raise ValueError(f"config.{dotted}={value!r}: {e}") from None
-    return config
-
-
 def _check_resumable(config: config_dict.ConfigDict, workdir: str) -> None:
     """Raises when ``workdir`` holds a run whose model, data, optimizer or seed differ from ``config``."""
     path = os.path.join(workdir, "config.json")
@@ -169,7 +146,7 @@ def _plan(base: config_dict.ConfigDict, sweep_dir: str, specs: list[str],
         seen[name] = overrides
         workdir = os.path.join(sweep_dir, name)
         try:
-            config = apply_overrides(base, {**base_overrides, **overrides})
+            config = config_lib.apply_overrides(base, {**base_overrides, **overrides})
             config_lib.validate(config)
             _check_resumable(config, workdir)
         except ValueError as e:

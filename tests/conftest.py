@@ -26,13 +26,7 @@ def tiny_config(**overrides):
     c.eval.every = 4
     c.checkpoint.every = 4
     c.insert.eval_every = 2
-    for dotted, value in overrides.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return config_lib.apply_overrides(c, overrides)
 
 
 @pytest.fixture
