@@ -202,16 +202,6 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
-def _size_colours(summary: pd.DataFrame, plt) -> dict | None:
-    """Colour per model size (ordered by parameter count) when the runs span several sizes."""
-    if "size" not in summary.columns or summary["size"].nunique() < 2:
-        return None
-    order = summary.sort_values("params") if "params" in summary.columns else summary
-    sizes = list(dict.fromkeys(order["size"]))
-    cmap = plt.get_cmap("viridis")
-    return {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
-
-
 def _plot(curves: pd.DataFrame, summary: pd.DataFrame, set_name: str, png_path: str) -> None:
     """M of the set (and its excess over the control, when evaluated) against steps since the last insertion,
     one line per run, dashed fitted asymptotes."""
