@@ -284,3 +284,13 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
     assert len(steps) == 1 and steps[0] >= 3
     assert writers.count_csv_rows(os.path.join(workdir, "train.csv")) == steps[0]
+
+
+def test_analyze_forgetting_command(reference, tmp_path):
+    proc = run_memdyn("analyze", "forgetting", f"--workdir={reference}", f"--out={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(os.path.join(tmp_path, "forgetting_summary.csv"))
+    assert summary["insert_step"].tolist() == [5] and "excess_after" in summary.columns
+    curves = pd.read_csv(os.path.join(tmp_path, "forgetting_curves.csv"))
+    assert curves["step"].min() == 5 and curves["control_exact_match"].notna().all()
+    assert os.path.exists(os.path.join(tmp_path, "forgetting.png"))
