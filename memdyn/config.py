@@ -17,7 +17,8 @@ from ml_collections import config_dict
 from memdyn import sizes
 
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
-SOURCES = ("synthetic", "store")
+SOURCES = ("synthetic", "tfds", "text", "seqio", "store")
+TAGGERS = ("none", "gold", "spacy")
 _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.name != "vocab_size")
 
 
@@ -83,6 +84,24 @@ def validate(config: config_dict.ConfigDict) -> None:
         raise ValueError("config.data.source='store' needs config.data.store=<directory of an example store>")
     if config.data.seq_len < 2:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} must be at least 2")
+    _validate_source(config.data)
+
+
+def _validate_source(data: config_dict.ConfigDict) -> None:
+    if data.source == "text" and not data.text.paths:
+        raise ValueError("config.data.source='text' needs config.data.text.paths=<files, directories or globs>")
+    if data.source == "seqio" and not data.seqio.task:
+        raise ValueError("config.data.source='seqio' needs config.data.seqio.task=<registered Task or Mixture>")
+    if data.tags not in TAGGERS:
+        raise ValueError(f"config.data.tags={data.tags!r}: expected one of {TAGGERS}")
+    if data.source in ("synthetic", "seqio", "store"):
+        # Options that act inside memdyn's tokenizing tasks; the synthetic corpus is pre-tokenized and tagged.
+        for name, default in (("doc_ids", False), ("sentence_split", False), ("tags", "none")):
+            if data[name] != default:
+                raise ValueError(f"config.data.{name}={data[name]!r} needs source 'tfds' or 'text' (for the "
+                                 f"synthetic corpus: source='tfds' with data.tfds.name='memdyn_synthetic')")
+    if data.vocab.extra_ids is not None and data.vocab.extra_ids < 0:
+        raise ValueError(f"config.data.vocab.extra_ids={data.vocab.extra_ids} must be non-negative")
 
 
 def to_json(config: config_dict.ConfigDict) -> str:

@@ -8,10 +8,12 @@ from absl import logging
 
 
 class _QuietLibraries(pylogging.Filter):
-    """Orbax logs every save at INFO and read-only opens at WARNING; keep its errors and memdyn's own logs."""
+    """Orbax logs every save at INFO and read-only opens at WARNING, TFDS and seqio every dataset they open; keep
+    their errors and memdyn's own logs."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.ERROR or "orbax" not in record.pathname
+        return record.levelno >= pylogging.ERROR or not any(
+            name in record.pathname for name in ("orbax", "tensorflow_datasets", "seqio"))
 
 
 def configure() -> None:

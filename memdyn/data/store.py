@@ -4,7 +4,8 @@ A store directory holds
   tokens.npy       int32 [N, L]   token ids, right-padded with the pad id
   example_ids.npy  int64 [N]      stable id of each example (what every per-example record refers to)
   doc_ids.npy      int64 [N]      id of the document the example was cut from (copies share it)
-  tags.npy         int8  [N, L]   optional per-token tags (gold parts of speech for the synthetic corpus)
+  tags.npy         int8  [N, L]   optional per-token tags (parts of speech; names in manifest "tag_names")
+  dup_counts.npy   int32 [N]      optional: how many rows of the store hold the same tokens (1: unique)
   manifest.json    what was stored: source, vocabulary, counts, content hash
 It is written to a temporary directory and renamed into place, so a store is either complete or absent.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-_ARRAYS = ("tokens", "example_ids", "doc_ids", "tags")
+_ARRAYS = ("tokens", "example_ids", "doc_ids", "tags", "dup_counts")
 
 
 class ExampleStore:
@@ -38,6 +39,8 @@ class ExampleStore:
         self.doc_ids = np.load(os.path.join(path, "doc_ids.npy"), mmap_mode="r")
         tags_path = os.path.join(path, "tags.npy")
         self.tags = np.load(tags_path, mmap_mode="r") if os.path.exists(tags_path) else None
+        counts_path = os.path.join(path, "dup_counts.npy")
+        self.dup_counts = np.load(counts_path, mmap_mode="r") if os.path.exists(counts_path) else None
         if self.tokens.ndim != 2 or self.tokens.shape[0] == 0:
             raise ValueError(f"example store {path!r} is empty (tokens shape {self.tokens.shape})")
 
@@ -63,7 +66,7 @@ class ExampleStore:
 
 
 def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_ids: np.ndarray,
-                tags: np.ndarray | None = None, manifest: dict[str, Any] | None = None) -> ExampleStore:
+                tags: np.ndarray | None = None, dup_counts: np.ndarray | None = None, manifest: dict[str, Any] | None = None) -> ExampleStore:
     """Writes a store atomically (temporary directory, then rename) and opens it."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     if tokens.ndim != 2 or tokens.shape[0] == 0:
@@ -72,6 +75,8 @@ def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_i
               "doc_ids": np.asarray(doc_ids, np.int64)}
     if tags is not None:
         arrays["tags"] = np.asarray(tags, np.int8)
+    if dup_counts is not None:
+        arrays["dup_counts"] = np.asarray(dup_counts, np.int32)
     for name, array in arrays.items():
         if array.shape[0] != tokens.shape[0]:
             raise ValueError(f"{name} has {array.shape[0]} rows but tokens has {tokens.shape[0]}")
