@@ -194,10 +194,31 @@ def make_eval_step(run: Run) -> Callable:
                    out_shardings=run.replicated)
 
 
+def process_batch_positions(batch_sharding: jax.sharding.Sharding, global_shape: tuple[int, ...]) -> np.ndarray:
+    """Positions [b] within the global batch [B] of the rows this process's devices hold, ascending.
+
+    The batch is split over its leading dim only, by the data-parallel mesh axes; devices along the other axes
+    (``tensor`` under the default rules) hold copies of the same rows, so this is the union of the addressable
+    devices' row slices. Those distinct, equal-sized slices sorted by start and concatenated are the layout in which
+    ``jax.make_array_from_process_local_data`` expects a process's local rows. One process: every row, 0..B-1.
+    """
+    slices = batch_sharding.addressable_devices_indices_map(global_shape).values()
+    row_ranges = sorted({index[0].indices(global_shape[0]) for index in slices})  # (start, stop, step)
+    return np.concatenate([np.arange(*r) for r in row_ranges])
+
+
 def device_batch(run: Run, step: int) -> tuple[jax.Array, dict[str, np.ndarray]]:
-    """Global batch of ``step`` as a sharded array [B, L], and its host-side rows (ids, tokens)."""
-    rows = run.data.train.rows(run.order.rows(step))
-    # Each process passes only its addressable rows; with one process that is the whole batch.
-    tokens = jax.make_array_from_process_local_data(run.batch_sharding, rows["tokens"],
-                                                    global_shape=rows["tokens"].shape)
+    """Global batch of ``step`` as a sharded array [B, L], and the host-side rows this process read.
+
+    Each process reads from the store only the rows its own devices hold. With one process the rows are the whole
+    batch (tokens [B, L], example_ids [B], doc_ids [B], tags [B, L] if stored), in batch order. With several they
+    are this process's b rows (b = B / processes when the data-parallel shards span the processes, up to B where
+    processes replicate rows), at positions ``process_batch_positions(run.batch_sharding, (B, L))`` of the global
+    batch -- so they do not line up with per-example metrics [B] of the global batch.
+    """
+    batch_rows_B = run.order.rows(step)
+    global_shape = (len(batch_rows_B), run.data.train.seq_len)
+    positions_b = process_batch_positions(run.batch_sharding, global_shape)
+    rows = run.data.train.rows(batch_rows_B[positions_b])
+    tokens = jax.make_array_from_process_local_data(run.batch_sharding, rows["tokens"], global_shape=global_shape)
     return tokens, rows
