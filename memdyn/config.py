@@ -19,6 +19,7 @@ from memdyn import sizes
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 SOURCES = ("synthetic", "tfds", "text", "seqio", "store")
 TAGGERS = ("none", "gold", "spacy")
+DOC_IDS = ("none", "prefix", "control")
 _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.name != "vocab_size")
 
 
@@ -96,10 +97,12 @@ def _validate_source(data: config_dict.ConfigDict) -> None:
         raise ValueError(f"config.data.tags={data.tags!r}: expected one of {TAGGERS}")
     if data.source in ("synthetic", "seqio", "store"):
         # Options that act inside memdyn's tokenizing tasks; the synthetic corpus is pre-tokenized and tagged.
-        for name, default in (("doc_ids", False), ("sentence_split", False), ("tags", "none")):
+        for name, default in (("doc_ids", "none"), ("sentence_split", False), ("tags", "none")):
             if data[name] != default:
                 raise ValueError(f"config.data.{name}={data[name]!r} needs source 'tfds' or 'text' (for the "
                                  f"synthetic corpus: source='tfds' with data.tfds.name='memdyn_synthetic')")
+    if data.doc_ids not in DOC_IDS:
+        raise ValueError(f"config.data.doc_ids={data.doc_ids!r}: expected one of {DOC_IDS}")
     if data.vocab.extra_ids is not None and data.vocab.extra_ids < 0:
         raise ValueError(f"config.data.vocab.extra_ids={data.vocab.extra_ids} must be non-negative")
 

@@ -22,6 +22,10 @@ Commands:
   analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
          Forgetting curves of an inserted set, the forgetting baseline (minimum after insertion) and the
          asymptote of an exponential fit: forgetting_curves.csv, forgetting_summary.csv, forgetting.png.
+  vocab  --config=<file>.py [--config.data.vocab.model_type=unigram|bpe|word --config.data.vocab.size=N]
+         --out=<file>.model
+         Train a SentencePiece vocabulary on the configured source's training split (tfds or text), offline;
+         use it with --config.data.vocab.path=<file>.model (ids: 0 pad, 1 eos, 2 unk, 3 <mask>).
   rows   --workdir=<dir> --step=<S> [--text]
          Print what step S trained, one example per line: `<kind>\t<example_id>[\t<text>]`, kind `train` for
          the step's batch and `insert:<set>:<repeat>` for inserted updates before it.
@@ -42,7 +46,7 @@ from ml_collections import config_flags
 from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
-COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze")
+COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
 ANALYSES = ("forgetting", "memorization")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -54,7 +58,8 @@ _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "`sweep`: <field>=<v1>,<v2>,... (repeat the flag for a cross product); "
     "`export`/`analyze`: the directory of a sweep's runs.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "`sweep`: runs at a time (each in its own process when > 1).")
-_OUT = flags.DEFINE_string("out", None, "`export`/`analyze`: output directory (default: --workdir or --sweep).")
+_OUT = flags.DEFINE_string("out", None, "`export`/`analyze`: output directory (default: --workdir or --sweep); "
+                           "`vocab`: the SentencePiece model file to write.")
 _SET = flags.DEFINE_string("set", None, "`eval`: the set to evaluate (a tracked set or `train`); "
                            "`analyze forgetting`: the inserted set (default special).")
 _EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
@@ -99,6 +104,13 @@ def cmd_rows() -> None:
         for example_id, tokens in zip(rows["example_ids"], rows["tokens"]):
             text = f"\t{data.decode(tokens)}" if _TEXT.value else ""
             print(f"{kind}\t{example_id}{text}")
+
+
+def cmd_vocab() -> None:
+    from memdyn.data import materialize
+    out = _require(_OUT, "vocab")
+    vocabulary = materialize.train_vocabulary_file(_CONFIG.value, out)
+    print(f"wrote {out}: {vocabulary.vocab_size} ids ({_CONFIG.value.data.vocab.model_type})")
 
 
 def cmd_eval() -> None:
@@ -168,8 +180,8 @@ def main(argv: list[str]) -> None:
             cmd_analyze(argv[2] if len(argv) > 2 else "")
         else:
             {"train": cmd_train, "eval": cmd_eval, "rows": cmd_rows, "sweep": cmd_sweep,
-             "export": cmd_export}[argv[1]]()
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+             "export": cmd_export, "vocab": cmd_vocab}[argv[1]]()
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # Bad input (a flag, a config value, a file): say what, without a traceback.
         if os.environ.get("MEMDYN_TRACEBACK"):
             raise

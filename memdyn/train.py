@@ -155,11 +155,14 @@ class Trainer:
         self._preempted = True
 
     def _train_step(self, params, opt_state, step: int, counters: Counters):
-        tokens, rows = device_batch(self.run, step)
+        tokens, _ = device_batch(self.run, step)
         params, opt_state, m = self.step_fn(params, opt_state, tokens, np.int32(counters.update))
-        counters.tokens_seen += int((rows["tokens"] != self.run.data.pad_id).sum())
+        # Records cover the global batch [B]; with several processes ``rows`` holds only this process's part.
+        batch_rows = self.run.order.rows(step)
+        counters.tokens_seen += int(self.run.data.train.token_counts(self.run.data.pad_id)[batch_rows].sum())
         item = ("train", dict(step=step, update=counters.update, inserted_updates=counters.inserted_updates,
-                              tokens_seen=counters.tokens_seen, example_ids=rows["example_ids"]), m)
+                              tokens_seen=counters.tokens_seen,
+                              example_ids=np.asarray(self.run.data.train.example_ids[batch_rows])), m)
         counters.update += 1
         counters.step = step + 1
         return params, opt_state, item

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -37,8 +39,8 @@ def data_fingerprint(data: config_dict.ConfigDict) -> dict:
     """The part of config.data that decides the stores' contents (compared when a store is reused)."""
     fields = {name: data[name] for name in _COMMON_FIELDS}
     fields[data.source] = data[data.source]
-    if data.source in ("tfds", "text"):
-        fields["vocab"] = data.vocab
+    if data.source in ("tfds", "text"):  # the vocabulary file is checked by content (_check_vocabulary), not path
+        fields["vocab"] = {k: v for k, v in data.vocab.items() if k != "path"}
     if data.source == "tfds" and data.tfds.name == "memdyn_synthetic":
         fields["synthetic"] = data.synthetic
     return config_dict.ConfigDict(fields).to_dict()
@@ -87,16 +89,16 @@ def build_task(config: config_dict.ConfigDict, data_dir: str) -> tuple[seqio.Tas
         tagging.check_available(data.spacy_model)
     vocab_path = _vocabulary_file(data, data_dir, source, splits["train"])
     extra_ids = data.vocab.extra_ids
-    if data.doc_ids:
+    if data.doc_ids != "none":  # the prefix run and its control get the same vocabulary size
         extra_ids = num_docs if extra_ids is None else extra_ids
         if extra_ids < num_docs:
             raise ValueError(f"config.data.vocab.extra_ids={extra_ids} is fewer than the {num_docs} documents "
-                             "that need an identifier token (config.data.doc_ids=True)")
+                             f"that need an identifier token (config.data.doc_ids={data.doc_ids!r})")
     vocabulary = vocab_lib.load_vocabulary(vocab_path, extra_ids or 0)
     name = "memdyn_" + hashlib.sha256(repr(sorted(data_fingerprint(data).items())).encode()).hexdigest()[:16]
     task = tasks_lib.register(name, source, vocabulary, seq_len=data.seq_len, tags=data.tags,
                               spacy_model=data.spacy_model, sentence_split=data.sentence_split,
-                              doc_ids=data.doc_ids)
+                              doc_ids=data.doc_ids == "prefix")
     with open(vocab_path, "rb") as f:
         facts = {"vocab_file": os.path.abspath(vocab_path), "vocab_sha256": hashlib.sha256(f.read()).hexdigest(),
                  "extra_ids": int(extra_ids or 0), "num_docs": int(num_docs)}
@@ -127,10 +129,10 @@ def _tfds_source(data, data_dir: str):
             builder.download_and_prepare()
         name = f"{builder.name}/{builder.builder_config.name}:{builder.version}" if builder.builder_config \
             else f"{builder.name}:{builder.version}"
-    available = dict(builder.info.splits)
+    available = dict(builder.info.splits)  # empty when TFDS does not know them (e.g. under tfds.testing mocks)
     for role in ("train_split", "validation_split"):
         split = cfg[role]
-        if split is not None and split not in available:
+        if split is not None and available and split not in available:
             raise ValueError(f"config.data.tfds.{role}={split!r}: {cfg.name!r} has splits {sorted(available)}")
     features = builder.info.features
     if cfg.text_key not in features:
@@ -143,7 +145,8 @@ def _tfds_source(data, data_dir: str):
     offsets, total = {}, 0
     for split in used:
         offsets[split] = total
-        total += available[split].num_examples
+        total += available[split].num_examples if available else \
+            int(inner.get_dataset(split, shuffle=False).reduce(0, lambda n, _: n + 1))
     return tasks_lib.DocumentSource(inner, cfg.text_key, offsets), splits, total, "pos" in features
 
 
@@ -169,22 +172,36 @@ def _vocabulary_file(data, data_dir: str, source: seqio.DataSource, train_split:
         return data.vocab.path
     path = os.path.join(data_dir, "vocab.model")
     if not os.path.isfile(path):
-        texts = (t.decode("utf-8") for t in source.get_dataset(train_split, shuffle=False)
-                 .take(data.vocab.max_docs).map(lambda ex: ex["text"]).as_numpy_iterator())
-        start = time.time()
-        vocab_lib.train_vocabulary(texts, path, model_type=data.vocab.model_type, vocab_size=data.vocab.size)
-        logging.info("trained a %s SentencePiece vocabulary in %.1fs: %s", data.vocab.model_type,
-                     time.time() - start, path)
+        _train_vocabulary(data, source, train_split, path)
     return path
+
+
+def _train_vocabulary(data, source: seqio.DataSource, train_split: str, path: str) -> None:
+    texts = (t.decode("utf-8") for t in source.get_dataset(train_split, shuffle=False)
+             .take(data.vocab.max_docs).map(lambda ex: ex["text"]).as_numpy_iterator())
+    start = time.time()
+    vocab_lib.train_vocabulary(texts, path, model_type=data.vocab.model_type, vocab_size=data.vocab.size)
+    logging.info("trained a %s SentencePiece vocabulary in %.1fs: %s", data.vocab.model_type, time.time() - start,
+                 path)
+
+
+def train_vocabulary_file(config: config_dict.ConfigDict, path: str) -> seqio.SentencePieceVocabulary:
+    """`memdyn vocab`: trains config.data.vocab's SentencePiece model on the source's training split."""
+    import tempfile
+    data = config.data
+    if data.source not in ("tfds", "text"):
+        raise ValueError(f"`memdyn vocab` trains vocabularies for config.data.source 'tfds' or 'text', not "
+                         f"{data.source!r} (the synthetic corpus and seqio tasks bring their own)")
+    with tempfile.TemporaryDirectory() as scratch:  # where memdyn_synthetic is built when no tfds.data_dir
+        source, splits, _, _ = _tfds_source(data, scratch) if data.source == "tfds" else _text_source(data)
+        _train_vocabulary(data, source, splits["train"], path)
+    return vocab_lib.load_vocabulary(path)
 
 
 def _user_task(data):
     cfg = data.seqio
     if cfg.module:
-        try:
-            importlib.import_module(cfg.module)
-        except ImportError as e:
-            raise ImportError(f"config.data.seqio.module={cfg.module!r} cannot be imported: {e}") from None
+        _import_module(cfg.module)
     try:
         task = seqio.get_mixture_or_task(cfg.task)
     except ValueError:
@@ -201,6 +218,28 @@ def _user_task(data):
     return task, {"train": cfg.train_split, "validation": cfg.validation_split}, {}
 
 
+def user_task_vocabulary(data) -> seqio.Vocabulary:
+    task, _, _ = _user_task(data)
+    return task.output_features[data.seqio.feature].vocabulary
+
+
+def _import_module(module: str) -> None:
+    """Imports a dotted module name, or a .py file by path (e.g. a config file that registers a task)."""
+    try:
+        if module.endswith(".py"):
+            if not os.path.isfile(module):
+                raise ImportError(f"no such file {module!r}")
+            name = "memdyn_user_" + hashlib.sha256(os.path.abspath(module).encode()).hexdigest()[:8]
+            if name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(name, module)
+                sys.modules[name] = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(sys.modules[name])
+        else:
+            importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"config.data.seqio.module={module!r} cannot be imported: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tasks -> examples -> stores
 
@@ -208,7 +247,8 @@ def _user_task(data):
 def read_examples(task: seqio.Task, split: str, seq_len: int, feature: str, pad_id: int) -> tracked_lib.Examples:
     """Every example of ``split`` in order, as fixed-length rows; longer ones are cut into pieces of seq_len."""
     tokens, tags, doc_ids = [], [], []
-    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1)
+    # seed: a Mixture samples its tasks even unshuffled; a fixed seed makes that reproducible.
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1, seed=0)
     for index, example in enumerate(ds.as_numpy_iterator()):
         ids = np.asarray(example[feature], np.int32)
         example_tags = example.get("tags")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import Any
 
 import numpy as np
 from ml_collections import config_dict
@@ -36,9 +37,12 @@ class RunData:
     mask_id: int | None = corpus_lib.MASK_ID  # None: the vocabulary has no mask token (causal LMs only)
     num_special: int = corpus_lib.NUM_SPECIAL
     sentencepiece: str | None = None  # the SentencePiece model the ids come from, for decoding
+    vocabulary: Any = None  # a user seqio task's vocabulary (anything with .decode(ids))
 
     def decode(self, token_ids: np.ndarray) -> str:
         ids = [int(t) for t in np.asarray(token_ids).reshape(-1) if t != self.pad_id]
+        if self.vocabulary is not None:
+            return self.vocabulary.decode(ids)
         if self.sentencepiece is not None:
             sp = _sentencepiece(self.sentencepiece)
             base = sp.get_piece_size()  # ids past it are extra ids (document identifiers)
@@ -72,7 +76,10 @@ def open_run_data(workdir: str, config: config_dict.ConfigDict) -> RunData:
     if config.data.source == "store":
         return _open_existing(config.data.store)
     data_dir = os.path.join(workdir, "data")
-    return _from_dir(data_dir, ExampleStore(os.path.join(data_dir, "train")), _open_sets(data_dir))
+    data = _from_dir(data_dir, ExampleStore(os.path.join(data_dir, "train")), _open_sets(data_dir))
+    if config.data.source == "seqio":
+        data = dataclasses.replace(data, vocabulary=materialize.user_task_vocabulary(config.data))
+    return data
 
 
 def _from_dir(data_dir: str, train: ExampleStore, sets: dict[str, ExampleStore]) -> RunData:

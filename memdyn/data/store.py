@@ -61,6 +61,14 @@ class ExampleStore:
             out["tags"] = np.asarray(self.tags[indices])
         return out
 
+    def token_counts(self, pad_id: int) -> np.ndarray:
+        """Non-pad tokens of every row, int64 [N]; computed once, in chunks so the store is never loaded whole."""
+        if getattr(self, "_token_counts", None) is None or self._token_counts[0] != pad_id:
+            counts = np.concatenate([np.count_nonzero(self.tokens[i:i + 65536] != pad_id, axis=1)
+                                     for i in range(0, self.num_examples, 65536)]).astype(np.int64)
+            self._token_counts = (pad_id, counts)
+        return self._token_counts[1]
+
     def row_of_example(self) -> dict[int, int]:
         return {int(e): i for i, e in enumerate(self.example_ids)}
 

@@ -155,7 +155,10 @@ def chunk(ds: tf.data.Dataset, max_len: int, sentence_end: np.ndarray | None) ->
         tags = example.get("tags")
         if tags is not None and len(tags) < len(tokens):  # EOS (appended after tagging) has no tag
             tags = np.pad(tags, (0, len(tokens) - len(tags)))
-        for i, piece in enumerate(chunk_tokens(tokens, max_len, sentence_end)):
+        pieces = chunk_tokens(tokens, max_len, sentence_end)
+        if len(pieces) > 1 and pieces[-1].stop - pieces[-1].start == 1:
+            pieces = pieces[:-1]  # a lone EOS after a document that filled its last example is no example
+        for i, piece in enumerate(pieces):
             out = {"targets": tokens[piece], "doc_id": example["doc_id"], "piece": np.int64(i)}
             if tags is not None:
                 out["tags"] = tags[piece]

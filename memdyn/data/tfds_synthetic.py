@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -63,6 +64,16 @@ class MemdynSynthetic(tfds.core.GeneratorBasedBuilder):
             yield index, {"text": " ".join(corpus.vocab[int(t)] for t in body),
                           "pos": [corpus_lib.POS_TAGS[int(t)] for t in doc.tags[doc.tokens != corpus_lib.EOS_ID]],
                           "doc_id": doc.doc_id, "kind": doc.kind}
+
+
+class _QuietCustomConfig(logging.Filter):
+    """TFDS warns on every open that a config object is "custom"; for this builder that is by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Using custom data configuration: SyntheticConfig" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietCustomConfig())
 
 
 def build(corpus_config: corpus_lib.CorpusConfig, data_dir: str) -> tfds.core.DatasetBuilder:

@@ -40,9 +40,9 @@ def train_vocabulary(texts: Iterable[str], path: str, *, model_type: str, vocab_
         raise ValueError(f"no text to train the vocabulary {path!r} on")
     symbols = [MASK_PIECE]
     if model_type == "word":
-        words = {w for t in texts for w in t.split()} | set(DOC_ID_WORDS)
-        symbols += sorted(DOC_ID_WORDS)
-        # Specials, user symbols and every distinct word: the trainer keeps them all (use_all_vocab).
+        texts.append(" ".join(DOC_ID_WORDS))  # so that the identifier prefix is two words of the vocabulary
+        words = {w for t in texts for w in t.split()}
+        # Specials, <mask> and every distinct word: the trainer keeps them all (use_all_vocab).
         vocab_size = vocab_size or (3 + len(symbols) + len(words))
     elif not vocab_size:
         raise ValueError(f"config.data.vocab.size must be set for model_type={model_type!r}")
