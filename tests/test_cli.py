@@ -30,7 +30,7 @@ def test_sweep_export_analyze(tmp_path):
 
 def test_usage_errors():
     proc = run_memdyn("fly")
-    assert proc.returncode != 0 and "usage: memdyn <train|eval|rows|sweep|export|analyze>" in proc.stderr
+    assert proc.returncode != 0 and "usage: memdyn <train|eval|rows|sweep|export|analyze|vocab>" in proc.stderr
     proc = run_memdyn("analyze", "nothing", "--workdir=/tmp")
     assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization')" in proc.stderr
     proc = run_memdyn("rows", "--step=3")

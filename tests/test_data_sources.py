@@ -294,3 +294,19 @@ def test_a_tfds_dataset_by_name_through_tfds_mock_data(tmp_path):
     assert set(np.unique(data.train.doc_ids)) == set(range(40))
     assert data.vocab_size == data.train.manifest["extra_ids"] + vocab_lib.load_vocabulary(
         data.sentencepiece).vocab_size
+
+
+def test_memdyn_vocab_trains_a_vocabulary_that_runs_then_use(tmp_path):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    _write_corpus(corpus_dir)
+    out = tmp_path / "my.model"
+    result = run_memdyn("vocab", f"--config=configs/text.py:{corpus_dir}", "--config.data.vocab.model_type=bpe",
+                        "--config.data.vocab.size=90", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    import hashlib
+    config = _config("text.py", str(corpus_dir), **{"data.vocab.path": str(out), "data.validation_docs": 6})
+    data = sources.prepare(config, str(tmp_path / "w"))
+    assert data.train.manifest["vocab_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert vocab_lib.load_vocabulary(str(out)).tokenizer.get_piece_size() == data.vocab_size

@@ -38,7 +38,7 @@ class MemdynSynthetic(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [builder_config(corpus_lib.CorpusConfig())]
+    # No registered configs: every corpus config is passed in as an object (``builder_config``), default included.
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
