@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import seqio
 from ml_collections import config_dict
 
 from memdyn.data import tasks, tracked, vocab
@@ -48,21 +49,41 @@ def test_bad_vocabulary_file_is_named(tmp_path):
         vocab.load_vocabulary(str(bad))
 
 
+def _align(token_begin, word_begin, word_end, word_tags):
+    import tensorflow as tf
+    args = [tf.constant(np.asarray(x, np.int64)) for x in (token_begin, word_begin, word_end)]
+    return tasks.align_tags(*args, tf.constant(np.asarray(word_tags, np.int8))).numpy()
+
+
 def test_align_tags_assigns_each_token_its_words_tag():
-    text = "The cat, sat  é"
-    begin, end = tasks.word_spans(text.encode())
-    np.testing.assert_array_equal(begin, [0, 4, 9, 14])
-    word_tags = np.array([1, 2, 3, 4])
-    # Tokens: "▁" (empty, before The), "The", "▁ca", "t", ",", "▁" (space only), "sat", "▁", "é"
-    first = np.array([0, 0, 4, 6, 7, 9, 9, 14, 14])
-    got = tasks.align_tags(first, first, begin, end, word_tags)
+    # "The cat, sat  é": words at bytes [0,3) [4,8) [9,12) [14,16); SentencePiece pieces start at:
+    # "▁"(0, dummy prefix) "The"(0) "▁ca"(3, the space) "t"(6) ","(7) "▁"(8) "sat"(9) "▁"(12) "▁é"(13)
+    got = _align([0, 0, 3, 6, 7, 8, 9, 12, 13], [0, 4, 9, 14], [3, 8, 12, 16], [1, 2, 3, 4])
     np.testing.assert_array_equal(got, [1, 1, 2, 2, 2, 3, 3, 4, 4])
 
 
 def test_align_tags_with_punctuation_as_its_own_word():
     # spaCy splits "cat," into "cat" and ","; the comma token must get the comma's tag, not the noun's.
-    begin, end, tags = np.array([0, 4, 7]), np.array([3, 7, 8]), np.array([5, 6, 7])
-    np.testing.assert_array_equal(tasks.align_tags(None, np.array([0, 4, 5, 7]), begin, end, tags), [5, 6, 6, 7])
+    np.testing.assert_array_equal(_align([0, 4, 5, 7], [0, 4, 7], [3, 7, 8], [5, 6, 7]), [5, 6, 6, 7])
+
+
+def test_gold_tags_of_whitespace_words_align_through_the_tokenizer(tmp_path):
+    import tensorflow as tf
+    path = vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type="unigram", vocab_size=40)
+    v = vocab.load_vocabulary(path)
+    text = "The big cat sat on the quickly! mat."
+    words = text.split()
+    ds = tf.data.Dataset.from_tensors({"text": text, "doc_id": np.int64(0),
+                                       "pos": np.arange(1, len(words) + 1, dtype=np.int64)})
+    out = next(tasks.tokenize(ds, {"targets": seqio.Feature(v)}).as_numpy_iterator())
+    assert out["targets"].tolist() == v.encode(text)
+    # Each piece starting with "▁" (a lone "▁" too) starts the next word; word k has tag k.
+    word = 0
+    for token, tag in zip(out["targets"], out["tags"]):
+        piece = v.tokenizer.id_to_piece(int(token))
+        word += piece.startswith("▁")
+        assert tag == word, (piece, tag)
+    assert word == len(words)
 
 
 def test_chunk_tokens_fixed_and_at_sentence_ends():

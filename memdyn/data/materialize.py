@@ -244,27 +244,37 @@ def _import_module(module: str) -> None:
 # Tasks -> examples -> stores
 
 
-def read_examples(task: seqio.Task, split: str, seq_len: int, feature: str, pad_id: int) -> tracked_lib.Examples:
+def read_examples(task: seqio.Task, split: str, seq_len: int, feature: str, pad_id: int,
+                  read_batch: int = 512) -> tracked_lib.Examples:
     """Every example of ``split`` in order, as fixed-length rows; longer ones are cut into pieces of seq_len."""
-    tokens, tags, doc_ids = [], [], []
     # seed: a Mixture samples its tasks even unshuffled; a fixed seed makes that reproducible.
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1, seed=0)
-    for index, example in enumerate(ds.as_numpy_iterator()):
-        ids = np.asarray(example[feature], np.int32)
-        example_tags = example.get("tags")
-        for piece in tasks_lib.chunk_tokens(ids, seq_len):
-            row = np.full(seq_len, pad_id, np.int32)
-            row[:piece.stop - piece.start] = ids[piece]
-            tokens.append(row)
-            if example_tags is not None:
-                tag_row = np.zeros(seq_len, np.int8)
-                tag_row[:piece.stop - piece.start] = example_tags[piece]
-                tags.append(tag_row)
-            doc_ids.append(int(example.get("doc_id", index)))
+    has_tags, has_doc_id = "tags" in ds.element_spec, "doc_id" in ds.element_spec
+    ds = ds.map(lambda ex: {k: ex[k] for k in (feature, "tags", "doc_id") if k in ex})
+    tokens, tags, doc_ids, index = [], [], [], 0
+    # Examples come in ragged batches: one Python step per batch, not per example, keeps reading cheap.
+    for batch in ds.ragged_batch(read_batch):
+        splits = batch[feature].row_splits.numpy()
+        values = batch[feature].values.numpy().astype(np.int32)
+        tag_values = batch["tags"].values.numpy() if has_tags else None
+        batch_doc_ids = batch["doc_id"].numpy() if has_doc_id else None
+        for i in range(len(splits) - 1):
+            start, stop = splits[i], splits[i + 1]
+            doc_id = int(batch_doc_ids[i]) if has_doc_id else index
+            index += 1
+            for piece_start in range(start, stop, seq_len):
+                piece_stop = min(piece_start + seq_len, stop)
+                row = np.full(seq_len, pad_id, np.int32)
+                row[:piece_stop - piece_start] = values[piece_start:piece_stop]
+                tokens.append(row)
+                if has_tags:
+                    tag_row = np.zeros(seq_len, np.int8)
+                    tag_row[:piece_stop - piece_start] = tag_values[piece_start:piece_stop]
+                    tags.append(tag_row)
+                doc_ids.append(doc_id)
     if not tokens:
         raise ValueError(f"seqio task {task.name!r} split {split!r} yielded no examples")
-    return tracked_lib.Examples(np.stack(tokens), np.asarray(doc_ids, np.int64),
-                                np.stack(tags) if len(tags) == len(tokens) else None)
+    return tracked_lib.Examples(np.stack(tokens), np.asarray(doc_ids, np.int64), np.stack(tags) if has_tags else None)
 
 
 def split_heldout(examples: tracked_lib.Examples, special_docs: int) -> dict[str, tracked_lib.Examples]:

@@ -14,7 +14,6 @@ them, gold per-word tags "pos". The task's preprocessors, in order:
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 import seqio
@@ -22,7 +21,6 @@ import tensorflow as tf
 
 from memdyn.data import vocab as vocab_lib
 
-_WORD = re.compile(rb"\S+")
 SENTENCE_END_CHARS = ".!?"
 
 
@@ -30,26 +28,31 @@ SENTENCE_END_CHARS = ".!?"
 # Pure numpy pieces (tested directly)
 
 
-def word_spans(text_utf8: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Byte [start, end) of every whitespace-separated word [W], [W]."""
-    spans = np.asarray([m.span() for m in _WORD.finditer(text_utf8)], np.int64).reshape(-1, 2)
-    return spans[:, 0], spans[:, 1]
+def align_tags(token_begin: tf.Tensor, word_begin: tf.Tensor, word_end: tf.Tensor,
+               word_tags: tf.Tensor) -> tf.Tensor:
+    """Tag of each token [T] from its byte start ``token_begin`` [T] and the words' byte spans [W] (W >= 1).
 
-
-def align_tags(token_begin: np.ndarray, token_first: np.ndarray, word_begin: np.ndarray, word_end: np.ndarray,
-               word_tags: np.ndarray) -> np.ndarray:
-    """Tag of each token [T]: the tag of the word holding its first non-space byte ``token_first`` [T].
-
-    A token that is only whitespace (SentencePiece's lone "▁") belongs to the word after it. ``token_begin`` is
-    unused by the rule but kept in the signature so callers pass whole spans. Words are sorted and disjoint.
+    A token starting inside a word gets that word's tag. One starting in the whitespace before a word (a
+    SentencePiece piece "▁cat" starts at the space; a lone "▁" is only the space) belongs to the word after it.
+    Words are sorted and disjoint.
     """
-    del token_begin
-    if len(word_begin) == 0:
-        return np.zeros(len(token_first), np.int8)
-    index = np.searchsorted(word_begin, token_first, side="right") - 1
-    in_gap = (index < 0) | (token_first >= word_end[np.maximum(index, 0)])
-    index = np.where(in_gap, index + 1, index)  # before a word, or between two: the next word
-    return np.asarray(word_tags, np.int8)[np.clip(index, 0, len(word_begin) - 1)]
+    token_begin, word_begin, word_end = (tf.cast(x, tf.int64) for x in (token_begin, word_begin, word_end))
+    num_words = tf.shape(word_begin, out_type=tf.int64)[0]
+    index = tf.searchsorted(word_begin, token_begin, side="right", out_type=tf.int64) - 1
+    in_gap = (index < 0) | (token_begin >= tf.gather(word_end, tf.maximum(index, 0)))
+    index = tf.clip_by_value(tf.where(in_gap, index + 1, index), 0, num_words - 1)
+    return tf.gather(word_tags, index)
+
+
+def piece_limits(tokens: np.ndarray, max_len: int, sentence_end: np.ndarray | None, eos_id: int) -> np.ndarray:
+    """End offsets [P] of the pieces a document is cut into (``chunk_tokens``), int64.
+
+    A last piece that is only the EOS of a document which filled its previous piece is dropped: it is no example.
+    """
+    pieces = chunk_tokens(tokens, max_len, sentence_end)
+    if len(pieces) > 1 and pieces[-1].stop - pieces[-1].start == 1 and tokens[pieces[-1].start] == eos_id:
+        pieces = pieces[:-1]
+    return np.asarray([p.stop for p in pieces], np.int64)
 
 
 def chunk_tokens(tokens: np.ndarray, max_len: int, sentence_end: np.ndarray | None = None) -> list[slice]:
@@ -93,26 +96,18 @@ def sentence_end_ids(vocabulary: seqio.Vocabulary) -> np.ndarray:
 # Preprocessors
 
 
-def _from_numpy(ds: tf.data.Dataset, fn, spec: dict[str, tf.TensorSpec]) -> tf.data.Dataset:
-    """Applies a Python generator ``fn(example) -> iterable of examples`` to every example of ``ds``."""
-    def generate():
-        for example in ds.as_numpy_iterator():
-            yield from fn(example)
-    return tf.data.Dataset.from_generator(generate, output_signature=spec)
-
-
 def spacy_tags(ds: tf.data.Dataset, model: str) -> tf.data.Dataset:
     """Adds "word_begin", "word_end" (byte spans) and "word_tags" (UPOS ids) from a spaCy pipeline."""
     from memdyn.data import tagging
     nlp = tagging.load_spacy(model)
 
     def tag(example):
-        begin, end, tags = tagging.spacy_word_tags(nlp, example["text"])
-        yield dict(example, word_begin=begin, word_end=end, word_tags=tags)
+        begin, end, tags = tf.numpy_function(lambda text: tagging.spacy_word_tags(nlp, text), [example["text"]],
+                                             (tf.int64, tf.int64, tf.int8), stateful=False)
+        return dict(example, word_begin=tf.ensure_shape(begin, [None]), word_end=tf.ensure_shape(end, [None]),
+                    word_tags=tf.ensure_shape(tags, [None]))
 
-    spec = dict(ds.element_spec, word_begin=tf.TensorSpec([None], tf.int64),
-                word_end=tf.TensorSpec([None], tf.int64), word_tags=tf.TensorSpec([None], tf.int8))
-    return _from_numpy(ds, tag, spec)
+    return ds.map(tag, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def tokenize(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
@@ -122,49 +117,41 @@ def tokenize(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
     if "pos" not in spec and "word_tags" not in spec:
         ds = ds.map(lambda ex: {"targets": ex["text"], "doc_id": ex["doc_id"]})
         return seqio.preprocessors.tokenize(ds, output_features, copy_pretokenized=False, with_eos=False)
-    sp = vocabulary.tokenizer
+    import tensorflow_text as tf_text
 
     def encode(example):
-        text = example["text"]
+        # The vocabulary's own TF tokenizer: the ids are exactly vocabulary.encode(text).
+        ids, begin, _ = vocabulary.tf_tokenizer.tokenize_with_offsets(example["text"])
         if "word_tags" in example:
-            begin, end, tags = example["word_begin"], example["word_end"], example["word_tags"]
+            word_begin, word_end, word_tags = example["word_begin"], example["word_end"], example["word_tags"]
         else:  # gold tags, one per whitespace word
-            begin, end = word_spans(text)
-            tags = example["pos"]
-            if len(tags) != len(begin):
-                raise ValueError(f"document {example.get('doc_id')}: {len(tags)} tags for {len(begin)} words")
-        proto = sp.encode(text.decode("utf-8"), return_type="proto")
-        ids = np.asarray([p.id for p in proto.pieces], np.int32)
-        first = np.asarray([p.begin + (len(p.surface.encode()) - len(p.surface.lstrip().encode()))
-                            for p in proto.pieces], np.int64)
-        token_tags = align_tags(np.asarray([p.begin for p in proto.pieces]), first, begin, end, tags)
-        yield {"targets": ids, "tags": token_tags, "doc_id": example["doc_id"]}
+            _, word_begin, word_end = tf_text.WhitespaceTokenizer().tokenize_with_offsets(example["text"])
+            word_tags = tf.cast(example["pos"], tf.int8)
+            tf.debugging.assert_equal(tf.size(word_tags), tf.size(word_begin),
+                                      message="a document has not one gold tag per whitespace word")
+        tags = align_tags(begin, word_begin, word_end, word_tags)
+        return {"targets": tf.cast(ids, tf.int32), "tags": tags, "doc_id": example["doc_id"]}
 
-    out_spec = {"targets": tf.TensorSpec([None], tf.int32), "tags": tf.TensorSpec([None], tf.int8),
-                "doc_id": tf.TensorSpec([], tf.int64)}
-    return _from_numpy(ds, encode, out_spec)
+    return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE)  # deterministic: order is kept
 
 
-def chunk(ds: tf.data.Dataset, max_len: int, sentence_end: np.ndarray | None) -> tf.data.Dataset:
+def chunk(ds: tf.data.Dataset, max_len: int, sentence_end: np.ndarray | None, eos_id: int) -> tf.data.Dataset:
     """One example per piece of each document: "targets", "tags" (if any), "doc_id", "piece" (its index)."""
-    spec = {k: v for k, v in ds.element_spec.items() if k in ("targets", "tags", "doc_id")}
-    spec["piece"] = tf.TensorSpec([], tf.int64)
-
     def cut(example):
         tokens = example["targets"]
-        tags = example.get("tags")
-        if tags is not None and len(tags) < len(tokens):  # EOS (appended after tagging) has no tag
-            tags = np.pad(tags, (0, len(tokens) - len(tags)))
-        pieces = chunk_tokens(tokens, max_len, sentence_end)
-        if len(pieces) > 1 and pieces[-1].stop - pieces[-1].start == 1:
-            pieces = pieces[:-1]  # a lone EOS after a document that filled its last example is no example
-        for i, piece in enumerate(pieces):
-            out = {"targets": tokens[piece], "doc_id": example["doc_id"], "piece": np.int64(i)}
-            if tags is not None:
-                out["tags"] = tags[piece]
-            yield out
+        limits = tf.numpy_function(lambda t: piece_limits(t, max_len, sentence_end, eos_id), [tokens], tf.int64,
+                                   stateful=False)
+        limits = tf.ensure_shape(limits, [None])
+        tokens = tokens[:limits[-1]]
+        out = {"targets": tf.RaggedTensor.from_row_limits(tokens, limits),
+               "doc_id": tf.fill(tf.shape(limits), example["doc_id"]),
+               "piece": tf.range(tf.size(limits, out_type=tf.int64))}
+        if "tags" in example:  # EOS, appended after tagging, has no tag
+            tags = tf.pad(example["tags"], [[0, tf.maximum(0, tf.size(tokens) - tf.size(example["tags"]))]])
+            out["tags"] = tf.RaggedTensor.from_row_limits(tags[:limits[-1]], limits)
+        return tf.data.Dataset.from_tensor_slices(out)
 
-    return _from_numpy(ds, cut, spec)
+    return ds.flat_map(cut)
 
 
 def prepend_doc_id(ds: tf.data.Dataset, output_features, num_ids: int) -> tf.data.Dataset:
@@ -202,7 +189,7 @@ def register(name: str, source: DocumentSource, vocabulary: seqio.Vocabulary, *,
     elif tags == "none":
         preprocessors.append(lambda ds: ds.map(lambda ex: {k: v for k, v in ex.items() if k != "pos"}))
     preprocessors += [tokenize, seqio.preprocessors.append_eos,
-                      functools.partial(chunk, max_len=seq_len - prefix,
+                      functools.partial(chunk, max_len=seq_len - prefix, eos_id=vocabulary.eos_id,
                                         sentence_end=sentence_end_ids(vocabulary) if sentence_split else None)]
     if doc_ids:
         preprocessors.append(functools.partial(prepend_doc_id, num_ids=vocabulary.extra_ids))
