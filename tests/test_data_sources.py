@@ -44,10 +44,12 @@ def tfds_runs(tmp_path_factory):
 
 def test_memdyn_train_runs_on_the_synthetic_tfds_dataset(tfds_runs, tmp_path):
     config, _ = tfds_runs["doc_ids"]
+    config = apply_overrides(config, {"eval.sets": ("validation", "canaries", "duplicates")})
     summary = train_lib.train(config, str(tmp_path / "run"))
     assert summary["step"] == 3
     evals = pd.read_csv(tmp_path / "run" / "eval.csv")
-    assert {"validation"} <= set(evals["set"])
+    assert set(evals["set"]) == {"validation", "canaries", "duplicates"}  # tracked sets evaluate by name
+    assert (evals.query("set == 'canaries'")["num_examples"] == 2).all()
 
 
 def test_gold_tags_align_with_word_tokens(tfds_runs):
@@ -282,6 +284,11 @@ def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
     assert data.vocab_size == task.output_features["targets"].vocabulary.vocab_size
     assert data.decode(data.train.tokens[0]) == task.output_features["targets"].vocabulary.decode(
         first["targets"][:48].tolist())
+    # A Mixture is named the same way; one task at rate 1 gives the same stores.
+    if "memdyn_example_mix" not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add("memdyn_example_mix", [("memdyn_example_bytes", 1.0)])
+    mixed = sources.prepare(apply_overrides(config, {"data.seqio.task": "memdyn_example_mix"}), str(tmp_path / "m"))
+    np.testing.assert_array_equal(mixed.train.tokens, data.train.tokens)
 
 
 def test_a_tfds_dataset_by_name_through_tfds_mock_data(tmp_path):
