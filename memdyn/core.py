@@ -101,6 +101,9 @@ def build_run(config: config_dict.ConfigDict, data: sources.RunData,
               devices: list[jax.Device] | None = None) -> Run:
     """Resolves the config against the data and the devices; raises before compute on any bad value."""
     config = config_lib.resolve(config, vocab_size=data.vocab_size)
+    if not config.model.causal and data.mask_id is None:
+        raise ValueError(f"config.model.causal=False needs a <mask> token, and the vocabulary of "
+                         f"config.data.source={config.data.source!r} has none")
     if data.train.seq_len != config.data.seq_len:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} but the example store "
                          f"{data.train.path!r} holds sequences of {data.train.seq_len} tokens")

@@ -289,6 +289,9 @@ def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
         seqio.MixtureRegistry.add("memdyn_example_mix", [("memdyn_example_bytes", 1.0)])
     mixed = sources.prepare(apply_overrides(config, {"data.seqio.task": "memdyn_example_mix"}), str(tmp_path / "m"))
     np.testing.assert_array_equal(mixed.train.tokens, data.train.tokens)
+    from memdyn import core
+    with pytest.raises(ValueError, match="causal=False needs a <mask> token"):  # bytes have no mask token
+        core.build_run(apply_overrides(config, {"model.causal": False}), data)
 
 
 def test_a_tfds_dataset_by_name_through_tfds_mock_data(tmp_path):

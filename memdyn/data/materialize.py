@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import importlib.util
 import logging
 import os
@@ -62,7 +63,6 @@ def check_reusable(data_dir: str, fingerprint: dict) -> ExampleStore | None:
 
 
 def _jsonable(value):
-    import json
     return json.loads(json.dumps(value))
 
 
@@ -329,23 +329,23 @@ def write_stores(data_dir: str, train: tracked_lib.Examples, heldout: dict[str, 
     return stores
 
 
-def build(config: config_dict.ConfigDict, data_dir: str) -> str | None:
-    """Builds the stores of a tfds/text/seqio source in ``data_dir`` unless they exist; returns the vocabulary
-    file (None for a user task, whose vocabulary is its own)."""
+def build(config: config_dict.ConfigDict, data_dir: str) -> None:
+    """Builds the stores of a tfds/text/seqio source in ``data_dir`` unless they exist (and match the config)."""
     data = config.data
     fingerprint = data_fingerprint(data)
     existing = check_reusable(data_dir, fingerprint)
     if existing is not None:
         _check_vocabulary(data, existing, data_dir)
-        return existing.manifest.get("vocab_file") and os.path.join(data_dir, "vocab.model")
+        return
     start = time.time()
     task, splits, facts = build_task(config, data_dir)
-    vocabulary = task.output_features[data.seqio.feature if data.source == "seqio" else "targets"].vocabulary
     feature = data.seqio.feature if data.source == "seqio" else "targets"
+    vocabulary = task.output_features[feature].vocabulary
     mask = vocab_lib.mask_id(vocabulary)
     manifest = {"source": data.source, "task": task.name, "data": fingerprint, "vocab_size": vocabulary.vocab_size,
                 "pad_id": vocabulary.pad_id, "eos_id": vocabulary.eos_id, "unk_id": vocabulary.unk_id,
-                "mask_id": mask, "num_special": max(vocab_lib.NUM_SPECIAL, (mask or 0) + 1),
+                # ids below num_special are never drawn as masked-LM random replacements
+                "mask_id": mask, "num_special": mask + 1 if mask is not None else 3,
                 "tag_names": _tag_names(data), **facts}
     train = read_examples(task, splits["train"], data.seq_len, feature, vocabulary.pad_id)
     if splits["validation"] is None:
@@ -362,7 +362,6 @@ def build(config: config_dict.ConfigDict, data_dir: str) -> str | None:
                           vocab_size=base_size)
     logging.info("materialized %s into %s in %.1fs: %s", task.name, data_dir, time.time() - start,
                  ", ".join(f"{k} {v.num_examples}" for k, v in stores.items()))
-    return os.path.join(data_dir, "vocab.model") if "vocab_file" in facts else None
 
 
 def _tag_names(data) -> list[str]:
