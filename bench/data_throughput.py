@@ -106,6 +106,17 @@ def bench_materialize(work: str) -> list[dict]:
     data = sources.prepare(text_config, os.path.join(work, "mat-text"))
     out.append(_materialized("text, 4 files (unigram vocab trained, sentence split)", data,
                              time.perf_counter() - start))
+    try:
+        from memdyn.data import tagging
+        tagging.check_available(tagging.DEFAULT_MODEL)
+    except ImportError:
+        return out  # the `tags` extra is not installed
+    spacy_config = apply_overrides(text_config, {"data.tags": "spacy",
+                                                 "data.vocab.path": os.path.join(work, "mat-text", "data",
+                                                                                 "vocab.model")})
+    start = time.perf_counter()
+    data = sources.prepare(spacy_config, os.path.join(work, "mat-spacy"))
+    out.append(_materialized("text, 4 files, spaCy tags (vocab given)", data, time.perf_counter() - start))
     return out
 
 

@@ -320,3 +320,17 @@ def test_memdyn_vocab_trains_a_vocabulary_that_runs_then_use(tmp_path):
     data = sources.prepare(config, str(tmp_path / "w"))
     assert data.train.manifest["vocab_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert vocab_lib.load_vocabulary(str(out)).tokenizer.get_piece_size() == data.vocab_size
+
+
+def test_materialization_is_deterministic(tmp_path):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    _write_corpus(corpus_dir)
+    config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 80, "data.validation_docs": 6,
+                                                     "data.tracked.canaries": 2, "data.tracked.canary_length": 5})
+    first, second = (sources.prepare(config, str(tmp_path / name)) for name in ("a", "b"))
+    assert first.train.manifest["vocab_sha256"] == second.train.manifest["vocab_sha256"]
+    for name in ["train", *first.sets]:
+        a = first.train if name == "train" else first.sets[name]
+        b = second.train if name == "train" else second.sets[name]
+        assert a.manifest["sha256"] == b.manifest["sha256"], name
