@@ -240,7 +240,7 @@ def test_bad_source_config_fails_before_training(tmp_path):
 
 
 def test_spacy_tags_align_with_subword_tokens(tmp_path):
-    spacy = pytest.importorskip("spacy")
+    pytest.importorskip("spacy")
     from memdyn.data import tagging
     try:
         nlp = tagging.load_spacy(tagging.DEFAULT_MODEL)

@@ -99,7 +99,7 @@ def data_source(split_files: dict[str, list[str]], fmt: str, field: str = "text"
     """A seqio file data source yielding {"text": document} in ``read_documents`` order, per split.
 
     Files are read one after another (cycle_length 1), so the order is the sorted file order. Blank lines are
-    dropped by ``drop_blank`` (a preprocessor), as ``read_documents`` drops them.
+    dropped by memdyn.data.tasks.DocumentSource, which wraps this source, as ``read_documents`` drops them.
     """
     if fmt == "files":
         def read_file(path):
