@@ -334,3 +334,20 @@ def test_materialization_is_deterministic(tmp_path):
         a = first.train if name == "train" else first.sets[name]
         b = second.train if name == "train" else second.sets[name]
         assert a.manifest["sha256"] == b.manifest["sha256"], name
+
+
+def test_a_synthetic_store_from_before_data_fingerprints_is_still_reused(tmp_path):
+    import dataclasses
+    config = tiny_config()
+    data = sources.prepare(config, str(tmp_path))
+    manifest_path = os.path.join(data.train.path, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    legacy = {k: v for k, v in manifest.items() if k != "data"}  # the first session's manifest fields
+    legacy.update(corpus=dataclasses.asdict(corpus_lib.CorpusConfig(**config.data.synthetic.to_dict())),
+                  seq_len=config.data.seq_len, special_docs=config.data.special_docs)
+    json.dump(legacy, open(manifest_path, "w"))
+    assert sources.prepare(config, str(tmp_path)).train.manifest["sha256"] == manifest["sha256"]
+    with pytest.raises(ValueError, match="special_docs"):
+        sources.prepare(tiny_config(**{"data.special_docs": 2}), str(tmp_path))
+    with pytest.raises(ValueError, match="tracked.canaries"):
+        sources.prepare(tiny_config(**{"data.tracked.canaries": 2}), str(tmp_path))

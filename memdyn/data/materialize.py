@@ -54,12 +54,24 @@ def check_reusable(data_dir: str, fingerprint: dict) -> ExampleStore | None:
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         return None
     train = ExampleStore(path)
-    stored = train.manifest.get("data", {})
+    stored = train.manifest["data"] if "data" in train.manifest else _legacy_fingerprint(train.manifest,
+                                                                                          fingerprint)
     diff = differences(_jsonable(stored), _jsonable(fingerprint))
     if diff:
         raise ValueError(f"the example stores in {data_dir!r} were built from a different data config "
                          f"({'; '.join(diff[:4])}); use a new --workdir")
     return train
+
+
+def _legacy_fingerprint(manifest: dict, fingerprint: dict) -> dict:
+    """The fingerprint of a synthetic store written before manifests carried one (memdyn <= 0.1, first session):
+    its corpus, seq_len and special_docs, with every option it did not have at its default."""
+    if manifest.get("source") != "synthetic" or "corpus" not in manifest:
+        return {}
+    legacy = dict(fingerprint, synthetic=manifest["corpus"], seq_len=manifest["seq_len"],
+                  special_docs=manifest["special_docs"])
+    legacy["tracked"] = dict(fingerprint["tracked"], canaries=0, duplicated_docs=0)
+    return legacy
 
 
 def _jsonable(value):
