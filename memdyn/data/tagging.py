@@ -36,13 +36,18 @@ def check_available(model: str) -> None:
     load_spacy(model)
 
 
-def spacy_word_tags(nlp, text_utf8: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """spaCy's tokens of ``text_utf8`` as byte spans [W], [W] and UPOS tag ids int8 [W] (whitespace skipped)."""
-    text = text_utf8.decode("utf-8")
-    # Byte offset of every character boundary: spaCy counts characters, SentencePiece bytes.
-    byte_at = np.concatenate([[0], np.cumsum([len(c.encode("utf-8")) for c in text])]).astype(np.int64)
-    words = [t for t in nlp(text) if not t.is_space]
-    begin = np.asarray([byte_at[t.idx] for t in words], np.int64)
-    end = np.asarray([byte_at[t.idx + len(t.text)] for t in words], np.int64)
-    tags = np.asarray([_TAG_ID.get(t.pos_, _TAG_ID["X"]) for t in words], np.int8)
-    return begin, end, tags
+def spacy_word_tags(nlp, texts_utf8: list[bytes], batch_size: int = 64) -> list[tuple[np.ndarray, ...]]:
+    """spaCy's tokens of each text as byte spans [W], [W] and UPOS tag ids int8 [W] (whitespace skipped).
+
+    Texts go through ``nlp.pipe`` in batches, which tags ~1.5x faster than one ``nlp(text)`` call each.
+    """
+    texts = [t.decode("utf-8") for t in texts_utf8]
+    out = []
+    for text, doc in zip(texts, nlp.pipe(texts, batch_size=batch_size)):
+        # Byte offset of every character boundary: spaCy counts characters, SentencePiece bytes.
+        byte_at = np.concatenate([[0], np.cumsum([len(c.encode("utf-8")) for c in text])]).astype(np.int64)
+        words = [t for t in doc if not t.is_space]
+        out.append((np.asarray([byte_at[t.idx] for t in words], np.int64),
+                    np.asarray([byte_at[t.idx + len(t.text)] for t in words], np.int64),
+                    np.asarray([_TAG_ID.get(t.pos_, _TAG_ID["X"]) for t in words], np.int8)))
+    return out

@@ -96,18 +96,26 @@ def sentence_end_ids(vocabulary: seqio.Vocabulary) -> np.ndarray:
 # Preprocessors
 
 
-def spacy_tags(ds: tf.data.Dataset, model: str) -> tf.data.Dataset:
+def spacy_tags(ds: tf.data.Dataset, model: str, batch_size: int = 64) -> tf.data.Dataset:
     """Adds "word_begin", "word_end" (byte spans) and "word_tags" (UPOS ids) from a spaCy pipeline."""
     from memdyn.data import tagging
     nlp = tagging.load_spacy(model)
 
-    def tag(example):
-        begin, end, tags = tf.numpy_function(lambda text: tagging.spacy_word_tags(nlp, text), [example["text"]],
-                                             (tf.int64, tf.int64, tf.int8), stateful=False)
-        return dict(example, word_begin=tf.ensure_shape(begin, [None]), word_end=tf.ensure_shape(end, [None]),
-                    word_tags=tf.ensure_shape(tags, [None]))
+    def tag_texts(texts: np.ndarray):  # bytes [n] -> flat begins, ends, tags and words per text [n]
+        spans = tagging.spacy_word_tags(nlp, list(texts), batch_size)
+        return (np.concatenate([s[0] for s in spans]), np.concatenate([s[1] for s in spans]),
+                np.concatenate([s[2] for s in spans]), np.asarray([len(s[0]) for s in spans], np.int64))
 
-    return ds.map(tag, num_parallel_calls=tf.data.AUTOTUNE)
+    def tag(batch):
+        begin, end, tags, lengths = tf.numpy_function(tag_texts, [batch["text"]],
+                                                      (tf.int64, tf.int64, tf.int8, tf.int64), stateful=False)
+        lengths = tf.ensure_shape(lengths, [None])
+        ragged = {name: tf.RaggedTensor.from_row_lengths(tf.ensure_shape(values, [None]), lengths)
+                  for name, values in (("word_begin", begin), ("word_end", end), ("word_tags", tags))}
+        return dict(batch, **ragged)
+
+    # Batches of documents, so that spaCy tags them with nlp.pipe; unbatched again after.
+    return ds.ragged_batch(batch_size).map(tag).unbatch()
 
 
 def tokenize(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
