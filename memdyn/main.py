@@ -5,6 +5,11 @@ Commands:
          Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
   train  ... --init_from=<workdir>[@step]
          Fork: start a new run from another run's checkpoint (e.g. with config.insert.* set).
+  train  ... --coordinator=<host:port> --num_processes=N --process_id=i   (or ... --distributed)
+         Multi-host: run the same command in N processes (same --workdir, on a shared filesystem); each starts
+         the JAX distributed runtime (jax.distributed.initialize) before touching a device: with the three flags
+         (process 0 listens on <host:port>), or with --distributed alone by auto-detection (TPU pods, SLURM,
+         Open MPI). Every process trains; only process 0 writes the data stores and result files.
   eval   --workdir=<dir> --set=<name> [--step=<S>] [--extract [--prompt_len=32 --num_new=32]]
          Evaluate a set (validation, special, train, ...) at checkpoint S (default: the latest): per-example
          M(f) and loss in evals/<set>-<S>.csv; with --extract Biderman's k-extractability per example
@@ -67,12 +72,44 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`: prompt t
 _NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`: greedy tokens N scored.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
                                  "<workdir>[@step] (the latest when no step); same as --config.init_from.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "`train` multi-host: <host:port> of process 0's "
+                                   "coordinator (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "`train` multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "`train` multi-host: this process's index, 0..N-1.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "`train` multi-host: jax.distributed.initialize() with "
+                                 "auto-detection (TPU pods, SLURM, Open MPI).")
 
 
 def _require(flag, command: str):
     if flag.value is None:
         raise app.UsageError(f"`memdyn {command}` needs --{flag.name}")
     return flag.value
+
+
+def init_distributed(command: str) -> None:
+    """Starts the JAX distributed runtime when the multi-host flags ask for it (before anything touches a device)."""
+    explicit = {f.name: f.value for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)}
+    given = [name for name, value in explicit.items() if value is not None]
+    if not given and not _DISTRIBUTED.value:
+        return
+    if command != "train":
+        raise app.UsageError(f"`memdyn {command}` runs in one process; the multi-host flags (--distributed, "
+                             "--coordinator, --num_processes, --process_id) are for `memdyn train`")
+    if _DISTRIBUTED.value and given:
+        raise app.UsageError("--distributed (auto-detection) excludes --coordinator/--num_processes/--process_id")
+    import jax
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+        return
+    if len(given) != 3:
+        missing = sorted(set(explicit) - set(given))
+        raise app.UsageError("--coordinator, --num_processes and --process_id go together; missing "
+                             + ", ".join(f"--{name}" for name in missing))
+    if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+        raise app.UsageError(f"--process_id={_PROCESS_ID.value} must be in [0, --num_processes="
+                             f"{_NUM_PROCESSES.value})")
+    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
 
 
 def cmd_train() -> None:
@@ -175,6 +212,7 @@ def main(argv: list[str]) -> None:
     if positional:
         raise app.UsageError(f"unexpected arguments {positional!r}")
     logs.configure()
+    init_distributed(argv[1])
     try:
         if argv[1] == "analyze":
             cmd_analyze(argv[2] if len(argv) > 2 else "")

@@ -2,6 +2,10 @@
 
 Results are fetched one step late, so the host never waits for the device inside the loop; checkpoints record
 how far every result file had got, so a resumed run rewrites nothing twice and misses nothing.
+
+With several JAX processes every process runs the same loop and computes the same (replicated) metrics, but only
+process 0 builds the data and writes result files; the others keep the same row counts and part names, so the
+checkpoint meta is the same everywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from ml_collections import config_dict
 
 from memdyn import checkpoint, insertion
@@ -78,6 +83,7 @@ class Trainer:
                          "params": c.model.params, "causal": c.model.causal, "seed": c.seed,
                          "peak_lr": c.optimizer.lr, "batch_size": c.batch_size, "seq_len": c.data.seq_len}
         self._preempted = False
+        self.primary = is_primary()
 
     def _insert_batch_size(self) -> int:
         n = self.run.data.sets[self.run.config.insert.set].num_examples
@@ -87,18 +93,23 @@ class Trainer:
 
     # -- files -------------------------------------------------------------------------------------------------
     def _open_files(self, meta: dict[str, Any] | None) -> None:
-        """Opens the result files, first cutting them back to what ``meta`` (a checkpoint's) says existed."""
+        """Opens the result files, first cutting them back to what ``meta`` (a checkpoint's) says existed.
+
+        Row counts and part names start from ``meta``, not from the files, so that processes which write nothing
+        (all but process 0) count the same and save the same meta.
+        """
         join = lambda name: os.path.join(self.workdir, name)
         csvs = {"train.csv": TRAIN_CSV_COLUMNS, "eval.csv": EVAL_CSV_COLUMNS, "insertions.csv": INSERT_CSV_COLUMNS}
         rows = (meta or {}).get("csv_rows", {})
-        for name in csvs:
-            writers.truncate_csv(join(name), rows.get(name, 0))
-        self.csv = {name: writers.CsvWriter(join(name), columns) for name, columns in csvs.items()}
+        if self.primary:
+            for name in csvs:
+                writers.truncate_csv(join(name), rows.get(name, 0))
+        self.csv = {name: writers.CsvWriter(join(name), columns, rows=rows.get(name, 0), write=self.primary)
+                    for name, columns in csvs.items()}
         parts = (meta or {}).get("parts", {})
-        self.records = {name: writers.ExampleRecordWriter(join(name)) for name in ("examples", "eval_examples")}
-        for name, writer in self.records.items():
-            writer.prune(parts.get(name, []))
-        self.tensorboard = writers.TensorBoardWriter(join("tensorboard"))
+        self.records = {name: writers.ExampleRecordWriter(join(name), parts.get(name, []), write=self.primary)
+                        for name in ("examples", "eval_examples")}
+        self.tensorboard = writers.TensorBoardWriter(join("tensorboard"), write=self.primary)
 
     def _close_files(self) -> None:
         for writer in (*self.csv.values(), *self.records.values(), self.tensorboard):
@@ -290,6 +301,29 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0 of several, or the only one)."""
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    """Waits until every process gets here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _prepare_data(config: config_dict.ConfigDict, workdir: str) -> sources.RunData:
+    """Process 0 creates the workdir and builds the stores; the others wait for it, then open them."""
+    primary = is_primary()
+    if primary:
+        os.makedirs(workdir, exist_ok=True)
+        data = sources.prepare(config, workdir)
+    _barrier("memdyn-data")
+    if not primary:
+        data = sources.open_run_data(workdir, config)
+    return data
+
+
 def _stored_config(workdir: str) -> dict[str, Any] | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -357,8 +391,7 @@ def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     stored = _stored_config(workdir)
     if stored is not None:
         _check_compatible(stored, config, f"--workdir={workdir!r}")
-    os.makedirs(workdir, exist_ok=True)
-    data = sources.prepare(config, workdir)
+    data = _prepare_data(config, workdir)  # after every process has read the stored config.json
     run = build_run(config, data)
     trainer = Trainer(run, workdir)
     start, resume_files = None, False
@@ -375,10 +408,12 @@ def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     if start is None and run.config.init_from:
         start = _restore_parent(run, run.config.init_from)
         logging.info("forked from %s at checkpoint %d", run.config.init_from, start.step)
-    write_config(run.config, workdir)
+    if is_primary():
+        write_config(run.config, workdir)
     logging.info("model %s: %s params, %d layers x d_model %d; mesh %s; %d examples, %d steps/epoch",
                  run.config.model.size, f"{run.config.model.params:,}", run.shape.num_layers, run.shape.d_model,
                  dict(run.mesh.shape), data.train.num_examples, run.order.steps_per_epoch)
     summary = trainer.train(start, resume_files=resume_files)
-    plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
+    if is_primary():
+        plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
     return summary

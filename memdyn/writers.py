@@ -2,6 +2,9 @@
 
 CSV rows are appended as whole lines and flushed; per-example parts are written to a hidden temporary file and
 renamed, so a reader never sees half a part. ``read_examples`` loads every part into one pandas DataFrame.
+
+With several JAX processes only process 0 writes; the others build their writers with ``write=False``, which keep
+the same row counts and part names (saved in checkpoints) without touching a file.
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ import numpy as np
 
 
 class CsvWriter:
-    """Appends rows with fixed columns to a CSV file (header written once); ``rows`` counts the data rows."""
+    """Appends rows with fixed columns to a CSV file (header written once); ``rows`` counts the data rows.
 
-    def __init__(self, path: str, columns: Sequence[str]):
+    ``rows``: the rows already in the file (default: counted); ``write=False`` only counts.
+    """
+
+    def __init__(self, path: str, columns: Sequence[str], rows: int | None = None, write: bool = True):
         self.path = path
         self.columns = list(columns)
-        self.rows = count_csv_rows(path)
-        new = not os.path.exists(path) or os.path.getsize(path) == 0
-        self._file = open(path, "a", newline="")
-        if new:
-            self._write_lines([self.columns])
+        self.rows = count_csv_rows(path) if rows is None else rows
+        self._file = None
+        if write:
+            new = not os.path.exists(path) or os.path.getsize(path) == 0
+            self._file = open(path, "a", newline="")
+            if new:
+                self._write_lines([self.columns])
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._write_lines([[_fmt(row.get(c)) for c in self.columns] for row in rows])
+        if self._file is not None:
+            self._write_lines([[_fmt(row.get(c)) for c in self.columns] for row in rows])
         self.rows += len(rows)
 
     def _write_lines(self, rows: list[list[Any]]) -> None:
@@ -38,6 +47,8 @@ class CsvWriter:
         self._file.flush()
 
     def close(self) -> None:
+        if self._file is None:
+            return
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -72,13 +83,25 @@ def _fmt(value: Any) -> Any:
 
 
 class ExampleRecordWriter:
-    """Per-example records as Parquet parts of a directory; each ``add`` is one step's columns of equal length."""
+    """Per-example records as Parquet parts of a directory; each ``add`` is one step's columns of equal length.
 
-    def __init__(self, directory: str, flush_every: int = 200):
+    ``parts``: the parts to keep (a checkpoint's); any other part in the directory is deleted (written after that
+    checkpoint); None keeps all. ``write=False`` names parts as a writer would but writes and deletes nothing.
+    """
+
+    def __init__(self, directory: str, parts: Sequence[str] | None = None, write: bool = True,
+                 flush_every: int = 200):
         self.directory = directory
         self.flush_every = flush_every
-        os.makedirs(directory, exist_ok=True)
+        self._write_files = write
+        if parts is None:  # keep every part already there
+            parts = _list_parts(directory) if write and os.path.isdir(directory) else []
+        self._parts = sorted(parts)  # kept in memory rather than listed: every process names the same parts
         self._buffer: list[dict[str, np.ndarray]] = []
+        if write:
+            os.makedirs(directory, exist_ok=True)
+            for name in set(_list_parts(directory)) - set(self._parts):
+                os.remove(os.path.join(directory, name))
 
     def add(self, step: int, **columns: np.ndarray) -> None:
         n = len(next(iter(columns.values())))
@@ -93,20 +116,18 @@ class ExampleRecordWriter:
         import pyarrow.parquet as pq
         columns = {c: np.concatenate([b[c] for b in self._buffer]) for c in self._buffer[0]}
         first, last = int(columns["step"][0]), int(columns["step"][-1])
-        index = len(self.parts())  # parts of one step range stay distinct (evaluations after an insertion)
-        final = os.path.join(self.directory, f"part-{first:09d}-{last:09d}-{index:05d}.parquet")
-        tmp = os.path.join(self.directory, f".tmp-{os.path.basename(final)}")
-        pq.write_table(pa.table(columns), tmp)
-        os.replace(tmp, final)
+        index = len(self._parts)  # parts of one step range stay distinct (evaluations after an insertion)
+        name = f"part-{first:09d}-{last:09d}-{index:05d}.parquet"
+        if self._write_files:
+            tmp = os.path.join(self.directory, f".tmp-{name}")
+            pq.write_table(pa.table(columns), tmp)
+            os.replace(tmp, os.path.join(self.directory, name))
+        self._parts = sorted(self._parts + [name])
         self._buffer = []
 
     def parts(self) -> list[str]:
-        return sorted(f for f in os.listdir(self.directory) if f.startswith("part-") and f.endswith(".parquet"))
-
-    def prune(self, keep: Sequence[str]) -> None:
-        """Deletes parts not in ``keep`` (written after the checkpoint being resumed)."""
-        for name in set(self.parts()) - set(keep):
-            os.remove(os.path.join(self.directory, name))
+        """The parts written (or, with ``write=False``, named) so far, kept ones included."""
+        return list(self._parts)
 
     def close(self) -> None:
         self.flush()
@@ -115,7 +136,7 @@ class ExampleRecordWriter:
 def read_examples(directory: str):
     """All per-example records of a run as a pandas DataFrame sorted by (step, example_id)."""
     import pandas as pd
-    parts = sorted(f for f in os.listdir(directory) if f.startswith("part-") and f.endswith(".parquet"))
+    parts = _list_parts(directory)
     if not parts:
         raise FileNotFoundError(f"no per-example records in {directory!r}")
     frame = pd.concat([pd.read_parquet(os.path.join(directory, p)) for p in parts], ignore_index=True)
@@ -123,16 +144,25 @@ def read_examples(directory: str):
     return frame.sort_values(keys, ignore_index=True, kind="stable")
 
 
-class TensorBoardWriter:
-    """clu's asynchronous TensorBoard writer, imported on first use (it pulls in TensorFlow)."""
+def _list_parts(directory: str) -> list[str]:
+    return sorted(f for f in os.listdir(directory) if f.startswith("part-") and f.endswith(".parquet"))
 
-    def __init__(self, logdir: str):
-        from clu import metric_writers
-        self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
+
+class TensorBoardWriter:
+    """clu's asynchronous TensorBoard writer, imported on first use (it pulls in TensorFlow); ``write=False``
+    writes nothing."""
+
+    def __init__(self, logdir: str, write: bool = True):
+        self._writer = None
+        if write:
+            from clu import metric_writers
+            self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self._writer.write_scalars(step, scalars)
+        if self._writer is not None:
+            self._writer.write_scalars(step, scalars)
 
     def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()

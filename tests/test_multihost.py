@@ -1,6 +1,6 @@
-"""Multi-process data loading: two JAX processes (2 simulated CPU devices each) read only their own rows of each
+"""Multi-process training: two JAX processes (2 simulated CPU devices each) read only their own rows of each
 batch, assemble the same global batch as one process does, and train to the same losses as one process with 4
-devices."""
+devices; `memdyn train` in two processes writes one set of result files equal to a one-process run's."""
 
 import json
 import os
@@ -10,8 +10,10 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 
-from conftest import REPO, tiny_config
+from conftest import REPO, run_memdyn, tiny_config
+from memdyn import writers
 from memdyn.data import sources
 
 MESHES = [(4, 1, 1), (2, 1, 2), (1, 1, 4)]  # batch split 4 ways / 2 ways (x2 tensor) / replicated
@@ -74,16 +76,22 @@ def _free_port() -> int:
 
 
 def _run_children(tmp_path, specs, timeout: float = 120.0) -> list[dict]:
-    """Starts one child per (process_id, num_processes, local_devices) and waits for all; on a failure or a
-    timeout kills the rest (one that waits on a dead peer would hang) and fails with every child's stderr."""
+    """Runs _CHILD once per (process_id, num_processes, local_devices); returns what each child wrote."""
     port = _free_port()
+    _run_processes(tmp_path, [([sys.executable, "-c", _CHILD, str(process_id), str(num_processes), str(port),
+                                 str(tmp_path), str(tmp_path / f"child{i}.json")], devices)
+                               for i, (process_id, num_processes, devices) in enumerate(specs)], timeout)
+    return [json.loads((tmp_path / f"child{i}.json").read_text()) for i in range(len(specs))]
+
+
+def _run_processes(tmp_path, commands, timeout: float) -> None:
+    """Starts one process per (argv, local_devices) and waits for all; on a failure or a timeout kills the rest
+    (one that waits on a dead peer would hang) and fails with every child's output."""
     procs = []
-    for i, (process_id, num_processes, devices) in enumerate(specs):
+    for i, (args, devices) in enumerate(commands):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                    TF_CPP_MIN_LOG_LEVEL="2")
         log = open(tmp_path / f"child{i}.log", "w")
-        args = [sys.executable, "-c", _CHILD, str(process_id), str(num_processes), str(port), str(tmp_path),
-                str(tmp_path / f"child{i}.json")]
         procs.append((subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(p.poll() is None for p, _ in procs):
@@ -99,7 +107,6 @@ def _run_children(tmp_path, specs, timeout: float = 120.0) -> list[dict]:
         logs = "\n".join(f"--- child {i} (rc {p.returncode}) ---\n" + (tmp_path / f"child{i}.log").read_text()[-3000:]
                          for i, (p, _) in enumerate(procs))
         raise AssertionError(f"a child process failed or timed out after {timeout:.0f}s:\n{logs}")
-    return [json.loads((tmp_path / f"child{i}.json").read_text()) for i in range(len(specs))]
 
 
 def test_two_processes_read_their_rows_and_train_like_one(tmp_path):
@@ -135,3 +142,69 @@ def test_two_processes_read_their_rows_and_train_like_one(tmp_path):
     assert len(single["losses"]) == TRAIN_STEPS
     for p in (proc0, proc1):
         np.testing.assert_allclose(p["losses"], single["losses"], rtol=1e-5, atol=1e-5)
+
+
+
+# tiny_config as flags, with an insertion before step 2, evaluations every 2 steps and checkpoints every 4
+TRAIN_FLAGS = ["--config.model.size=nano", "--config.batch_size=8", "--config.data.seq_len=32",
+               "--config.optimizer.warmup_steps=2", "--config.data.synthetic.vocab_size=256",
+               "--config.data.synthetic.num_train_docs=40", "--config.data.synthetic.num_validation_docs=8",
+               "--config.data.special_docs=3", "--config.eval.every=2", "--config.checkpoint.every=4",
+               "--config.insert.at_step=2", "--config.insert.eval_every=2", "--config.sharding.mesh=(4,1,1)"]
+
+
+def _result_files(workdir) -> list[str]:
+    """The run's files outside checkpoints/, data/ and the directories of numbered parts and events."""
+    found = []
+    for root, dirs, files in os.walk(workdir):
+        dirs[:] = [d for d in dirs if d not in ("checkpoints", "data")]
+        rel = os.path.relpath(root, workdir)
+        found += [os.path.normpath(os.path.join(rel, f)) for f in files
+                  if rel not in ("examples", "eval_examples", "tensorboard")]
+    return sorted(found)
+
+
+def _assert_frames_close(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
+    """Same columns and rows: floats to 1e-5, everything else (steps, counts, ids, set names) exactly."""
+    floats = [c for c in a.columns if a[c].dtype.kind == "f"]
+    pd.testing.assert_frame_equal(a.drop(columns=floats), b.drop(columns=floats), check_exact=True, obj=name)
+    pd.testing.assert_frame_equal(a[floats], b[floats], check_exact=False, rtol=1e-5, atol=1e-5, obj=name)
+
+
+def test_memdyn_train_in_two_processes_writes_what_one_process_writes(tmp_path):
+    """Two processes train 6 steps then resume to 8; one process trains 8 steps. Same results, one set of files."""
+    one, two = str(tmp_path / "one" / "run"), str(tmp_path / "two" / "run")  # same name: the `run` column
+    train = [sys.executable, "-m", "memdyn", "train", *TRAIN_FLAGS]
+
+    def two_processes(num_steps):
+        multi = [f"--workdir={two}", f"--config.num_steps={num_steps}", f"--coordinator=127.0.0.1:{_free_port()}",
+                 "--num_processes=2"]
+        return [([*train, *multi, f"--process_id={i}"], 2) for i in range(2)]
+
+    _run_processes(tmp_path, [([*train, f"--workdir={one}", "--config.num_steps=8"], 4), *two_processes(6)],
+                   timeout=150.0)
+    _run_processes(tmp_path, two_processes(8), timeout=90.0)  # resumes from checkpoint 6
+
+    assert _result_files(two) == _result_files(one)
+    assert {"config.json", "train.csv", "eval.csv", "insertions.csv", "train.png"} <= set(_result_files(one))
+    assert len(os.listdir(os.path.join(two, "tensorboard"))) == 2  # one events file per run of process 0
+    assert all(f.startswith("part-") for name in ("examples", "eval_examples")
+               for f in os.listdir(os.path.join(two, name)))
+    assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["6", "8"]
+    for name in ("train.csv", "eval.csv", "insertions.csv"):
+        a, b = (pd.read_csv(os.path.join(w, name)).drop(columns=["steps_per_sec"], errors="ignore")
+                for w in (one, two))
+        assert len(a) > 0, name
+        _assert_frames_close(a, b, name)
+    for name in ("examples", "eval_examples"):
+        _assert_frames_close(writers.read_examples(os.path.join(one, name)),
+                             writers.read_examples(os.path.join(two, name)), name)
+
+
+def test_multi_host_flags_go_together():
+    proc = run_memdyn("train", "--workdir=/tmp/unused", "--coordinator=127.0.0.1:1234", "--process_id=0")
+    assert proc.returncode != 0 and "go together; missing --num_processes" in proc.stderr
+    proc = run_memdyn("train", "--workdir=/tmp/unused", "--distributed", "--process_id=0")
+    assert proc.returncode != 0 and "--distributed (auto-detection) excludes" in proc.stderr
+    proc = run_memdyn("rows", "--workdir=/tmp/unused", "--step=0", "--distributed")
+    assert proc.returncode != 0 and "are for `memdyn train`" in proc.stderr
