@@ -182,9 +182,9 @@ def _vocabulary_file(data, data_dir: str, source: seqio.DataSource, train_split:
         if not os.path.isfile(data.vocab.path):
             raise FileNotFoundError(f"config.data.vocab.path={data.vocab.path!r} does not exist")
         return data.vocab.path
+    # Trained afresh on every build (stores absent): a model left by an interrupted build may have other settings.
     path = os.path.join(data_dir, "vocab.model")
-    if not os.path.isfile(path):
-        _train_vocabulary(data, source, train_split, path)
+    _train_vocabulary(data, source, train_split, path)
     return path
 
 
