@@ -30,7 +30,7 @@ from ml_collections import config_dict
 from memdyn.data import tasks as tasks_lib
 from memdyn.data import tracked as tracked_lib
 from memdyn.data import vocab as vocab_lib
-from memdyn.data.store import ExampleStore, write_store
+from memdyn.data.store import ExampleStore, chunk_documents, write_store
 
 _COMMON_FIELDS = ("source", "seq_len", "special_docs", "validation_docs", "doc_ids", "sentence_split", "tags",
                   "spacy_model", "tracked")
@@ -159,7 +159,7 @@ def _tfds_source(data, data_dir: str):
         offsets[split] = total
         total += available[split].num_examples if available else \
             int(inner.get_dataset(split, shuffle=False).reduce(0, lambda n, _: n + 1))
-    return tasks_lib.DocumentSource(inner, cfg.text_key, offsets), splits, total, "pos" in features
+    return tasks_lib.document_source(inner, cfg.text_key, offsets), splits, total, "pos" in features
 
 
 def _text_source(data):
@@ -174,7 +174,7 @@ def _text_source(data):
         offsets[split], total = total, total + counts[split]
     inner = text_files.data_source(files, cfg.format, cfg.field)
     splits = {"train": "train", "validation": "validation" if "validation" in files else None}
-    return tasks_lib.DocumentSource(inner, None, offsets), splits, total, False
+    return tasks_lib.document_source(inner, None, offsets), splits, total, False
 
 
 def _vocabulary_file(data, data_dir: str, source: seqio.DataSource, train_split: str) -> str:
@@ -263,30 +263,21 @@ def read_examples(task: seqio.Task, split: str, seq_len: int, feature: str, pad_
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1, seed=0)
     has_tags, has_doc_id = "tags" in ds.element_spec, "doc_id" in ds.element_spec
     ds = ds.map(lambda ex: {k: ex[k] for k in (feature, "tags", "doc_id") if k in ex})
-    tokens, tags, doc_ids, index = [], [], [], 0
+    documents, doc_ids = [], []
     # Examples come in ragged batches: one Python step per batch, not per example, keeps reading cheap.
     for batch in ds.ragged_batch(read_batch):
         splits = batch[feature].row_splits.numpy()
         values = batch[feature].values.numpy().astype(np.int32)
         tag_values = batch["tags"].values.numpy() if has_tags else None
-        batch_doc_ids = batch["doc_id"].numpy() if has_doc_id else None
         for i in range(len(splits) - 1):
-            start, stop = splits[i], splits[i + 1]
-            doc_id = int(batch_doc_ids[i]) if has_doc_id else index
-            index += 1
-            for piece_start in range(start, stop, seq_len):
-                piece_stop = min(piece_start + seq_len, stop)
-                row = np.full(seq_len, pad_id, np.int32)
-                row[:piece_stop - piece_start] = values[piece_start:piece_stop]
-                tokens.append(row)
-                if has_tags:
-                    tag_row = np.zeros(seq_len, np.int8)
-                    tag_row[:piece_stop - piece_start] = tag_values[piece_start:piece_stop]
-                    tags.append(tag_row)
-                doc_ids.append(doc_id)
-    if not tokens:
+            piece = slice(splits[i], splits[i + 1])
+            documents.append((values[piece], tag_values[piece] if has_tags else None))
+        doc_ids += (batch["doc_id"].numpy().tolist() if has_doc_id
+                    else list(range(len(doc_ids), len(doc_ids) + len(splits) - 1)))
+    if not documents:
         raise ValueError(f"seqio task {task.name!r} split {split!r} yielded no examples")
-    return tracked_lib.Examples(np.stack(tokens), np.asarray(doc_ids, np.int64), np.stack(tags) if has_tags else None)
+    tokens, tags, doc_index = chunk_documents(documents, seq_len, pad_id)  # longer examples cut into pieces
+    return tracked_lib.Examples(tokens, np.asarray(doc_ids, np.int64)[doc_index], tags if has_tags else None)
 
 
 def split_heldout(examples: tracked_lib.Examples, special_docs: int) -> dict[str, tracked_lib.Examples]:

@@ -45,9 +45,10 @@ class RunData:
             return self.vocabulary.decode(ids)
         if self.sentencepiece is not None:
             sp = _sentencepiece(self.sentencepiece)
-            base = sp.get_piece_size()  # ids past it are extra ids (document identifiers)
-            return " ".join(sp.decode([i]) if i < base else f"<id_{i - base}>" for i in ids) \
-                if any(i >= base for i in ids) else sp.decode(ids)
+            base = sp.get_piece_size()  # ids past it are extra ids (document identifiers), which have no text
+            if all(i < base for i in ids):
+                return sp.decode(ids)
+            return " ".join(sp.decode([i]) if i < base else f"<id_{i - base}>" for i in ids)
         if self.vocab is None:
             return " ".join(str(i) for i in ids)
         return " ".join(self.vocab[i] for i in ids)

@@ -1,6 +1,6 @@
 """seqio Tasks over memdyn's sources, and the preprocessors that turn documents into training examples.
 
-A source (``DocumentSource`` around a TFDS or file source) yields documents {"text", "doc_id"} and, when it has
+A source (``document_source`` around a TFDS or file source) yields documents {"text", "doc_id"} and, when it has
 them, gold per-word tags "pos". The task's preprocessors, in order:
   spacy_tags         per-word parts of speech from spaCy (config.data.tags="spacy")
   tokenize           "targets" = SentencePiece ids of the text; with tags, each token gets the tag of the word
@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from memdyn.data import vocab as vocab_lib
+from memdyn.data.mapped_source import MappedSource
 
 SENTENCE_END_CHARS = ".!?"
 
@@ -187,7 +188,7 @@ def doc_id_prefix_len(vocabulary: seqio.Vocabulary) -> int:
 # Tasks
 
 
-def register(name: str, source: DocumentSource, vocabulary: seqio.Vocabulary, *, seq_len: int, tags: str = "none",
+def register(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, *, seq_len: int, tags: str = "none",
              spacy_model: str | None = None, sentence_split: bool = False, doc_ids: bool = False) -> seqio.Task:
     """Registers (or replaces) a memdyn task ``name`` whose examples hold at most ``seq_len`` tokens."""
     prefix = doc_id_prefix_len(vocabulary) if doc_ids else 0
@@ -208,37 +209,23 @@ def register(name: str, source: DocumentSource, vocabulary: seqio.Vocabulary, *,
         output_features={"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)})
 
 
-class DocumentSource(seqio.DataSource):
-    """Wraps a source so that it yields documents {"text", "doc_id"[, "pos"]}, the ids unique across splits.
+def document_source(inner: seqio.DataSource, text_key: str | None, offsets: dict[str, int]) -> MappedSource:
+    """``inner`` yielding documents {"text", "doc_id"[, "pos"]}, the ids unique across splits.
 
     ``text_key``: the feature holding the text (None: the inner source yields plain strings, e.g. text lines).
     Blank documents are dropped. A document without an id gets ``offsets[split]`` + its position in the split.
     """
-
-    def __init__(self, inner: seqio.DataSource, text_key: str | None, offsets: dict[str, int]):
-        super().__init__(splits=inner.splits, caching_permitted=False)
-        self._inner, self._text_key, self._offsets = inner, text_key, offsets
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return False
-
-    def list_shards(self, split: str):
-        return self._inner.list_shards(split)
-
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed=None, shard_info=None, *,
-                    sequence_length=None, use_cached=False, num_epochs=1) -> tf.data.Dataset:
-        ds = self._inner.get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
-        key = self._text_key
-
+    def documents(ds: tf.data.Dataset, split: str) -> tf.data.Dataset:
         def document(example):
-            out = {"text": tf.strings.strip(example if key is None else example[key])}
-            if key is not None:
+            out = {"text": tf.strings.strip(example if text_key is None else example[text_key])}
+            if text_key is not None:
                 out.update({k: example[k] for k in ("doc_id", "pos") if k in example})
             return out
 
         ds = ds.map(document).filter(lambda ex: tf.strings.length(ex["text"]) > 0)
         if "doc_id" not in ds.element_spec:
-            offset = self._offsets.get(split, 0)
+            offset = offsets.get(split, 0)
             ds = ds.enumerate().map(lambda i, ex: dict(ex, doc_id=i + offset))
         return ds
+
+    return MappedSource(inner, documents)

@@ -15,6 +15,7 @@ minimum: each raises an error naming the file (and line).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -22,6 +23,8 @@ import os
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from memdyn.data.mapped_source import MappedSource
 
 FORMATS = ("lines", "files", "jsonl")
 
@@ -99,7 +102,7 @@ def data_source(split_files: dict[str, list[str]], fmt: str, field: str = "text"
     """A seqio file data source yielding {"text": document} in ``read_documents`` order, per split.
 
     Files are read one after another (cycle_length 1), so the order is the sorted file order. Blank lines are
-    dropped by memdyn.data.tasks.DocumentSource, which wraps this source, as ``read_documents`` drops them.
+    dropped by memdyn.data.tasks.document_source, which wraps this source, as ``read_documents`` drops them.
     """
     if fmt == "files":
         def read_file(path):
@@ -107,30 +110,16 @@ def data_source(split_files: dict[str, list[str]], fmt: str, field: str = "text"
         return seqio.FileDataSource(read_file, split_files, cycle_length=1, caching_permitted=False)
     source = seqio.TextLineDataSource(split_files, cycle_length=1, caching_permitted=False)
     if fmt == "jsonl":
-        return _JsonLinesSource(source, field)
+        return MappedSource(source, functools.partial(_json_lines, field=field))
     return source
 
 
-class _JsonLinesSource(seqio.DataSource):
-    """Text lines parsed as JSON objects; yields the ``field`` string of each non-blank line."""
+def _json_lines(lines: tf.data.Dataset, split: str, field: str) -> tf.data.Dataset:
+    """The ``field`` string of each non-blank line, parsed as a JSON object."""
+    del split
+    lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
 
-    def __init__(self, lines: seqio.TextLineDataSource, field: str):
-        super().__init__(splits=lines.splits, caching_permitted=False)
-        self._lines, self._field = lines, field
+    def parse(line: np.ndarray) -> bytes:
+        return json.loads(line.decode("utf-8"))[field].strip().encode("utf-8")
 
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return False
-
-    def list_shards(self, split: str):
-        return self._lines.list_shards(split)
-
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed=None, shard_info=None, *,
-                    sequence_length=None, use_cached=False, num_epochs=1) -> tf.data.Dataset:
-        lines = self._lines.get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info)
-        lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
-
-        def parse(line: np.ndarray) -> bytes:
-            return json.loads(line.decode("utf-8"))[self._field].strip().encode("utf-8")
-
-        return lines.map(lambda line: tf.ensure_shape(tf.numpy_function(parse, [line], tf.string), []))
+    return lines.map(lambda line: tf.ensure_shape(tf.numpy_function(parse, [line], tf.string), []))

@@ -60,9 +60,9 @@ class MemdynSynthetic(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, corpus: corpus_lib.Corpus, documents):
         for index, doc in enumerate(documents):
-            body = doc.tokens[doc.tokens != corpus_lib.EOS_ID]  # the end of a document is the tokenizer's EOS
-            yield index, {"text": " ".join(corpus.vocab[int(t)] for t in body),
-                          "pos": [corpus_lib.POS_TAGS[int(t)] for t in doc.tags[doc.tokens != corpus_lib.EOS_ID]],
+            words = doc.tokens != corpus_lib.EOS_ID  # the end of a document is the tokenizer's EOS
+            yield index, {"text": " ".join(corpus.vocab[int(t)] for t in doc.tokens[words]),
+                          "pos": [corpus_lib.POS_TAGS[int(t)] for t in doc.tags[words]],
                           "doc_id": doc.doc_id, "kind": doc.kind}
 
 
