@@ -41,7 +41,7 @@ def bench_size(size: str, steps: int, tmp: str) -> dict:
     meta = {"counters": {}}
     out = {"size": size, "params": run.config.model.params}
     with run.context():
-        tokens, _ = core.device_batch(run, 0)
+        tokens = run.feeder.train_batch(0)  # the whole batch (tokens, ids, tags)
 
         def run_steps(save_dir: str | None):
             nonlocal params, opt_state

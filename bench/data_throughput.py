@@ -2,7 +2,7 @@
 
     python -m bench.data_throughput [--sizes=tiny,small] [--batch=32] [--seq=128] [--store_examples=500000]
 
-Part 1, in one run per size: the time of ``core.device_batch(run, step)`` (step-indexed rows from the memory-mapped
+Part 1, in one run per size: the time of ``run.feeder.train_batch(step)`` (step-indexed rows from the memory-mapped
 store, a fancy-indexed read at random rows, and the host->device array) over consecutive steps, against the jitted
 train step on the same batch shape; reported as examples/s and as a fraction of the step. It is measured on the
 run's own store and on a large random store (``--store_examples`` rows, written once to a temporary directory and
@@ -40,12 +40,11 @@ def _config(size: str, batch: int, seq: int):
 
 
 def time_batches(run, steps: int, first_step: int = 0) -> float:
-    """Median seconds of device_batch over ``steps`` consecutive steps (each one blocked until on the device)."""
+    """Median seconds of the feeder's train_batch over ``steps`` consecutive steps (each one blocked until on the device)."""
     times = []
     for step in range(first_step, first_step + steps):
         start = time.perf_counter()
-        tokens, _ = core.device_batch(run, step)
-        jax.block_until_ready(tokens)
+        jax.block_until_ready(run.feeder.train_batch(step))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -54,7 +53,7 @@ def time_train_step(run, steps: int) -> float:
     params, opt_state = core.init_state(run)
     step_fn = core.make_train_step(run)
     with run.context():
-        tokens, _ = core.device_batch(run, 0)
+        tokens = run.feeder.train_batch(0)  # the whole batch (tokens, ids, tags)
         params, opt_state, m = step_fn(params, opt_state, tokens, np.int32(0))
         jax.block_until_ready(m["loss"])
         start = time.perf_counter()

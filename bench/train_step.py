@@ -57,7 +57,7 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
     with_metrics = core.make_train_step(run, memorization_metrics=True)
     without = core.make_train_step(run, memorization_metrics=False)
     with run.context():
-        tokens, _ = core.device_batch(run, 0)
+        tokens = run.feeder.train_batch(0)  # the whole batch (tokens, ids, tags)
         for fn in (with_metrics, without):  # compile and warm up both before timing either
             params, opt_state, m = fn(params, opt_state, tokens, np.int32(0))
             jax.block_until_ready(m["loss"])

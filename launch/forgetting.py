@@ -21,7 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memdyn import config as config_lib, logs, train  # noqa: E402
+from memdyn import config as config_lib, lifecycle, logs, runs as runs_lib  # noqa: E402
 from memdyn.analysis import forgetting  # noqa: E402
 from memdyn.analysis.tables import to_markdown  # noqa: E402
 from memdyn.data import sources  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     fork_points["tiny"] = [4 * epoch, 8 * epoch, 12 * epoch]
     for size in sizes:
         points = fork_points[size]
-        train.train(_config(size, num_steps=max(points), **{"checkpoint.keep_steps": tuple(points)}),
+        lifecycle.train(_config(size, num_steps=max(points), **{"checkpoint.keep_steps": tuple(points)}),
                     os.path.join(parents, size))
 
     runs = {f"size_{size}": (size, 8 * epoch, {}) for size in sizes}
@@ -73,9 +73,9 @@ def main() -> None:
                   **extra}
         if extra.get("insert.times"):  # spaced: follow the decay for the same time after the last insertion
             fields["num_steps"] += (extra["insert.times"] - 1) * extra["insert.every"]
-        train.train(_config(size, **fields), os.path.join(forks, name))
+        lifecycle.train(_config(size, **fields), os.path.join(forks, name))
 
-    _, summary = forgetting.analyze_runs(forgetting.find_runs(forks), out_dir=args.out)
+    _, summary = forgetting.analyze_runs([r.workdir for r in runs_lib.find_runs(forks)], out_dir=args.out)
     columns = ["run", "size", "params", "insert_step", "num_insertions", "m_before", "m_after", "baseline_min",
                "excess_before", "excess_after", "excess_asymptote", "excess_asymptote_se", "excess_tau",
                "retained_min", "retained_asymptote"]

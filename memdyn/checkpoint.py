@@ -20,7 +20,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from memdyn import config as config_lib
 
 
 @dataclasses.dataclass
@@ -35,14 +34,25 @@ class Checkpointer:
     """Saves (asynchronously) and restores the train state of one run directory."""
 
     def __init__(self, directory: str, *, keep: int = 2, keep_steps: tuple[int, ...] = (),
-                 async_save: bool = True, read_only: bool = False):
+                 async_save: bool = True, read_only: bool = False, every: int = 0, save_steps: tuple[int, ...] = ()):
+        """Keeps the newest ``keep`` checkpoints and the ``keep_steps``; ``should_save`` says yes every ``every``
+        steps (0: never) and at the ``save_steps`` (orbax's save-decision policies)."""
         self.directory = os.path.abspath(directory)
-        policy = checkpoint_managers.AnyPreservationPolicy(
+        preservation = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(keep), checkpoint_managers.CustomSteps(list(keep_steps))])
+        decisions = [checkpoint_managers.SpecificStepsPolicy(tuple(save_steps) + tuple(keep_steps))]
+        if every > 0:
+            decisions.append(checkpoint_managers.FixedIntervalPolicy(every))
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, create=not read_only,
-            read_only=read_only)
+            preservation_policy=preservation, save_decision_policy=checkpoint_managers.AnySavePolicy(decisions),
+            # the decision must not depend on whether an earlier asynchronous save is still being written
+            enable_should_save_is_saving_in_progress_check=False,
+            enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def should_save(self, step: int) -> bool:
+        """Whether checkpoint ``step`` is due (never twice, never below the newest one)."""
+        return self.manager.should_save(step)
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> None:
         """Starts saving checkpoint ``step``; returns once the arrays are copied off the device."""
@@ -85,13 +95,3 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of ``tree``'s leaves carrying ``shardings`` (the restore target)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
-
-# Fields that may differ between a checkpoint's run and the run restoring it: how long to train, where, how
-# often to save and evaluate. Everything else (model, data, optimizer, seed) must match.
-RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint.", "eval.", "sharding.", "insert.")
-
-
-def incompatibilities(stored: dict[str, Any], requested: dict[str, Any],
-                      allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
-    """Config differences (dotted names with both values) that forbid continuing ``stored`` as ``requested``."""
-    return [d for d in config_lib.differences(stored, requested) if not d.split(":")[0].startswith(allowed)]

@@ -123,14 +123,6 @@ def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
     return out
 
 
-def load_run_config(workdir: str) -> config_dict.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--workdir={workdir!r} holds no memdyn run (no config.json)")
-    with open(path) as f:
-        return config_dict.ConfigDict(json.load(f))
-
-
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 

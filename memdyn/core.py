@@ -3,7 +3,13 @@
 ``build_run`` resolves a config against the data and the devices and raises before any compute on a bad value.
 The state is a pair of pure pytrees (params, opt_state) sharded by logical axis rules; the model's structure (an
 NNX GraphDef) is static. One ``jax.jit`` with explicit in/out shardings and donated state runs forward, backward,
-the optimizer update and the memorization metrics of the same logits.
+the optimizer update and the memorization metrics of the same logits. Steps take the whole batch of the feeder
+(``memdyn.data.feeder``: tokens, example and document ids, tags) and hand back its example and document ids
+beside the per-example metrics, so results line up with the rows they describe on every process.
+
+``batch_metrics`` (on ``build_run``) are extra functions ``fn(batch, logits_BxLxV, targets_BxL, weights_BxL) ->
+dict`` evaluated inside every train and eval step on the same logits; their outputs join the step's metrics. A
+per-token batch field covers the L input positions; a causal LM's targets are positions 1..L-1 (``[:, 1:]``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from memdyn import config as config_lib
 from memdyn import metrics as metrics_lib
 from memdyn import objective, sharding
 from memdyn.data import sources
+from memdyn.data.feeder import Batch, Feeder
 from memdyn.data.order import StepOrder
 from memdyn.model import Transformer
 from memdyn.sizes import ModelShape
@@ -69,10 +76,12 @@ class Run:
     schedule: optax.Schedule
     param_shardings: Any
     opt_shardings: Any
-    batch_sharding: NamedSharding
+    batch_sharding: NamedSharding  # every batch field: its leading (batch) dimension over the data-parallel axes
     replicated: NamedSharding
     abstract_params: Any  # ShapeDtypeStructs with shardings: the target of a restore
     abstract_opt_state: Any
+    feeder: Feeder
+    batch_metrics: tuple[Callable[..., dict[str, jax.Array]], ...] = ()
 
     def context(self):
         """Mesh and logical rules must be active whenever a memdyn function is traced."""
@@ -98,7 +107,7 @@ def build_model(shape: ModelShape, config: config_dict.ConfigDict) -> Transforme
 
 
 def build_run(config: config_dict.ConfigDict, data: sources.RunData,
-              devices: list[jax.Device] | None = None) -> Run:
+              devices: list[jax.Device] | None = None, batch_metrics: tuple[Callable, ...] = ()) -> Run:
     """Resolves the config against the data and the devices; raises before compute on any bad value."""
     config = config_lib.resolve(config, vocab_size=data.vocab_size)
     if not config.model.causal and data.mask_id is None:
@@ -125,11 +134,12 @@ def build_run(config: config_dict.ConfigDict, data: sources.RunData,
         opt_shapes = jax.eval_shape(tx.init, abstract_params)
         opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shapes, param_shardings,
                                               transform_non_params=lambda _: replicated)
-        batch_sharding = sharding.batch_sharding(mesh, 2)
+        batch_sharding = sharding.batch_sharding(mesh, 1)
     order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
     return Run(config, data, shape, mesh, rules, order, graphdef, tx, schedule, param_shardings, opt_shardings,
                batch_sharding, replicated, checkpoint.abstract_like(abstract_params, param_shardings),
-               checkpoint.abstract_like(opt_shapes, opt_shardings))
+               checkpoint.abstract_like(opt_shapes, opt_shardings),
+               Feeder(batch_sharding, data.pad_id, data.train, order), tuple(batch_metrics))
 
 
 def init_state(run: Run) -> tuple[Any, Any]:
@@ -143,7 +153,8 @@ def init_state(run: Run) -> tuple[Any, Any]:
 
 
 def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., dict[str, jax.Array]]:
-    """forward(params, tokens_BxL, step) -> token metrics of the run's objective (see metrics.token_metrics).
+    """forward(params, batch, step) -> token metrics of the run's objective (see metrics.token_metrics), the
+    batch's ``example_ids_B`` and ``doc_ids_B``, and the run's batch metrics.
 
     ``memorization_metrics=False`` returns the loss alone (the baseline of the metric-overhead benchmark).
     """
@@ -152,7 +163,8 @@ def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., d
                                       num_special=run.data.num_special, mask_prob=config.model.mask_prob)
     base_key = jax.random.key(config.seed)
 
-    def forward(params, tokens_BxL, step, mlp_gate_BxLxF=None):
+    def forward(params, batch: Batch, step, mlp_gate_BxLxF=None):
+        tokens_BxL = batch["tokens_BxL"]
         if config.model.causal:
             inputs, targets, weights = objective.causal_lm(tokens_BxL, masking.pad_id)
         else:  # masks are a pure function of (seed, step): resume and re-evaluation see the same masks
@@ -162,22 +174,25 @@ def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., d
         logits = model(inputs, valid_BxL=inputs != masking.pad_id, mlp_gate_BxLxF=mlp_gate_BxLxF)
         if not memorization_metrics:
             return {"loss": metrics_lib.mean_loss(logits, targets, weights)}
-        return metrics_lib.token_metrics(logits, targets, weights)
+        out = metrics_lib.token_metrics(logits, targets, weights)
+        for batch_metric in run.batch_metrics:
+            out.update(batch_metric(batch, logits, targets, weights))
+        return dict(out, example_ids_B=batch["example_ids_B"], doc_ids_B=batch["doc_ids_B"])
 
     return forward
 
 
 def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
-    """The jitted step: (params, opt_state, tokens_BxL, update) -> (params, opt_state, metrics). State is donated.
+    """The jitted step: (params, opt_state, batch, update) -> (params, opt_state, metrics). State is donated.
 
     ``update`` counts every update, inserted ones included; it indexes the lr schedule (as optax's own count
     does) and the masked-LM masks.
     """
     forward = make_forward(run, memorization_metrics)
 
-    def train_step(params, opt_state, tokens_BxL, update):
+    def train_step(params, opt_state, batch, update):
         def loss_fn(p):
-            m = forward(p, tokens_BxL, update)
+            m = forward(p, batch, update)
             return m["loss"], m
         grads, m = jax.grad(loss_fn, has_aux=True)(params)
         updates, opt_state = run.tx.update(grads, opt_state, params)
@@ -192,36 +207,6 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
 
 
 def make_eval_step(run: Run) -> Callable:
-    """Jitted forward for evaluation: (params, tokens_BxL, mask_index) -> token metrics, nothing donated."""
+    """Jitted forward for evaluation: (params, batch, mask_index) -> token metrics, nothing donated."""
     return jax.jit(make_forward(run), in_shardings=(run.param_shardings, run.batch_sharding, run.replicated),
                    out_shardings=run.replicated)
-
-
-def process_batch_positions(batch_sharding: jax.sharding.Sharding, global_shape: tuple[int, ...]) -> np.ndarray:
-    """Positions [b] within the global batch [B] of the rows this process's devices hold, ascending.
-
-    The batch is split over its leading dim only, by the data-parallel mesh axes; devices along the other axes
-    (``tensor`` under the default rules) hold copies of the same rows, so this is the union of the addressable
-    devices' row slices. Those distinct, equal-sized slices sorted by start and concatenated are the layout in which
-    ``jax.make_array_from_process_local_data`` expects a process's local rows. One process: every row, 0..B-1.
-    """
-    slices = batch_sharding.addressable_devices_indices_map(global_shape).values()
-    row_ranges = sorted({index[0].indices(global_shape[0]) for index in slices})  # (start, stop, step)
-    return np.concatenate([np.arange(*r) for r in row_ranges])
-
-
-def device_batch(run: Run, step: int) -> tuple[jax.Array, dict[str, np.ndarray]]:
-    """Global batch of ``step`` as a sharded array [B, L], and the host-side rows this process read.
-
-    Each process reads from the store only the rows its own devices hold. With one process the rows are the whole
-    batch (tokens [B, L], example_ids [B], doc_ids [B], tags [B, L] if stored), in batch order. With several they
-    are this process's b rows (b = B / processes when the data-parallel shards span the processes, up to B where
-    processes replicate rows), at positions ``process_batch_positions(run.batch_sharding, (B, L))`` of the global
-    batch -- so they do not line up with per-example metrics [B] of the global batch.
-    """
-    batch_rows_B = run.order.rows(step)
-    global_shape = (len(batch_rows_B), run.data.train.seq_len)
-    positions_b = process_batch_positions(run.batch_sharding, global_shape)
-    rows = run.data.train.rows(batch_rows_B[positions_b])
-    tokens = jax.make_array_from_process_local_data(run.batch_sharding, rows["tokens"], global_shape=global_shape)
-    return tokens, rows

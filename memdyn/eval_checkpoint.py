@@ -14,21 +14,16 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import pandas as pd
 
-from memdyn import checkpoint, config as config_lib, core, evaluate, extract
+from memdyn import checkpoint, core, evaluate, extract, runs
 from memdyn.data import sources
-
-
-def _atomic_csv(frame: pd.DataFrame, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *, extract_k: bool = False,
                         prompt_len: int = 32, num_new: int = 32) -> dict[str, Any]:
-    config = config_lib.load_run_config(workdir)
+    config = runs.load_config(workdir)
     data = sources.open_run_data(workdir, config)
     stores = {"train": data.train, **data.sets}
     if set_name not in stores:
@@ -51,35 +46,35 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     finally:
         ckpt.close()
     out_dir = os.path.join(workdir, "evals")
-    os.makedirs(out_dir, exist_ok=True)
-    batches = evaluate.padded_batches(store, config.batch_size, data.pad_id)
     with run.context():
-        aggregates, per_example = evaluate.evaluate(core.make_eval_step(run), restored.params, batches,
-                                                    run.batch_sharding, set_name, restored.step).result()
+        aggregates, per_example = evaluate.evaluate(core.make_eval_step(run), restored.params, run.feeder, store,
+                                                    config.batch_size, set_name, restored.step).result()
     aggregates = {"set": set_name, "step": restored.step, **aggregates}
-    _atomic_csv(pd.DataFrame(per_example), os.path.join(out_dir, f"{set_name}-{restored.step}.csv"))
+    _write_csv(pd.DataFrame(per_example), os.path.join(out_dir, f"{set_name}-{restored.step}.csv"))
     if extract_k:
-        frame = _extractability(run, restored.params, batches, prompt_len, num_new, data.pad_id)
-        _atomic_csv(frame, os.path.join(out_dir, f"{set_name}-{restored.step}-extract.csv"))
+        frame = _extractability(run, restored.params, store, prompt_len, num_new)
+        _write_csv(frame, os.path.join(out_dir, f"{set_name}-{restored.step}-extract.csv"))
         aggregates.update(extract_examples=len(frame), memorized_fraction=float(frame["memorized"].mean()),
                           mean_score=float(frame["score"].mean()))
     return aggregates
 
 
-def _extractability(run: core.Run, params, batches, prompt_len: int, num_new: int, pad_id: int) -> pd.DataFrame:
-    """k-extractability of every example with ≥ M + N real tokens, batched like the evaluation."""
-    rows = []
+def _write_csv(frame: pd.DataFrame, path: str) -> None:
+    runs.atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def _extractability(run: core.Run, params, store, prompt_len: int, num_new: int) -> pd.DataFrame:
+    """k-extractability of every example with >= M + N real tokens, in batches from the feeder."""
+    # Examples are right-padded: the first M + N tokens are all real exactly when there are M + N of them.
+    full = {int(e) for e in np.asarray(store.example_ids)[store.token_counts(run.data.pad_id) >= prompt_len + num_new]}
     with run.context():
-        outputs = []
-        for tokens, ids, n in batches:
-            window = tokens[:, :prompt_len + num_new]
-            device_tokens = jax.device_put(window, run.batch_sharding)
-            outputs.append((extract.extractability(run.graphdef, params, device_tokens, prompt_len, num_new),
-                            window, ids, n))
-        for result, window, ids, n in outputs:
-            result = jax.device_get(result)
-            full = (window[:n] != pad_id).all(axis=1)
-            rows.append(pd.DataFrame({"example_id": ids[:n], "score": result["score"][:n],
-                                      "memorized": result["memorized"][:n].astype(bool),
-                                      "prefix_match": result["prefix_match"][:n]})[full])
-    return pd.concat(rows, ignore_index=True)
+        outputs = [extract.extractability(run.graphdef, params, run.feeder.batch(store, rows), prompt_len, num_new)
+                   for rows in run.feeder.set_rows(store, run.config.batch_size)]
+    frames = []
+    for result in jax.device_get(outputs):
+        ids = result["example_ids_B"].astype(np.int64)
+        keep = np.asarray([i in full for i in ids.tolist()], bool)  # padding rows (id -1) are never full
+        frames.append(pd.DataFrame({"example_id": ids, "score": result["score"],
+                                    "memorized": result["memorized"].astype(bool),
+                                    "prefix_match": result["prefix_match"]})[keep])
+    return pd.concat(frames, ignore_index=True)

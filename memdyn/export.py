@@ -10,19 +10,18 @@ below the sweep directory, with a ``run`` column and one column per swept field 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pandas as pd
 
-from memdyn import sweep, writers
+from memdyn import runs as runs_lib
+from memdyn import writers
 
 CSV_FILES = ("train.csv", "eval.csv", "insertions.csv")
 RECORD_FILES = {"examples.csv": "examples", "eval_examples.csv": "eval_examples"}  # file -> Parquet part dir
 FILES = CSV_FILES + tuple(RECORD_FILES)
-_RUN_OUTPUTS = {"checkpoints", "data", "examples", "eval_examples", "tensorboard", "evals", "logs"}
 
 
 def load(path: str) -> pd.DataFrame:
@@ -31,18 +30,6 @@ def load(path: str) -> pd.DataFrame:
 
 
 # -- one run ---------------------------------------------------------------------------------------------------
-def _atomic(path: str, write: Callable[[str], None]) -> str:
-    """Writes ``path`` through a temporary file renamed into place, so readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def _parts(directory: str) -> list[str]:
     if not os.path.isdir(directory):
         return []
@@ -73,72 +60,29 @@ def _columns(workdir: str, name: str) -> list[str] | None:
 
 def export_run(workdir: str, out_dir: str) -> dict[str, str]:
     """Writes the run's tidy CSVs into ``out_dir``; returns {file name: path} of those written."""
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
-        raise FileNotFoundError(f"{workdir!r} holds no memdyn run (no config.json)")
+    runs_lib.load_config(workdir)  # a clear error when workdir holds no run
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     for name in CSV_FILES:
         source = os.path.join(workdir, name)
         if os.path.isfile(source):
-            written[name] = _atomic(os.path.join(out_dir, name), lambda tmp: shutil.copyfile(source, tmp))
+            written[name] = runs_lib.atomic_write(os.path.join(out_dir, name), lambda tmp: shutil.copyfile(source, tmp))
     for name in RECORD_FILES:
         frame = read_file(workdir, name)
         if frame is not None:
-            written[name] = _atomic(os.path.join(out_dir, name), lambda tmp: frame.to_csv(tmp, index=False))
+            written[name] = runs_lib.atomic_write(os.path.join(out_dir, name), lambda tmp: frame.to_csv(tmp, index=False))
     return written
 
 
-# -- a sweep -------------------------------------------------------------------------------------------------------
-def _column_value(value: Any) -> Any:
-    return str(tuple(value)) if isinstance(value, list) else value  # JSON turned tuples into lists
-
-
-def _overrides_from_name(name: str) -> dict[str, Any]:
-    """``model.size=tiny,seed=1`` -> {"model.size": "tiny", "seed": 1}; {} for a name of another form."""
-    pairs = [part.partition("=") for part in name.split(",")]
-    if not all(eq and key for key, eq, _ in pairs):
-        return {}
-    return {key: sweep.parse_value(value) for key, _, value in pairs}
-
-
-def _manifest_overrides(directory: str) -> dict[str, dict[str, Any]]:
-    """{real path of a run: its overrides} from ``directory``'s sweep.json, if any."""
-    path = os.path.join(directory, sweep.SWEEP_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        runs = json.load(f).get("runs", [])
-    return {os.path.realpath(os.path.join(directory, r["name"])): r.get("overrides", {}) for r in runs}
-
-
-def find_runs(sweep_dir: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(workdir, run label, sweep overrides) of every run (directory with a config.json) below ``sweep_dir``."""
-    known, found = {}, []
-    for root, dirs, files in os.walk(sweep_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        known.update(_manifest_overrides(root))
-        if "config.json" in files:
-            dirs[:] = [d for d in dirs if d not in _RUN_OUTPUTS]
-            found.append(root)
-    runs = []
-    for workdir in found:
-        label = os.path.relpath(workdir, sweep_dir)
-        label = os.path.basename(os.path.realpath(workdir)) if label == "." else label
-        overrides = known.get(os.path.realpath(workdir))
-        if overrides is None:
-            overrides = _overrides_from_name(os.path.basename(os.path.realpath(workdir)))
-        runs.append((workdir, label, {k: _column_value(v) for k, v in overrides.items()}))
-    return runs
-
-
+# -- a sweep ---------------------------------------------------------------------------------------------------
 def _frames(runs, name: str, columns: list[str]) -> Iterator[pd.DataFrame]:
     """Each run's ``name`` with its run label and overrides as columns (a column the file has stays)."""
-    for workdir, label, overrides in runs:
-        frame = read_file(workdir, name)
+    for run in runs:
+        frame = read_file(run.workdir, name)
         if frame is None:
             continue
-        frame["run"] = label
-        for key, value in overrides.items():
+        frame["run"] = run.label
+        for key, value in run.overrides.items():
             if key not in frame.columns:
                 frame[key] = value
         yield frame.reindex(columns=columns)
@@ -146,7 +90,7 @@ def _frames(runs, name: str, columns: list[str]) -> Iterator[pd.DataFrame]:
 
 def _concatenate(runs, name: str, keys: list[str], path: str) -> bool:
     """Streams every run's ``name`` into one CSV at ``path`` (one run in memory at a time); False if none has it."""
-    found = [c for workdir, _, _ in runs for c in (_columns(workdir, name) or [])]
+    found = [c for run in runs for c in (_columns(run.workdir, name) or [])]
     if not found:
         return False
     columns = list(dict.fromkeys(["run", *keys, *found]))
@@ -156,7 +100,7 @@ def _concatenate(runs, name: str, keys: list[str], path: str) -> bool:
             for i, frame in enumerate(_frames(runs, name, columns)):
                 frame.to_csv(f, header=i == 0, index=False)
 
-    _atomic(path, write)
+    runs_lib.atomic_write(path, write)
     return True
 
 
@@ -167,11 +111,9 @@ def export_sweep(sweep_dir: str, out_dir: str) -> dict[str, str]:
     parsed from the run directory's name), then the file's own columns (identity columns such as size, params,
     seed, peak_lr included).
     """
-    runs = find_runs(sweep_dir)
-    if not runs:
-        raise FileNotFoundError(f"{sweep_dir!r} holds no memdyn runs (no config.json below it)")
+    runs = runs_lib.require_runs(sweep_dir)
     os.makedirs(out_dir, exist_ok=True)
-    keys = list(dict.fromkeys(k for _, _, overrides in runs for k in overrides))
+    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
     written = {}
     for name in FILES:
         path = os.path.join(out_dir, name)

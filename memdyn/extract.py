@@ -133,27 +133,33 @@ def _teacher_forced(graphdef, params, tokens_BxT, prompt_len, num_new, mlp_gate_
     return {"memorized": prefix_match_B == num_new, "prefix_match": prefix_match_B}
 
 
-def extractability(graphdef: nnx.GraphDef, params, tokens_BxT: jax.Array, prompt_len: int = 32,
+def extractability(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], prompt_len: int = 32,
                    num_new: int = 32, *, mlp_gate_BxF: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Biderman's extractability of each sequence's tokens [M, M+N) from its first M tokens.
+    """Biderman's extractability of each sequence's tokens [M, M+N) from its first M tokens, for a feeder batch
+    (``memdyn.data.feeder``; at least ``tokens_BxL``, L >= M + N).
 
     Returns ``score`` [B] (float32, fraction of positions where the greedy continuation equals the truth; from
-    ``greedy_decode``), ``continuation`` [B, N] (the greedy tokens), and ``memorized`` [B] / ``prefix_match`` [B]
-    from ``teacher_forced_extractability`` (one pass; see the module docstring for why they agree with decoding).
+    ``greedy_decode``), ``continuation`` [B, N] (the greedy tokens), ``memorized`` [B] / ``prefix_match`` [B]
+    from ``teacher_forced_extractability`` (one pass; see the module docstring for why they agree with decoding),
+    and the batch's ``example_ids_B`` / ``doc_ids_B`` when it has them, so rows line up with results.
     """
-    _check_tokens(tokens_BxT, prompt_len, num_new)
-    return _extractability(graphdef, params, tokens_BxT, prompt_len, num_new, mlp_gate_BxF)
+    if not isinstance(batch, dict) or "tokens_BxL" not in batch:
+        raise ValueError("extractability takes a batch: a dict with tokens_BxL (see memdyn.data.feeder)")
+    _check_tokens(batch["tokens_BxL"], prompt_len, num_new)
+    return _extractability(graphdef, params, batch, prompt_len, num_new, mlp_gate_BxF)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _extractability(graphdef, params, tokens_BxT, prompt_len, num_new, mlp_gate_BxF):
+def _extractability(graphdef, params, batch, prompt_len, num_new, mlp_gate_BxF):
+    tokens_BxT = batch["tokens_BxL"]
     continuation_BxN = greedy_decode(graphdef, params, tokens_BxT[:, :prompt_len], num_new,
                                      mlp_gate_BxF=mlp_gate_BxF)
     truth_BxN = tokens_BxT[:, prompt_len:prompt_len + num_new]
     score_B = (continuation_BxN == truth_BxN).mean(axis=1, dtype=jnp.float32)
     forced = teacher_forced_extractability(graphdef, params, tokens_BxT, prompt_len, num_new,
                                            mlp_gate_BxF=mlp_gate_BxF)
-    return {"score": score_B, "continuation": continuation_BxN, **forced}
+    ids = {k: batch[k] for k in ("example_ids_B", "doc_ids_B") if k in batch}
+    return {"score": score_B, "continuation": continuation_BxN, **forced, **ids}
 
 
 def _check_tokens(tokens_BxT, prompt_len: int, num_new: int) -> None:

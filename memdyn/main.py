@@ -52,7 +52,6 @@ from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
 COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
-ANALYSES = ("forgetting", "memorization")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config file (configs/<name>.py[:arg]).")
@@ -113,20 +112,20 @@ def init_distributed(command: str) -> None:
 
 
 def cmd_train() -> None:
-    from memdyn import train
+    from memdyn import lifecycle
     config = _CONFIG.value
     if _INIT_FROM.value:
         with config.unlocked():
             config.init_from = _INIT_FROM.value
-    train.train(config, _require(_WORKDIR, "train"))
+    lifecycle.train(config, _require(_WORKDIR, "train"))
 
 
 def cmd_rows() -> None:
-    from memdyn import config as config_lib, insertion
+    from memdyn import insertion, runs
     from memdyn.data import sources
     from memdyn.data.order import StepOrder
     workdir, step = _require(_WORKDIR, "rows"), _require(_STEP, "rows")
-    config = config_lib.load_run_config(workdir)
+    config = runs.load_config(workdir)
     if not 0 <= step < config.num_steps:
         raise ValueError(f"--step={step} is outside the run's steps [0, {config.num_steps})")
     data = sources.open_run_data(workdir, config)
@@ -186,22 +185,18 @@ def cmd_export() -> None:
 
 
 def cmd_analyze(what: str) -> None:
-    if what not in ANALYSES:
-        raise app.UsageError(f"`memdyn analyze` needs one of {ANALYSES}; got {what!r}")
-    from memdyn.analysis import forgetting, memorization
+    from memdyn import analysis, runs
+    registry = analysis.analyses()
+    if what not in registry:
+        raise app.UsageError(f"`memdyn analyze` needs one of {tuple(registry)}; got {what!r}")
     workdir, sweep_dir = _run_or_sweep(f"analyze {what}")
-    workdirs = [workdir] if workdir else forgetting.find_runs(sweep_dir)
-    if not workdirs:
-        raise FileNotFoundError(f"--sweep={sweep_dir!r} holds no runs (no eval.csv below it)")
+    if workdir:
+        runs.load_config(workdir)  # a clear error when it holds no run
+    workdirs = [workdir] if workdir else [r.workdir for r in runs.require_runs(sweep_dir)]
     out = _OUT.value or workdir or sweep_dir
-    if what == "forgetting":
-        _, summary = forgetting.analyze_runs(workdirs, set_name=_SET.value or "special", out_dir=out)
-        files = "forgetting_curves.csv, forgetting_summary.csv, forgetting.png"
-    else:
-        summary = memorization.analyze_runs(workdirs, out_dir=out)
-        files = "memorization_summary.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png"
+    summary = registry[what].run(analysis.Options(workdirs, out, set_name=_SET.value))
     print(summary.to_string(index=False))
-    print(f"wrote {files} in {out}")
+    print(f"wrote {registry[what].outputs} in {out}")
 
 
 def main(argv: list[str]) -> None:

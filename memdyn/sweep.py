@@ -1,7 +1,7 @@
 """Local sweeps: the cross product of ``--sweep a.b=v1,v2`` specs, one workdir per combination.
 
 ``run_sweep`` validates every combination before any run starts, skips runs that are already complete (a cheap
-look at the workdir's checkpoints, nothing is built), resumes interrupted ones (``train.train`` does that) and
+look at the workdir's checkpoints, nothing is built), resumes interrupted ones (``lifecycle.train`` does that) and
 trains the rest, in this process one after another or as ``parallel`` concurrent ``memdyn train`` processes.
 ``<sweep_dir>/sweep.json`` lists every run with its overrides and status: pending, running, complete (trained
 by this call), skipped (already complete), failed or interrupted.
@@ -9,7 +9,6 @@ by this call), skipped (already complete), failed or interrupted.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import itertools
 import json
@@ -25,8 +24,9 @@ from absl import logging
 from ml_collections import config_dict
 
 from memdyn import config as config_lib
+from memdyn import runs as runs_lib
+from memdyn.runs import SWEEP_FILE, parse_value
 
-SWEEP_FILE = "sweep.json"
 _KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 _MAX_NAME = 200  # file names are limited to 255 bytes
@@ -34,17 +34,6 @@ _OPEN, _CLOSE = "([{", ")]}"
 
 
 # -- specs -----------------------------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """A value as a ``--config.<field>=<text>`` override means it: a Python literal, else the raw string."""
-    text = text.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
-
-
 def _split_values(text: str, spec: str) -> list[str]:
     """Splits at the commas outside brackets and quotes: ``(2,2),(4,1)`` -> ``["(2,2)", "(4,1)"]``."""
     items, depth, quote, start = [], 0, None, 0
@@ -105,35 +94,6 @@ def run_name(overrides: dict[str, Any]) -> str:
     return name
 
 
-def _check_resumable(config: config_dict.ConfigDict, workdir: str) -> None:
-    """Raises when ``workdir`` holds a run whose model, data, optimizer or seed differ from ``config``."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return
-    from memdyn import checkpoint  # imports orbax; only needed when a workdir already exists
-    with open(path) as f:
-        stored = json.load(f)
-    resolved = config_lib.resolve(config, vocab_size=stored["model"]["vocab_size"])
-    problems = checkpoint.incompatibilities(stored, json.loads(config_lib.to_json(resolved)))
-    if problems:
-        raise ValueError(f"{workdir!r} holds a run with an incompatible config: " + "; ".join(problems[:10]))
-
-
-def latest_checkpoint(workdir: str) -> int | None:
-    """The newest finished checkpoint step of a workdir (Orbax renames a checkpoint to its step when done)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return None
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d))]
-    return max(steps, default=None)
-
-
-def is_complete(workdir: str, num_steps: int) -> bool:
-    """Whether ``workdir`` holds a run trained to ``num_steps`` steps, without building it."""
-    step = latest_checkpoint(workdir)
-    return os.path.isfile(os.path.join(workdir, "config.json")) and step is not None and step >= num_steps
-
-
 # -- the sweep -----------------------------------------------------------------------------------------------------
 def _plan(base: config_dict.ConfigDict, sweep_dir: str, specs: list[str],
           base_overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -148,18 +108,13 @@ def _plan(base: config_dict.ConfigDict, sweep_dir: str, specs: list[str],
         try:
             config = config_lib.apply_overrides(base, {**base_overrides, **overrides})
             config_lib.validate(config)
-            _check_resumable(config, workdir)
+            stored = runs_lib.read_config(workdir)
+            if stored is not None:
+                runs_lib.check_compatible(stored, config, repr(workdir))
         except ValueError as e:
             raise ValueError(f"sweep run {name}: {e}") from None
         runs.append({"name": name, "workdir": workdir, "overrides": overrides, "config": config})
     return runs
-
-
-def _write_json(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def _public(run: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +131,7 @@ class _Manifest:
         self.earlier = [r for r in _read_runs(self.path) if r.get("name") not in names]
 
     def save(self) -> None:
-        _write_json(self.path, {**self.header, "runs": self.earlier + [_public(r) for r in self.runs]})
+        runs_lib.atomic_write_json(self.path, {**self.header, "runs": self.earlier + [_public(r) for r in self.runs]})
 
 
 def _read_runs(path: str) -> list[dict[str, Any]]:
@@ -205,7 +160,7 @@ def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: l
     header = {"config": config_path, "config_arg": config_arg, "specs": list(specs), "base_overrides": base_overrides}
     manifest = _Manifest(sweep_dir, header, runs)
     for run in runs:
-        run["status"] = "skipped" if is_complete(run["workdir"], run["config"].num_steps) else "pending"
+        run["status"] = "skipped" if runs_lib.is_complete(run["workdir"], run["config"].num_steps) else "pending"
     manifest.save()
     todo = [(i, run) for i, run in enumerate(runs, 1) if run["status"] == "pending"]
     for i, run in enumerate(runs, 1):
@@ -225,13 +180,13 @@ def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: l
 
 
 def _run_in_process(todo: list[tuple[int, dict]], total: int, manifest: _Manifest) -> None:
-    from memdyn import train  # imports JAX
+    from memdyn import lifecycle, train  # imports JAX
     for i, run in todo:
         logging.info("run %d/%d: %s", i, total, run["name"])
         run["status"] = "running"
         manifest.save()
         try:
-            train.train(run["config"], run["workdir"])
+            lifecycle.train(run["config"], run["workdir"])
             run["status"] = "complete"
         except (KeyboardInterrupt, train.Preempted):  # stop the sweep; the run resumes next time
             run["status"] = "interrupted"

@@ -1,10 +1,15 @@
-"""Result files of a run: the train CSV, per-example records (Parquet parts) and TensorBoard via clu.
+"""The result-file writers of a run, on clu's ``MetricWriter`` interface: CSV tables, Parquet per-example records
+and TensorBoard events.
 
-CSV rows are appended as whole lines and flushed; per-example parts are written to a hidden temporary file and
-renamed, so a reader never sees half a part. ``read_examples`` loads every part into one pandas DataFrame.
-
-With several JAX processes only process 0 writes; the others build their writers with ``write=False``, which keep
-the same row counts and part names (saved in checkpoints) without touching a file.
+- ``CsvWriter.write_scalars(step, row)`` appends one row (``step`` plus the row's columns; strings allowed, for
+  identity columns) as a whole line, flushed. Rows already in the file can be cut back to a count (a checkpoint's).
+- ``RecordWriter.write_summaries(step, columns)`` buffers one step's per-example columns (arrays of equal length)
+  and writes them as Parquet parts, each to a hidden temporary file renamed into place, so a reader never sees
+  half a part. Parts not named by a checkpoint are deleted when the writer opens.
+- ``tensorboard_writer`` is clu's asynchronous TensorBoard writer.
+The methods a writer cannot serve raise NotImplementedError. ``write=False`` builds a writer that counts rows and
+names parts like a real one but touches no file: with several JAX processes only process 0 writes.
+``read_examples`` loads every part of a record directory into one pandas DataFrame.
 """
 
 from __future__ import annotations
@@ -13,32 +18,50 @@ import csv
 import io
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from clu import metric_writers
+
+from memdyn import runs
 
 
-class CsvWriter:
+class _ResultWriter(metric_writers.MetricWriter):
+    """A MetricWriter for one kind of write; the others are refused."""
+
+    def _refuse(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not write this kind of summary")
+
+    write_scalars = write_summaries = write_images = write_videos = write_audios = _refuse
+    write_texts = write_histograms = write_hparams = _refuse
+
+    def flush(self) -> None:
+        pass
+
+
+class CsvWriter(_ResultWriter):
     """Appends rows with fixed columns to a CSV file (header written once); ``rows`` counts the data rows.
 
-    ``rows``: the rows already in the file (default: counted); ``write=False`` only counts.
+    ``rows``: the rows the file should keep (a checkpoint's); rows after them are cut off. None keeps the file.
     """
 
     def __init__(self, path: str, columns: Sequence[str], rows: int | None = None, write: bool = True):
-        self.path = path
-        self.columns = list(columns)
-        self.rows = count_csv_rows(path) if rows is None else rows
+        self.path, self.columns = path, list(columns)
         self._file = None
+        if write and rows is not None:
+            truncate_csv(path, rows)
+        self.rows = count_csv_rows(path) if rows is None else rows
         if write:
             new = not os.path.exists(path) or os.path.getsize(path) == 0
             self._file = open(path, "a", newline="")
             if new:
                 self._write_lines([self.columns])
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        row = {"step": step, **scalars}
         if self._file is not None:
-            self._write_lines([[_fmt(row.get(c)) for c in self.columns] for row in rows])
-        self.rows += len(rows)
+            self._write_lines([[_fmt(row.get(c)) for c in self.columns]])
+        self.rows += 1
 
     def _write_lines(self, rows: list[list[Any]]) -> None:
         buffer = io.StringIO()
@@ -52,6 +75,7 @@ class CsvWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        self._file = None
 
 
 def count_csv_rows(path: str) -> int:
@@ -69,11 +93,7 @@ def truncate_csv(path: str, num_rows: int) -> None:
         return
     with open(path) as f:
         lines = f.read().split("\n")
-    kept = lines[:1 + num_rows]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(kept) + "\n")
-    os.replace(tmp, path)
+    runs.atomic_write_text(path, "\n".join(lines[:1 + num_rows]) + "\n")
 
 
 def _fmt(value: Any) -> Any:
@@ -82,11 +102,11 @@ def _fmt(value: Any) -> Any:
     return value if value is not None else ""
 
 
-class ExampleRecordWriter:
-    """Per-example records as Parquet parts of a directory; each ``add`` is one step's columns of equal length.
+class RecordWriter(_ResultWriter):
+    """Per-example records as Parquet parts of a directory; each ``write_summaries`` is one step's columns.
 
     ``parts``: the parts to keep (a checkpoint's); any other part in the directory is deleted (written after that
-    checkpoint); None keeps all. ``write=False`` names parts as a writer would but writes and deletes nothing.
+    checkpoint); None keeps all.
     """
 
     def __init__(self, directory: str, parts: Sequence[str] | None = None, write: bool = True,
@@ -103,9 +123,10 @@ class ExampleRecordWriter:
             for name in set(_list_parts(directory)) - set(self._parts):
                 os.remove(os.path.join(directory, name))
 
-    def add(self, step: int, **columns: np.ndarray) -> None:
-        n = len(next(iter(columns.values())))
-        self._buffer.append({"step": np.full(n, step, np.int32), **{k: np.asarray(v) for k, v in columns.items()}})
+    def write_summaries(self, step: int, values: Mapping[str, np.ndarray],
+                        metadata: Mapping[str, Any] | None = None) -> None:
+        n = len(next(iter(values.values())))
+        self._buffer.append({"step": np.full(n, step, np.int32), **{k: np.asarray(v) for k, v in values.items()}})
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
@@ -119,9 +140,7 @@ class ExampleRecordWriter:
         index = len(self._parts)  # parts of one step range stay distinct (evaluations after an insertion)
         name = f"part-{first:09d}-{last:09d}-{index:05d}.parquet"
         if self._write_files:
-            tmp = os.path.join(self.directory, f".tmp-{name}")
-            pq.write_table(pa.table(columns), tmp)
-            os.replace(tmp, os.path.join(self.directory, name))
+            runs.atomic_write(os.path.join(self.directory, name), lambda tmp: pq.write_table(pa.table(columns), tmp))
         self._parts = sorted(self._parts + [name])
         self._buffer = []
 
@@ -131,6 +150,13 @@ class ExampleRecordWriter:
 
     def close(self) -> None:
         self.flush()
+
+
+def tensorboard_writer(logdir: str, write: bool = True) -> metric_writers.MetricWriter:
+    """clu's asynchronous TensorBoard writer (it imports TensorFlow), or one that writes nothing."""
+    if not write:
+        return metric_writers.MultiWriter([])
+    return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
 
 
 def read_examples(directory: str):
@@ -146,23 +172,3 @@ def read_examples(directory: str):
 
 def _list_parts(directory: str) -> list[str]:
     return sorted(f for f in os.listdir(directory) if f.startswith("part-") and f.endswith(".parquet"))
-
-
-class TensorBoardWriter:
-    """clu's asynchronous TensorBoard writer, imported on first use (it pulls in TensorFlow); ``write=False``
-    writes nothing."""
-
-    def __init__(self, logdir: str, write: bool = True):
-        self._writer = None
-        if write:
-            from clu import metric_writers
-            self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
-
-    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        if self._writer is not None:
-            self._writer.write_scalars(step, scalars)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_memdyn, run_python, tiny_config
-from memdyn import train
+from memdyn import lifecycle
 from memdyn.data.store import ExampleStore, write_store
 
 TINY_FLAGS = ["--config.model.size=nano", "--config.num_steps=2", "--config.batch_size=8",
@@ -63,7 +63,7 @@ def test_empty_store_is_refused(tmp_path):
 
 def test_batch_larger_than_dataset(tmp_path):
     with pytest.raises(ValueError, match="fewer than config.batch_size=4096"):
-        train.train(tiny_config(batch_size=4096), str(tmp_path))
+        lifecycle.train(tiny_config(batch_size=4096), str(tmp_path))
 
 
 def test_batch_not_divisible_by_data_axes():
@@ -78,12 +78,12 @@ def test_batch_not_divisible_by_data_axes():
 
 def test_workdir_with_another_run_is_not_touched(tmp_path):
     workdir = str(tmp_path)
-    train.train(tiny_config(num_steps=2), workdir)
+    lifecycle.train(tiny_config(num_steps=2), workdir)
     csv_path = os.path.join(workdir, "train.csv")
     before = open(csv_path).read()
     with pytest.raises(ValueError, match=r"optimizer\.lr: 0\.001 != 0\.5"):
-        train.train(tiny_config(num_steps=2, **{"optimizer.lr": 0.5}), workdir)
+        lifecycle.train(tiny_config(num_steps=2, **{"optimizer.lr": 0.5}), workdir)
     with pytest.raises(ValueError, match=r"data\.seq_len: 32 != 16"):
-        train.train(tiny_config(num_steps=2, **{"data.seq_len": 16}), workdir)
-    assert train.train(tiny_config(num_steps=2), workdir)["complete"]  # the same run: nothing to do
+        lifecycle.train(tiny_config(num_steps=2, **{"data.seq_len": 16}), workdir)
+    assert lifecycle.train(tiny_config(num_steps=2), workdir)["complete"]  # the same run: nothing to do
     assert open(csv_path).read() == before

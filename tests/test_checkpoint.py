@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_memdyn, tiny_config
-from memdyn import checkpoint, core, insertion, train, writers
+from memdyn import checkpoint, core, insertion, lifecycle, train, writers
 from memdyn.data import sources
 
 VOLATILE = ["steps_per_sec", "run"]  # wall-clock and directory name; everything else must match bitwise
@@ -55,7 +55,7 @@ CONFIG = dict(num_steps=12, **{"insert.at_step": 5, "model.causal": False})
 def reference(tmp_path_factory):
     """An uninterrupted masked-LM run with an insertion, evaluations and checkpoints every 4 steps."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    train.train(tiny_config(**CONFIG), workdir)
+    lifecycle.train(tiny_config(**CONFIG), workdir)
     return workdir
 
 
@@ -70,25 +70,25 @@ def test_interrupted_run_resumes_bitwise(reference, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train.Trainer, "_train_step", crash_at_step_10)
     with pytest.raises(KeyboardInterrupt):
-        train.train(tiny_config(**CONFIG), workdir)
+        lifecycle.train(tiny_config(**CONFIG), workdir)
     assert len(pd.read_csv(os.path.join(workdir, "train.csv"))) > 8  # rows after checkpoint 8 exist ...
     monkeypatch.setattr(train.Trainer, "_train_step", original)
-    train.train(tiny_config(**CONFIG), workdir)  # ... and are rewritten by the resume
+    lifecycle.train(tiny_config(**CONFIG), workdir)  # ... and are rewritten by the resume
     _assert_same_run(reference, workdir, tiny_config(**CONFIG))
 
 
 def test_complete_run_is_not_retrained(reference):
     before = open(os.path.join(reference, "train.csv")).read()
-    assert train.train(tiny_config(**CONFIG), reference)["complete"]
+    assert lifecycle.train(tiny_config(**CONFIG), reference)["complete"]
     assert open(os.path.join(reference, "train.csv")).read() == before
 
 
 def test_fork_without_insertion_continues_the_parent_exactly(tmp_path):
     parent, fork = str(tmp_path / "parent"), str(tmp_path / "fork")
     config = tiny_config(num_steps=12, **{"checkpoint.keep_steps": (5,)})  # save and keep the fork point
-    train.train(config, parent)
+    lifecycle.train(config, parent)
     assert sorted(int(n) for n in os.listdir(os.path.join(parent, "checkpoints")) if n.isdigit()) == [5, 8, 12]
-    train.train(tiny_config(num_steps=12, init_from=f"{parent}@5"), fork)
+    lifecycle.train(tiny_config(num_steps=12, init_from=f"{parent}@5"), fork)
     a = pd.read_csv(os.path.join(parent, "train.csv")).drop(columns=VOLATILE)
     b = pd.read_csv(os.path.join(fork, "train.csv")).drop(columns=VOLATILE)
     assert b["step"].tolist() == list(range(5, 12))
@@ -124,7 +124,7 @@ def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
     parameters of checkpoint 4 trained one more step: it trained those rows, at that point."""
     workdir = str(tmp_path)
     config = tiny_config(num_steps=6, **{"insert.at_step": 4})
-    train.train(config, workdir)
+    lifecycle.train(config, workdir)
     run = core.build_run(config, sources.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context():
@@ -132,8 +132,10 @@ def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
         forward = core.make_eval_step(run)
         special = run.data.sets["special"]
         rows = insertion.insert_batch_size(special.num_examples, config.batch_size, shards=1)
-        tokens = special.rows(np.arange(min(rows, special.num_examples)))["tokens"]
-        m = forward(restored.params, jax.device_put(tokens, run.batch_sharding), np.int32(4))
+        read = special.rows(np.arange(min(rows, special.num_examples)))  # the store itself, not the feeder
+        batch = {"tokens_BxL": read["tokens"], "example_ids_B": read["example_ids"].astype(np.int32),
+                 "doc_ids_B": read["doc_ids"].astype(np.int32)}
+        m = forward(restored.params, jax.device_put(batch, run.batch_sharding), np.int32(4))
     ckpt.close()
     inserted = pd.read_csv(os.path.join(workdir, "insertions.csv"))
     assert float(m["loss"]) == pytest.approx(inserted["loss"].iloc[0], rel=1e-6)
@@ -152,7 +154,7 @@ def test_repeated_and_spaced_schedules():
 def test_repeated_spaced_insertions_in_a_run(tmp_path):
     config = tiny_config(num_steps=9, **{"insert.at_step": 2, "insert.repeats": 2, "insert.every": 3,
                                          "insert.times": 2})
-    train.train(config, str(tmp_path))
+    lifecycle.train(config, str(tmp_path))
     inserted = pd.read_csv(os.path.join(tmp_path, "insertions.csv"))
     batches = inserted["batch"].max() + 1
     assert inserted.groupby("step").size().to_dict() == {2: 2 * batches, 5: 2 * batches}
@@ -163,16 +165,16 @@ def test_repeated_spaced_insertions_in_a_run(tmp_path):
 
 def test_incompatible_checkpoint_is_refused(reference, tmp_path):
     with pytest.raises(ValueError, match=r"model.num_layers: 2 != 3"):
-        train.train(tiny_config(**CONFIG, **{"model.num_layers": 3}), reference)
+        lifecycle.train(tiny_config(**CONFIG, **{"model.num_layers": 3}), reference)
     with pytest.raises(ValueError, match=r"init_from.*model.d_model: 32 != 64"):
-        train.train(tiny_config(num_steps=12, init_from=f"{reference}@4", **{"model.d_model": 64}),
+        lifecycle.train(tiny_config(num_steps=12, init_from=f"{reference}@4", **{"model.d_model": 64}),
                     str(tmp_path))
 
 
 def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     workdir = str(tmp_path)
     config = tiny_config(num_steps=8)
-    train.train(config, workdir)
+    lifecycle.train(config, workdir)
     latest = os.path.join(workdir, "checkpoints", "8")
     for root, _, files in os.walk(os.path.join(latest, "state")):
         for f in files:
@@ -192,13 +194,13 @@ import json, sys
 sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import tiny_config
-from memdyn import checkpoint, core, train
+from memdyn import checkpoint, core, lifecycle, train
 from memdyn.data import sources
 workdir, mesh, mode = sys.argv[1], tuple(json.loads(sys.argv[2])), sys.argv[3]
 config = tiny_config(num_steps=8, **{"model.size": "tiny", "model.num_layers": 1})
 config.sharding.mesh = mesh
 if mode == "train":
-    train.train(config, workdir)
+    lifecycle.train(config, workdir)
 run = core.build_run(config, sources.prepare(config, workdir))
 ckpt = checkpoint.Checkpointer(workdir + "/checkpoints", read_only=True)
 with run.context():

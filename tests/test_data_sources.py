@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memdyn import train as train_lib
+from memdyn import lifecycle
 from memdyn.config import CONFIG_DIR, apply_overrides, load_config_file
 from memdyn.data import corpus as corpus_lib
 from memdyn.data import sources, text_files, vocab as vocab_lib
@@ -45,7 +45,7 @@ def tfds_runs(tmp_path_factory):
 def test_memdyn_train_runs_on_the_synthetic_tfds_dataset(tfds_runs, tmp_path):
     config, _ = tfds_runs["doc_ids"]
     config = apply_overrides(config, {"eval.sets": ("validation", "canaries", "duplicates")})
-    summary = train_lib.train(config, str(tmp_path / "run"))
+    summary = lifecycle.train(config, str(tmp_path / "run"))
     assert summary["step"] == 3
     evals = pd.read_csv(tmp_path / "run" / "eval.csv")
     assert set(evals["set"]) == {"validation", "canaries", "duplicates"}  # tracked sets evaluate by name
@@ -165,7 +165,7 @@ def test_memdyn_train_runs_on_a_directory_of_text_files(tmp_path):
     texts = _write_corpus(corpus_dir)
     config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 80, "data.validation_docs": 6})
     workdir = str(tmp_path / "run")
-    train_lib.train(config, workdir)
+    lifecycle.train(config, workdir)
     data = sources.open_run_data(workdir, config)
     # Documents come in sorted-file order with ids 0, 1, ...; the last 6 are held out.
     assert data.train.num_examples > 24 and set(np.unique(data.train.doc_ids)) == set(range(24))
@@ -275,7 +275,7 @@ def test_spacy_tags_align_with_subword_tokens(tmp_path):
 def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
     config = _config("seqio_task.py", **{"data.seq_len": 48})
     workdir = str(tmp_path / "run")
-    train_lib.train(config, workdir)
+    lifecycle.train(config, workdir)
     data = sources.open_run_data(workdir, config)
     import seqio
     task = seqio.get_mixture_or_task("memdyn_example_bytes")

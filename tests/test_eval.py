@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 
 from conftest import run_memdyn, tiny_config
-from memdyn import eval_checkpoint, train
+from memdyn import eval_checkpoint, lifecycle
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.train(tiny_config(num_steps=8), workdir)
+    lifecycle.train(tiny_config(num_steps=8), workdir)
     return workdir
 
 

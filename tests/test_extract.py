@@ -33,7 +33,7 @@ def leading_matches(a_BxN, b_BxN):
 
 def check_extractability(graphdef, params, tokens_BxT):
     """Cached = naive greedy; score by hand; one-pass memorized/prefix_match = those of the decoded tokens."""
-    result = extract.extractability(graphdef, params, tokens_BxT, M, N)
+    result = extract.extractability(graphdef, params, {"tokens_BxL": tokens_BxT}, M, N)
     naive = extract.greedy_decode_naive(graphdef, params, tokens_BxT[:, :M], N)
     np.testing.assert_array_equal(result["continuation"], naive)
     truth = np.asarray(tokens_BxT[:, M:M + N])
@@ -83,7 +83,7 @@ def test_masked_lm_cannot_decode():
         with pytest.raises(ValueError, match="causal"):
             fn(graphdef, params, tokens[:, :M], N)
     with pytest.raises(ValueError, match="causal"):
-        extract.extractability(graphdef, params, tokens, M, N)
+        extract.extractability(graphdef, params, {"tokens_BxL": tokens}, M, N)
 
 
 def test_lengths_are_checked():
@@ -91,7 +91,7 @@ def test_lengths_are_checked():
     with pytest.raises(ValueError, match="max_len=16"):
         extract.greedy_decode(graphdef, params, jnp.zeros((1, 12), jnp.int32), 6)
     with pytest.raises(ValueError, match="T >= prompt length"):
-        extract.extractability(graphdef, params, jnp.zeros((1, 15), jnp.int32), M, N)
+        extract.extractability(graphdef, params, {"tokens_BxL": jnp.zeros((1, 15), jnp.int32)}, M, N)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

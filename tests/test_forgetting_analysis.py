@@ -1,5 +1,6 @@
 """Forgetting analysis on synthetic eval/insertions CSVs (no JAX, no training)."""
 
+import json
 import math
 import os
 import re
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from memdyn import runs as memdyn_runs
 from memdyn.analysis import forgetting
 
 IDENTITY = dict(size="nano", params=30000, causal=True, seed=0, peak_lr=1e-3, batch_size=8, seq_len=32)
@@ -34,6 +36,8 @@ def write_run(workdir, insert_steps, curve_steps=None, curve_m=None, run=None, s
     if run is not None:
         evals["run"] = run
     os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:  # what makes the directory a run
+        json.dump({"model": {"size": size}}, f)
     evals.to_csv(os.path.join(workdir, "eval.csv"), index=False)
     insertions = pd.DataFrame([dict(step=s, set="special", repeat=r, loss=1.0, exact_match=0.5)
                                for s in sorted(set(insert_steps)) for r in range(insert_steps.count(s))])
@@ -91,8 +95,9 @@ def test_degenerate_curves_give_nan_fit(tmp_path, steps, m):
 def test_analyze_runs_writes_outputs(tmp_path):
     write_run(tmp_path / "sweep" / "a", [100], run="a", size="nano")
     write_run(tmp_path / "sweep" / "b", [100, 100], size="micro")  # no run column: basename
-    runs = forgetting.find_runs(str(tmp_path / "sweep"))
-    assert [os.path.basename(r) for r in runs] == ["a", "b"]
+    found = memdyn_runs.find_runs(str(tmp_path / "sweep"))
+    assert [r.label for r in found] == ["a", "b"]
+    runs = [r.workdir for r in found]
     out = tmp_path / "out"
     curves, summary = forgetting.analyze_runs(runs, out_dir=str(out))
     assert sorted(os.listdir(out)) == ["forgetting.png", "forgetting_curves.csv", "forgetting_summary.csv"]

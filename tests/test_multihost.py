@@ -21,7 +21,7 @@ TRAIN_MESH = (4, 1, 1)
 TRAIN_STEPS = 2
 
 # argv: process_id num_processes port workdir out_path. Builds the same runs in every process, records what
-# device_batch read and the global batch it assembled, then trains TRAIN_STEPS steps.
+# the feeder read and the global batch it assembled, then trains TRAIN_STEPS steps.
 _CHILD = r'''
 import json, sys
 sys.path.insert(0, "tests")
@@ -38,6 +38,13 @@ from memdyn import core
 from memdyn.data import sources
 
 MESHES, TRAIN_MESH, TRAIN_STEPS = %(meshes)r, %(train_mesh)r, %(train_steps)r
+
+
+def local_rows(array):
+    """The distinct rows this process's devices hold, in global order: what its feeder read."""
+    shards = {s.index[0].indices(array.shape[0]): np.asarray(s.data) for s in array.addressable_shards}
+    return np.concatenate([shards[k] for k in sorted(shards)])
+
 out = {"devices": jax.device_count(), "local_devices": jax.local_device_count(), "batches": {}, "losses": []}
 for mesh in MESHES:
     config = tiny_config()
@@ -46,11 +53,11 @@ for mesh in MESHES:
     gather = jax.jit(lambda x: x, out_shardings=run.replicated)  # global batch, whole on every device
     with run.context():
         for step in (0, 1, run.order.steps_per_epoch):  # the last one is in the next epoch's permutation
-            tokens, rows = core.device_batch(run, step)
+            batch = run.feeder.train_batch(step)
             out["batches"][f"{mesh}/{step}"] = {
-                "global": np.asarray(gather(tokens)).tolist(),
-                "read_ids": rows["example_ids"].tolist(),
-                "read_tokens": rows["tokens"].tolist(),
+                "global": np.asarray(gather(batch["tokens_BxL"])).tolist(),
+                "read_ids": local_rows(batch["example_ids_B"]).tolist(),
+                "read_tokens": local_rows(batch["tokens_BxL"]).tolist(),
                 "reference": run.data.train.rows(run.order.rows(step))["tokens"].tolist(),
                 "reference_ids": run.data.train.rows(run.order.rows(step))["example_ids"].tolist(),
             }
@@ -59,8 +66,7 @@ for mesh in MESHES:
         step_fn = core.make_train_step(run)
         with run.context():
             for step in range(TRAIN_STEPS):
-                tokens, _ = core.device_batch(run, step)
-                params, opt_state, m = step_fn(params, opt_state, tokens, np.int32(step))
+                params, opt_state, m = step_fn(params, opt_state, run.feeder.train_batch(step), np.int32(step))
                 out["losses"].append([float(m["loss"]), float(m["grad_norm"])])
 with open(out_path, "w") as f:
     json.dump(out, f)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from memdyn import export, sweep
+from memdyn import export, runs, sweep
 
 BASE = os.path.join(REPO, "configs", "base.py")
 TINY = {"model.size": "nano", "num_steps": 4, "batch_size": 8, "data.seq_len": 32,
@@ -78,7 +78,7 @@ def test_sweep_trains_every_combination_and_resumes(swept):
         ("seed=0", "complete", {"seed": 0}), ("seed=1", "complete", {"seed": 1})]
     for seed in (0, 1):
         workdir = os.path.join(sweep_dir, f"seed={seed}")
-        assert sweep.latest_checkpoint(workdir) == 4
+        assert runs.latest_checkpoint(workdir) == 4
         train = pd.read_csv(os.path.join(workdir, "train.csv"))
         assert train["step"].tolist() == [0, 1, 2, 3] and (train["seed"] == seed).all()
         assert (train["peak_lr"] == 0.002).all()  # the overrides reached the subprocess and the resumed run

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from conftest import run_memdyn, tiny_config
-from memdyn import core, train, writers
+from memdyn import core, lifecycle, results, train, writers
 from memdyn.data import sources
 from memdyn.data.order import StepOrder
 
@@ -19,7 +19,7 @@ from memdyn.data.order import StepOrder
 def trained_run(tmp_path_factory):
     """A 12-step nano run trained through the public entry point."""
     workdir = str(tmp_path_factory.mktemp("run"))
-    train.train(tiny_config(num_steps=12), workdir)
+    lifecycle.train(tiny_config(num_steps=12), workdir)
     return workdir
 
 
@@ -31,13 +31,14 @@ def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
     step_fn = core.make_train_step(run)
     with run.context():
         for step in range(3):  # train a little so the argmax is not uniform noise
-            tokens, rows = core.device_batch(run, step)
-            params, opt_state, _ = step_fn(params, opt_state, tokens, np.int32(step))
-        tokens, rows = core.device_batch(run, 3)
+            params, opt_state, _ = step_fn(params, opt_state, run.feeder.train_batch(step), np.int32(step))
+        rows = run.data.train.rows(run.order.rows(3))
         model = nnx.merge(run.graphdef, nnx.State(jax.device_get(params)))
         inputs = rows["tokens"][:, :-1]
         logits = np.asarray(model(inputs, valid_BxL=inputs != 0))
-        _, _, m = step_fn(params, opt_state, tokens, np.int32(3))
+        _, _, m = step_fn(params, opt_state, run.feeder.train_batch(3), np.int32(3))
+    np.testing.assert_array_equal(m["example_ids_B"], rows["example_ids"])  # results line up with the rows
+    np.testing.assert_array_equal(m["doc_ids_B"], rows["doc_ids"])
     targets = rows["tokens"][:, 1:]
     weights = targets != 0
     correct = (logits.argmax(-1) == targets) & weights
@@ -61,7 +62,7 @@ def test_order_is_a_permutation_per_epoch():
 
 def test_train_writes_csv_records_and_config(trained_run):
     frame = pd.read_csv(os.path.join(trained_run, "train.csv"))
-    assert list(frame.columns) == list(train.TRAIN_CSV_COLUMNS)
+    assert list(frame.columns) == list(results.TRAIN_CSV_COLUMNS)
     assert frame["step"].tolist() == list(range(12))
     assert (frame["examples_seen"] == (frame["step"] + 1) * 8).all()
     assert frame["tokens_seen"].is_monotonic_increasing
@@ -92,7 +93,7 @@ def test_rows_command_matches_what_the_step_trained_on(trained_run):
 
 
 def test_same_config_and_seed_give_the_same_numbers(trained_run, tmp_path):
-    train.train(tiny_config(num_steps=12), str(tmp_path))
+    lifecycle.train(tiny_config(num_steps=12), str(tmp_path))
     a = pd.read_csv(os.path.join(trained_run, "train.csv"))
     b = pd.read_csv(os.path.join(tmp_path, "train.csv"))
     cols = ["loss", "mem_update", "grad_norm", "lr"]
@@ -100,7 +101,7 @@ def test_same_config_and_seed_give_the_same_numbers(trained_run, tmp_path):
 
 
 def test_masked_lm_trains(tmp_path):
-    result = train.train(tiny_config(**{"model.causal": False, "num_steps": 4}), str(tmp_path))
+    result = lifecycle.train(tiny_config(**{"model.causal": False, "num_steps": 4}), str(tmp_path))
     frame = pd.read_csv(os.path.join(tmp_path, "train.csv"))
     # only ~15% of real tokens are targets
     real = frame["tokens_seen"].diff().fillna(frame["tokens_seen"].iloc[0])
@@ -124,7 +125,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     # a learning rate this large overflows the parameters within a few steps
     config = tiny_config(num_steps=30, **{"optimizer.lr": 1e30, "optimizer.grad_clip": 0.0})
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+"):
-        train.train(config, str(tmp_path))
+        lifecycle.train(config, str(tmp_path))
 
 
 def test_clipping_and_weight_decay_mask():

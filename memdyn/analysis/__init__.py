@@ -1,1 +1,50 @@
-"""Analyses of finished memdyn runs (read their CSVs, no JAX)."""
+"""Analyses of finished memdyn runs (read their CSVs and records, no JAX): ``memdyn analyze <name>``.
+
+Every module of this package declares its analysis with ``@register``; ``memdyn analyze`` imports them all and
+dispatches by name, so a new analysis is one new module here and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Callable
+
+import pandas as pd
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What ``memdyn analyze`` passes on: the runs, where to write, and the flags an analysis may read."""
+    workdirs: list[str]
+    out_dir: str
+    set_name: str | None = None  # --set
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    name: str
+    help: str  # one line for `memdyn analyze --help`
+    outputs: str  # the files it writes into the output directory
+    run: Callable[[Options], pd.DataFrame]  # writes the outputs, returns the summary to print
+
+
+_REGISTRY: dict[str, Analysis] = {}
+
+
+def register(name: str, *, help: str, outputs: str):
+    """Decorator: ``@register("forgetting", help=..., outputs=...)`` over ``def run(options) -> summary``."""
+    def decorate(fn: Callable[[Options], pd.DataFrame]):
+        if name in _REGISTRY and _REGISTRY[name].run is not fn:
+            raise ValueError(f"two analyses are called {name!r}")
+        _REGISTRY[name] = Analysis(name, help, outputs, fn)
+        return fn
+    return decorate
+
+
+def analyses() -> dict[str, Analysis]:
+    """Every analysis of this package, by name (imports the package's modules, which register themselves)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return dict(sorted(_REGISTRY.items()))

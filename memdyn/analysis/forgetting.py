@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 
 import numpy as np
 import pandas as pd
 
-IDENTITY_COLUMNS = ("run", "size", "params", "causal", "seed", "peak_lr", "batch_size", "seq_len")
+from memdyn import runs
+from memdyn.analysis import Options, register
+from memdyn.runs import IDENTITY_COLUMNS
+OUTPUTS = "forgetting_curves.csv, forgetting_summary.csv, forgetting.png"
 FIT_FIELDS = ("asymptote", "asymptote_se", "amplitude", "tau")
 MIN_FIT_POINTS = 4
 
@@ -164,13 +166,19 @@ def _load_run(workdir: str, set_name: str) -> tuple[pd.DataFrame, dict]:
     if evals.empty:
         raise ValueError(f"{workdir}: eval.csv has no rows")
     if "run" not in evals.columns or evals["run"].isna().all():
-        evals["run"] = os.path.basename(os.path.normpath(workdir))
+        evals["run"] = runs.run_name(workdir)
     try:
         curve = forgetting_curve(evals, insertions, set_name)
     except ValueError as error:
         raise ValueError(f"{workdir}: {error}") from None
     identity = {c: evals[c].iloc[0] for c in IDENTITY_COLUMNS if c in evals.columns}
     return curve, {**identity, "set": set_name, **fit_forgetting(curve)}
+
+
+@register("forgetting", help="forgetting curves of an inserted set (--set, default special), the forgetting "
+          "baseline and the asymptote of an exponential fit", outputs=OUTPUTS)
+def run(options: Options) -> pd.DataFrame:
+    return analyze_runs(options.workdirs, set_name=options.set_name or "special", out_dir=options.out_dir)[1]
 
 
 def analyze_runs(workdirs: list[str], set_name: str = "special",
@@ -183,23 +191,12 @@ def analyze_runs(workdirs: list[str], set_name: str = "special",
     curves = pd.concat([c for c, _ in loaded], ignore_index=True) if loaded else pd.DataFrame()
     summary = pd.DataFrame([s for _, s in loaded])
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        _atomic_write(os.path.join(out_dir, "forgetting_curves.csv"), lambda p: curves.to_csv(p, index=False))
-        _atomic_write(os.path.join(out_dir, "forgetting_summary.csv"), lambda p: summary.to_csv(p, index=False))
-        _atomic_write(os.path.join(out_dir, "forgetting.png"), lambda p: _plot(curves, summary, set_name, p))
+        join = lambda name: os.path.join(out_dir, name)  # noqa: E731
+        runs.atomic_write(join("forgetting_curves.csv"), lambda p: curves.to_csv(p, index=False))
+        runs.atomic_write(join("forgetting_summary.csv"), lambda p: summary.to_csv(p, index=False))
+        runs.atomic_write(join("forgetting.png"), lambda p: _plot(curves, summary, set_name, p))
     return curves, summary
 
-
-def _atomic_write(path: str, write) -> None:
-    """Calls ``write(tmp)`` on a temp file beside ``path`` and renames it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix="." + os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _plot(curves: pd.DataFrame, summary: pd.DataFrame, set_name: str, png_path: str) -> None:
@@ -232,8 +229,3 @@ def _plot(curves: pd.DataFrame, summary: pd.DataFrame, set_name: str, png_path: 
     fig.savefig(png_path, dpi=110, format="png")
     plt.close(fig)
 
-
-def find_runs(sweep_dir: str) -> list[str]:
-    """Run directories (``sweep_dir`` itself included) under ``sweep_dir`` that hold an eval.csv, sorted."""
-    found = [root for root, _, files in os.walk(sweep_dir) if "eval.csv" in files]
-    return sorted(found)

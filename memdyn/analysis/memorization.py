@@ -22,20 +22,19 @@ Definitions after Tirumala et al. 2022 (``shared/papers.md`` section 1):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 import pandas as pd
 
-from memdyn.analysis.forgetting import IDENTITY_COLUMNS, _atomic_write, _read_csv
+from memdyn import runs
+from memdyn.analysis import Options, register
+from memdyn.analysis.forgetting import _read_csv
+from memdyn.runs import IDENTITY_COLUMNS
 
 DEFAULT_TAUS = (0.5, 0.7, 0.9)
-# config.json keys that stand in for identity columns missing from train.csv.
-CONFIG_IDENTITY = {"size": ("model", "size"), "params": ("model", "params"), "causal": ("model", "causal"),
-                   "seed": ("seed",), "peak_lr": ("optimizer", "lr"), "batch_size": ("batch_size",),
-                   "seq_len": ("data", "seq_len")}
+OUTPUTS = "memorization_summary.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png"
 
 
 def tau_label(tau: float) -> str:
@@ -68,28 +67,14 @@ def per_epoch_memorization(records: pd.DataFrame, spe: int) -> pd.DataFrame:
     return out[["epoch", "exact_match", "num_tokens", "num_examples", "num_steps", "complete"]]
 
 
-def _load_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def _identity(workdir: str, train: pd.DataFrame) -> dict:
     """Identity columns from train.csv, filled from config.json (and the directory name for ``run``)."""
-    config = _load_config(workdir)
+    from_config = runs.identity(runs.read_config(workdir) or {}, workdir)
     identity = {}
     for column in IDENTITY_COLUMNS:
         value = train[column].iloc[0] if column in train.columns else math.nan
         if pd.isna(value):
-            if column == "run":
-                value = os.path.basename(os.path.normpath(workdir))
-            else:
-                node = config
-                for key in CONFIG_IDENTITY[column]:
-                    node = node.get(key, {}) if isinstance(node, dict) else {}
-                value = node if not isinstance(node, dict) else math.nan
+            value = math.nan if from_config[column] is None else from_config[column]
         identity[column] = value.item() if isinstance(value, np.generic) else value
     return identity
 
@@ -209,6 +194,12 @@ def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5) -> tuple[pd.
     return epochs, row
 
 
+@register("memorization", help="per-epoch M(f), T(N, tau) in epochs and updates for tau in 0.5/0.7/0.9, the "
+          "overfitting point and M(f) there", outputs=OUTPUTS)
+def run(options: Options) -> pd.DataFrame:
+    return analyze_runs(options.workdirs, out_dir=options.out_dir)
+
+
 def analyze_runs(workdirs: list[str], taus=DEFAULT_TAUS, window: int = 5,
                  out_dir: str | None = None) -> pd.DataFrame:
     """Summary with one row per run: identity columns, ``steps_per_epoch``, ``epochs_trained`` (final
@@ -224,17 +215,12 @@ def analyze_runs(workdirs: list[str], taus=DEFAULT_TAUS, window: int = 5,
         epochs = pd.concat([e for e, _ in loaded], ignore_index=True) if loaded else pd.DataFrame()
         os.makedirs(out_dir, exist_ok=True)
         join = lambda name: os.path.join(out_dir, name)  # noqa: E731
-        _atomic_write(join("memorization_summary.csv"), lambda p: summary.to_csv(p, index=False))
-        _atomic_write(join("memorization_epochs.csv"), lambda p: epochs.to_csv(p, index=False))
-        _atomic_write(join("memorization_summary.md"), lambda p: _write_text(p, _markdown(summary)))
-        _atomic_write(join("memorization.png"), lambda p: _plot_epochs(epochs, summary, p))
-        _atomic_write(join("t_tau.png"), lambda p: _plot_t_tau(summary, taus, p))
+        runs.atomic_write(join("memorization_summary.csv"), lambda p: summary.to_csv(p, index=False))
+        runs.atomic_write(join("memorization_epochs.csv"), lambda p: epochs.to_csv(p, index=False))
+        runs.atomic_write_text(join("memorization_summary.md"), _markdown(summary) + "\n")
+        runs.atomic_write(join("memorization.png"), lambda p: _plot_epochs(epochs, summary, p))
+        runs.atomic_write(join("t_tau.png"), lambda p: _plot_t_tau(summary, taus, p))
     return summary
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text + "\n")
 
 
 def _markdown(summary: pd.DataFrame) -> str:

@@ -1,0 +1,104 @@
+"""A run's life (``memdyn train``): check the config, prepare the data, then start, resume or fork, and train.
+
+A workdir that already holds the run resumes from its latest complete checkpoint (a finished run is left alone);
+``config.init_from`` starts a new run from another run's checkpoint (a fork, e.g. to insert a special set). A
+stored run whose model, data, optimizer or seed differ is refused before any compute (``runs.check_compatible``,
+the same check ``memdyn sweep`` makes). With several processes, process 0 builds the data while the others wait.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+from ml_collections import config_dict
+
+from memdyn import checkpoint, plots, runs
+from memdyn import config as config_lib
+from memdyn.core import Run, build_run
+from memdyn.data import sources
+from memdyn.train import Trainer, is_primary
+
+
+def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``memdyn train``: validate, prepare data, build the run (all before compute), then train or resume.
+
+    Returns the last train.csv row (``{"step": ..., "complete": True}`` for a run that was already complete).
+    """
+    config_lib.validate(config)
+    stored = runs.read_config(workdir)
+    if stored is not None:
+        runs.check_compatible(stored, config, f"--workdir={workdir!r}")
+    data = _prepare_data(config, workdir)  # after every process has read the stored config.json
+    run = build_run(config, data)
+    trainer = Trainer(run, workdir)
+    start, resume_files = None, False
+    if stored is not None:
+        with run.context():
+            start = trainer.checkpointer.restore_latest(run.abstract_params, run.abstract_opt_state)
+        resume_files = start is not None
+        if start is not None and start.step >= run.config.num_steps:
+            trainer.checkpointer.close()
+            logging.info("run in %s is complete (checkpoint %d of %d steps)", workdir, start.step,
+                         run.config.num_steps)
+            return {"step": start.step - 1, "complete": True}
+        logging.info("resuming %s from %s", workdir, f"checkpoint {start.step}" if start else "the beginning")
+    if start is None and run.config.init_from:
+        start = restore_parent(run, run.config.init_from)
+        logging.info("forked from %s at checkpoint %d", run.config.init_from, start.step)
+    if is_primary():
+        runs.write_config(run.config, workdir)
+    logging.info("model %s: %s params, %d layers x d_model %d; mesh %s; %d examples, %d steps/epoch",
+                 run.config.model.size, f"{run.config.model.params:,}", run.shape.num_layers, run.shape.d_model,
+                 dict(run.mesh.shape), data.train.num_examples, run.order.steps_per_epoch)
+    summary = trainer.train(start, resume_files=resume_files)
+    if is_primary():
+        plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
+    return summary
+
+
+def parse_init_from(value: str) -> tuple[str, int | None]:
+    """'<workdir>[@step]' -> (workdir, step or None for the latest checkpoint)."""
+    path, _, step = value.partition("@")
+    if step and not step.isdigit():
+        raise ValueError(f"--init_from={value!r}: expected <workdir>[@<step>]")
+    return path, (int(step) if step else None)
+
+
+def restore_parent(run: Run, init_from: str) -> checkpoint.Restored:
+    """The checkpoint a fork starts from, checked against the fork's config."""
+    parent, at = parse_init_from(init_from)
+    stored = runs.read_config(parent)
+    if stored is None:
+        raise FileNotFoundError(f"--init_from={init_from!r}: {parent!r} holds no memdyn run (no config.json)")
+    runs.check_compatible(stored, run.config, f"--init_from={init_from!r}", fork=True)
+    ckpt_dir = os.path.join(parent, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"--init_from={init_from!r}: {parent!r} has no checkpoints")
+    parent_ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+    try:
+        if at is not None and at not in parent_ckpt.steps():
+            raise ValueError(f"--init_from={init_from!r}: no checkpoint {at}; available: {parent_ckpt.steps()}")
+        with run.context():
+            restored = parent_ckpt.restore_latest(run.abstract_params, run.abstract_opt_state, at_most=at)
+    finally:
+        parent_ckpt.close()
+    if restored is None or (at is not None and restored.step != at):
+        raise ValueError(f"--init_from={init_from!r}: no readable checkpoint" + (f" {at}" if at is not None else ""))
+    return restored
+
+
+def _prepare_data(config: config_dict.ConfigDict, workdir: str) -> sources.RunData:
+    """Process 0 creates the workdir and builds the stores; the others wait for it, then open them."""
+    primary = is_primary()
+    if primary:
+        os.makedirs(workdir, exist_ok=True)
+        data = sources.prepare(config, workdir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("memdyn-data")
+    if not primary:
+        data = sources.open_run_data(workdir, config)
+    return data

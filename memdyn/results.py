@@ -1,0 +1,97 @@
+"""The result files of one run and what goes into each row: train.csv, eval.csv, insertions.csv, the per-example
+records (examples/, eval_examples/) and TensorBoard.
+
+``RunResults`` opens them cut back to what a checkpoint's ``positions()`` said existed (so a resumed run rewrites
+nothing twice and misses nothing), turns the fetched metrics of updates and evaluations into rows, and reports
+progress. Row counts and part names start from the checkpoint, not from the files, so that processes which write
+nothing (all but process 0) count the same and save the same checkpoint meta.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from ml_collections import config_dict
+
+from memdyn import runs, writers
+from memdyn.data.order import StepOrder
+from memdyn.evaluate import PendingEval
+from memdyn.progress import Progress
+from memdyn.runs import IDENTITY_COLUMNS
+
+TRAIN_CSV_COLUMNS = ("step", "update", "inserted_updates", "epoch", "epochs_done", "examples_seen", "tokens_seen",
+                     "loss", "mem_update", "lr", "grad_norm", "num_tokens", "steps_per_sec") + IDENTITY_COLUMNS
+EVAL_CSV_COLUMNS = ("step", "update", "inserted_updates", "set", "exact_match", "loss", "perplexity",
+                    "num_examples", "num_tokens") + IDENTITY_COLUMNS
+INSERT_CSV_COLUMNS = ("step", "update", "set", "repeat", "batch", "loss", "exact_match", "lr",
+                      "grad_norm") + IDENTITY_COLUMNS
+CSV_FILES = {"train.csv": TRAIN_CSV_COLUMNS, "eval.csv": EVAL_CSV_COLUMNS, "insertions.csv": INSERT_CSV_COLUMNS}
+RECORD_DIRS = ("examples", "eval_examples")
+TENSORBOARD = ("loss", "mem_update", "lr", "grad_norm")
+
+
+class RunResults:
+    def __init__(self, workdir: str, config: config_dict.ConfigDict, order: StepOrder,
+                 positions: dict[str, Any] | None, *, write: bool):
+        """``positions``: a checkpoint's (None: a run that starts afresh, whose files are emptied)."""
+        self.config, self.order = config, order
+        self.identity = runs.identity(config, workdir)
+        join = lambda name: os.path.join(workdir, name)  # noqa: E731
+        rows, parts = (positions or {}).get("csv_rows", {}), (positions or {}).get("parts", {})
+        self.csv = {name: writers.CsvWriter(join(name), columns, rows=rows.get(name, 0), write=write)
+                    for name, columns in CSV_FILES.items()}
+        self.records = {name: writers.RecordWriter(join(name), parts.get(name, []), write=write)
+                        for name in RECORD_DIRS}
+        self.tensorboard = writers.tensorboard_writer(join("tensorboard"), write=write)
+        self.progress = Progress(config.num_steps, self.tensorboard)
+        self.last_row: dict[str, Any] = {}
+
+    def positions(self) -> dict[str, Any]:
+        """How far every file has got (records flushed first): what a checkpoint saves."""
+        for writer in self.records.values():
+            writer.flush()
+        return {"csv_rows": {name: w.rows for name, w in self.csv.items()},
+                "parts": {name: w.parts() for name, w in self.records.items()}}
+
+    def record_update(self, kind: str, info: dict[str, Any], m: dict[str, np.ndarray]) -> None:
+        """One fetched update: an inserted one (``kind`` "insert") or a normal step ("train")."""
+        c = self.config
+        loss = float(m["loss"])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {info['step']} ({kind} update {info['update']}, "
+                                     f"config.optimizer.lr={c.optimizer.lr}); stopping")
+        common = {"loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]), **self.identity}
+        if kind == "insert":
+            row = {**info, **common, "exact_match": float(m["mem_update"])}
+            self.csv["insertions.csv"].write_scalars(row.pop("step"), row)
+            return
+        step = info["step"]
+        steps_per_sec = self.progress.update(step + 1, loss, float(m["mem_update"]))
+        if c.record_examples:
+            self.records["examples"].write_summaries(step, {
+                "example_id": m["example_ids_B"].astype(np.int64), "exact_match": m["exact_match_B"].astype(np.float32),
+                "loss": m["loss_B"].astype(np.float32), "num_tokens": m["num_tokens_B"].astype(np.int32)})
+        row = {"update": info["update"], "inserted_updates": info["inserted_updates"],
+               "epoch": self.order.epoch(step), "epochs_done": (step + 1) / self.order.steps_per_epoch,
+               "examples_seen": (step + 1) * c.batch_size, "tokens_seen": info["tokens_seen"],
+               "mem_update": float(m["mem_update"]), "num_tokens": int(m["num_tokens"]),
+               "steps_per_sec": steps_per_sec, **common}
+        self.last_row = {"step": step, **row}
+        if step % c.log_every == 0 or step == c.num_steps - 1:
+            self.csv["train.csv"].write_scalars(step, row)
+            self.tensorboard.write_scalars(step, {k: row[k] for k in TENSORBOARD})
+
+    def record_eval(self, pending: PendingEval) -> None:
+        aggregates, per_example = pending.result()
+        self.csv["eval.csv"].write_scalars(pending.step, {"set": pending.name, **pending.extra, **aggregates,
+                                                          **self.identity})
+        self.records["eval_examples"].write_summaries(
+            pending.step, {"set": np.full(len(per_example["example_id"]), pending.name), **per_example})
+        self.tensorboard.write_scalars(pending.step, {f"{pending.name}/exact_match": aggregates["exact_match"],
+                                                      f"{pending.name}/loss": aggregates["loss"]})
+
+    def close(self) -> None:
+        for writer in (*self.csv.values(), *self.records.values(), self.tensorboard):
+            writer.close()
