@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from memdyn import checkpoint, config as config_lib, core  # noqa: E402
-from memdyn.data import sources  # noqa: E402
+from memdyn.data import build  # noqa: E402
 
 
 def _dir_size(path: str) -> int:
@@ -35,7 +35,7 @@ def bench_size(size: str, steps: int, tmp: str) -> dict:
     c = config_lib.load_config_file(os.path.join(config_lib.CONFIG_DIR, "base.py"))
     c.model.size, c.batch_size, c.optimizer.warmup_steps = size, 16, 0
     c.data.synthetic.num_train_docs = 400
-    run = core.build_run(c, sources.prepare(c, os.path.join(tmp, "data")))
+    run = core.build_run(c, build.prepare(c, os.path.join(tmp, "data")))
     params, opt_state = core.init_state(run)
     step_fn = core.make_train_step(run)
     meta = {"counters": {}}

@@ -27,7 +27,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from memdyn import config as config_lib, core  # noqa: E402
-from memdyn.data import corpus as corpus_lib, sources  # noqa: E402
+from memdyn.data import build, run_data  # noqa: E402
+from memdyn.data.build import corpus as corpus_lib  # noqa: E402
+from memdyn.data.store import ExampleStore  # noqa: E402
 from memdyn.data.order import StepOrder  # noqa: E402
 from memdyn.data.store import write_store  # noqa: E402
 
@@ -65,13 +67,13 @@ def time_train_step(run, steps: int) -> float:
 
 def bench_batches(size: str, batch: int, seq: int, steps: int, big_store: str, work: str) -> list[dict]:
     config = _config(size, batch, seq)
-    data = sources.prepare(config, os.path.join(work, f"{size}-L{seq}"))
+    data = build.prepare(config, os.path.join(work, f"{size}-L{seq}"))
     run = core.build_run(config, data)
     step_s = time_train_step(run, steps)
     rows = []
     for name, store_dir in (("run store", None), ("large store", big_store)):
         if store_dir is not None:  # the same run reading a large store: a fresh order, so rows are cold
-            big = sources.RunData(train=sources.ExampleStore(store_dir), sets={}, vocab=None,
+            big = run_data.RunData(train=ExampleStore(store_dir), sets={}, words=None,
                                   vocab_size=data.vocab_size)
             run = dataclasses.replace(run, data=big, order=StepOrder(big.train.num_examples, batch, 12345))
         with run.context():
@@ -87,7 +89,7 @@ def bench_materialize(work: str) -> list[dict]:
     out = []
     tfds_config = load_config_file(os.path.join(config_lib.CONFIG_DIR, "tfds_synthetic.py"))
     start = time.perf_counter()
-    data = sources.prepare(tfds_config, os.path.join(work, "mat-tfds"))
+    data = build.prepare(tfds_config, os.path.join(work, "mat-tfds"))
     out.append(_materialized("tfds memdyn_synthetic (word vocab, gold tags; TFDS build included)", data,
                              time.perf_counter() - start))
     corpus_dir = os.path.join(work, "text")
@@ -102,11 +104,11 @@ def bench_materialize(work: str) -> list[dict]:
     text_config = apply_overrides(load_config_file(os.path.join(config_lib.CONFIG_DIR, "text.py"), corpus_dir),
                                   {"data.vocab.size": 2000})
     start = time.perf_counter()
-    data = sources.prepare(text_config, os.path.join(work, "mat-text"))
+    data = build.prepare(text_config, os.path.join(work, "mat-text"))
     out.append(_materialized("text, 4 files (unigram vocab trained, sentence split)", data,
                              time.perf_counter() - start))
     try:
-        from memdyn.data import tagging
+        from memdyn.data.build import tagging
         tagging.check_available(tagging.DEFAULT_MODEL)
     except ImportError:
         return out  # the `tags` extra is not installed
@@ -114,7 +116,7 @@ def bench_materialize(work: str) -> list[dict]:
                                                  "data.vocab.path": os.path.join(work, "mat-text", "data",
                                                                                  "vocab.model")})
     start = time.perf_counter()
-    data = sources.prepare(spacy_config, os.path.join(work, "mat-spacy"))
+    data = build.prepare(spacy_config, os.path.join(work, "mat-spacy"))
     out.append(_materialized("text, 4 files, spaCy tags (vocab given)", data, time.perf_counter() - start))
     return out
 

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.peak import measure_matmul_peak  # noqa: E402
 from bench.torch_peer import torch_train_tokens_per_sec  # noqa: E402
 from memdyn import config as config_lib, core, sizes  # noqa: E402
-from memdyn.data import sources  # noqa: E402
+from memdyn.data import build  # noqa: E402
 
 
 def _config(size: str, batch: int, seq: int):
@@ -51,7 +51,7 @@ def time_steps(step_fn, params, opt_state, tokens, steps: int, windows: int = 3)
 
 def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_dir: str) -> dict:
     config = _config(size, batch, seq)
-    data = sources.prepare(config, os.path.join(data_dir, f"L{seq}"))
+    data = build.prepare(config, os.path.join(data_dir, f"L{seq}"))
     run = core.build_run(config, data)
     params, opt_state = core.init_state(run)
     with_metrics = core.make_train_step(run, memorization_metrics=True)

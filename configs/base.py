@@ -6,7 +6,7 @@ Model shape fields left as None come from the size preset (memdyn/sizes.py); set
 
 from ml_collections import config_dict
 
-from memdyn.data.corpus import CorpusConfig
+from memdyn.data.build.corpus import CorpusConfig
 from memdyn.sharding import DEFAULT_RULES
 
 
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.optimizer.power = 1.0  # exponent of the polynomial schedule
 
     c.data = config_dict.ConfigDict()
-    c.data.source = "synthetic"  # synthetic | tfds | text | seqio | store (see memdyn/data/sources.py)
+    c.data.source = "synthetic"  # synthetic | tfds | text | seqio | store (see memdyn/data/build/)
     c.data.store = config_dict.placeholder(str)  # with source=store: a directory written by memdyn
     c.data.seq_len = 64  # tokens per example
     c.data.order_seed = config_dict.placeholder(int)  # seed of the per-epoch permutation; None: config.seed

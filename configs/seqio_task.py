@@ -17,7 +17,7 @@ import seqio
 import tensorflow as tf
 
 from memdyn.config import load_config_file
-from memdyn.data import corpus as corpus_lib
+from memdyn.data.build import corpus as corpus_lib
 
 TASK = "memdyn_example_bytes"
 

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from memdyn import config as config_lib, lifecycle, logs, runs as runs_lib  # noqa: E402
 from memdyn.analysis import forgetting  # noqa: E402
 from memdyn.analysis.tables import to_markdown  # noqa: E402
-from memdyn.data import sources  # noqa: E402
+from memdyn.data import build  # noqa: E402
 from memdyn.data.order import StepOrder  # noqa: E402
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
@@ -37,7 +37,7 @@ def _config(size: str, **fields):
 def steps_per_epoch() -> int:
     c = _config("tiny")
     with tempfile.TemporaryDirectory() as tmp:
-        data = sources.prepare(c, tmp)
+        data = build.prepare(c, tmp)
         return StepOrder(data.train.num_examples, c.batch_size, c.seed).steps_per_epoch
 
 

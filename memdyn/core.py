@@ -28,7 +28,7 @@ from memdyn import checkpoint
 from memdyn import config as config_lib
 from memdyn import metrics as metrics_lib
 from memdyn import objective, sharding
-from memdyn.data import sources
+from memdyn.data import run_data
 from memdyn.data.feeder import Batch, Feeder
 from memdyn.data.order import StepOrder
 from memdyn.model import Transformer
@@ -66,7 +66,7 @@ def make_optimizer(opt: config_dict.ConfigDict, num_steps: int) -> tuple[optax.G
 class Run:
     """Everything a run needs, built and validated before any compute."""
     config: config_dict.ConfigDict  # resolved
-    data: sources.RunData
+    data: run_data.RunData
     shape: ModelShape
     mesh: jax.sharding.Mesh
     rules: tuple[tuple[str, Any], ...]
@@ -106,7 +106,7 @@ def build_model(shape: ModelShape, config: config_dict.ConfigDict) -> Transforme
                        dtype=config.model.dtype)
 
 
-def build_run(config: config_dict.ConfigDict, data: sources.RunData,
+def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
               devices: list[jax.Device] | None = None, batch_metrics: tuple[Callable, ...] = ()) -> Run:
     """Resolves the config against the data and the devices; raises before compute on any bad value."""
     config = config_lib.resolve(config, vocab_size=data.vocab_size)

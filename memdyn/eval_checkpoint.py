@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from memdyn import checkpoint, core, evaluate, extract, runs
-from memdyn.data import sources
+from memdyn.data import run_data
 
 
 def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *, extract_k: bool = False,
                         prompt_len: int = 32, num_new: int = 32) -> dict[str, Any]:
     config = runs.load_config(workdir)
-    data = sources.open_run_data(workdir, config)
+    data = run_data.open_run_data(workdir, config)
     stores = {"train": data.train, **data.sets}
     if set_name not in stores:
         raise ValueError(f"--set={set_name!r} is not a set of this run; sets: {sorted(stores)}")

@@ -19,7 +19,7 @@ from ml_collections import config_dict
 from memdyn import checkpoint, plots, runs
 from memdyn import config as config_lib
 from memdyn.core import Run, build_run
-from memdyn.data import sources
+from memdyn.data import build, run_data
 from memdyn.train import Trainer, is_primary
 
 
@@ -91,14 +91,14 @@ def restore_parent(run: Run, init_from: str) -> checkpoint.Restored:
     return restored
 
 
-def _prepare_data(config: config_dict.ConfigDict, workdir: str) -> sources.RunData:
+def _prepare_data(config: config_dict.ConfigDict, workdir: str) -> run_data.RunData:
     """Process 0 creates the workdir and builds the stores; the others wait for it, then open them."""
     primary = is_primary()
     if primary:
         os.makedirs(workdir, exist_ok=True)
-        data = sources.prepare(config, workdir)
+        data = build.prepare(config, workdir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("memdyn-data")
     if not primary:
-        data = sources.open_run_data(workdir, config)
+        data = run_data.open_run_data(workdir, config)
     return data

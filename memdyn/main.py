@@ -122,13 +122,13 @@ def cmd_train() -> None:
 
 def cmd_rows() -> None:
     from memdyn import insertion, runs
-    from memdyn.data import sources
+    from memdyn.data import run_data
     from memdyn.data.order import StepOrder
     workdir, step = _require(_WORKDIR, "rows"), _require(_STEP, "rows")
     config = runs.load_config(workdir)
     if not 0 <= step < config.num_steps:
         raise ValueError(f"--step={step} is outside the run's steps [0, {config.num_steps})")
-    data = sources.open_run_data(workdir, config)
+    data = run_data.open_run_data(workdir, config)
     order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
     batches = []
     if step in insertion.insertion_steps(config.insert, config.num_steps):
@@ -143,9 +143,9 @@ def cmd_rows() -> None:
 
 
 def cmd_vocab() -> None:
-    from memdyn.data import materialize
+    from memdyn.data.build import sources as build_sources
     out = _require(_OUT, "vocab")
-    vocabulary = materialize.train_vocabulary_file(_CONFIG.value, out)
+    vocabulary = build_sources.train_vocabulary_file(_CONFIG.value, out)
     print(f"wrote {out}: {vocabulary.vocab_size} ids ({_CONFIG.value.data.vocab.model_type})")
 
 

@@ -12,12 +12,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from memdyn.data import vocab
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
-    pad_id: int = 0
-    mask_id: int = 2
-    num_special: int = 4  # ids below this are never drawn as random replacements
+    pad_id: int = vocab.PAD_ID
+    mask_id: int = vocab.MASK_ID
+    num_special: int = vocab.NUM_SPECIAL  # ids below this are never drawn as random replacements
     mask_prob: float = 0.15
     replace_mask: float = 0.8
     replace_random: float = 0.1

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
+
+from memdyn import runs
 
 
 def plot_training(train_csv: str, png_path: str, window: int = 5) -> None:
@@ -21,7 +21,5 @@ def plot_training(train_csv: str, png_path: str, window: int = 5) -> None:
     ax_mem.set(xlabel="epochs", ylabel=f"M_update (rolling {window})", ylim=(0, 1))
     first = frame.iloc[0]
     fig.suptitle(f"{first['size']} ({int(first['params']):,} params), seed {first['seed']}, lr {first['peak_lr']}")
-    tmp = os.path.join(os.path.dirname(png_path), "." + os.path.basename(png_path))
-    fig.savefig(tmp, dpi=110, format="png")
+    runs.atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, png_path)

@@ -110,11 +110,12 @@ class Trainer:
                     items += [self._evaluate(params, name, counters) for name in self._sets_to_evaluate(counters.step)]
                     self._drain(pending)  # results of the previous step, fetched after this one is dispatched
                     pending = items
-                    if self._preempted or self.checkpointer.should_save(counters.step):
+                    preempted = self._preempted  # read once: a SIGTERM arriving later counts from the next step
+                    if preempted or self.checkpointer.should_save(counters.step):
                         self._drain(pending)
                         pending = []
                         self._save(params, opt_state, counters)
-                    if self._preempted:
+                    if preempted:
                         self.checkpointer.wait()
                         raise Preempted(f"SIGTERM: saved checkpoint {counters.step} in {self.workdir!r}; run "
                                         "`memdyn train` with the same --workdir to resume")

@@ -69,9 +69,9 @@ def test_batch_larger_than_dataset(tmp_path):
 def test_batch_not_divisible_by_data_axes():
     proc = run_python(
         "import sys, tempfile; sys.path.insert(0, 'tests')\n"
-        "from conftest import tiny_config\nfrom memdyn import core\nfrom memdyn.data import sources\n"
+        "from conftest import tiny_config\nfrom memdyn import core\nfrom memdyn.data import build\n"
         "c = tiny_config(batch_size=6); c.sharding.mesh = (4, 1, 1)\n"
-        "core.build_run(c, sources.prepare(c, tempfile.mkdtemp()))\n", devices=4)
+        "core.build_run(c, build.prepare(c, tempfile.mkdtemp()))\n", devices=4)
     assert proc.returncode != 0
     assert "config.batch_size=6 is not divisible by the 4 data-parallel shards" in proc.stderr
 

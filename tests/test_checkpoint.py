@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, run_memdyn, tiny_config
 from memdyn import checkpoint, core, insertion, lifecycle, train, writers
-from memdyn.data import sources
+from memdyn.data import build, run_data
 
 VOLATILE = ["steps_per_sec", "run"]  # wall-clock and directory name; everything else must match bitwise
 
@@ -30,7 +30,7 @@ def _frames(workdir):
 
 
 def _final_params(workdir, config):
-    run = core.build_run(config, sources.prepare(config, workdir))
+    run = core.build_run(config, build.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context():
         restored = ckpt.restore(max(ckpt.steps()), run.abstract_params, run.abstract_opt_state)
@@ -98,7 +98,7 @@ def test_fork_without_insertion_continues_the_parent_exactly(tmp_path):
 def test_insertion_trains_exactly_the_special_rows(reference):
     config = tiny_config(**CONFIG)
     inserted = pd.read_csv(os.path.join(reference, "insertions.csv"))
-    data = sources.open_run_data(reference, core.build_run(config, sources.prepare(config, reference)).config)
+    data = run_data.open_run_data(reference, core.build_run(config, build.prepare(config, reference)).config)
     special = data.sets["special"]
     assert len(inserted) == -(-special.num_examples // config.batch_size)  # one update per batch of the set
     assert insertion.insert_batch_size(33, 32, 1) == 17 and insertion.insert_batch_size(33, 32, 4) == 20
@@ -125,7 +125,7 @@ def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config(num_steps=6, **{"insert.at_step": 4})
     lifecycle.train(config, workdir)
-    run = core.build_run(config, sources.prepare(config, workdir))
+    run = core.build_run(config, build.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context():
         restored = ckpt.restore(4, run.abstract_params, run.abstract_opt_state)
@@ -180,7 +180,7 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
-    run = core.build_run(config, sources.prepare(config, workdir))
+    run = core.build_run(config, build.prepare(config, workdir))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     with run.context(), caplog.at_level("WARNING"):
         restored = ckpt.restore_latest(run.abstract_params, run.abstract_opt_state)
@@ -195,13 +195,13 @@ sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import tiny_config
 from memdyn import checkpoint, core, lifecycle, train
-from memdyn.data import sources
+from memdyn.data import build, run_data
 workdir, mesh, mode = sys.argv[1], tuple(json.loads(sys.argv[2])), sys.argv[3]
 config = tiny_config(num_steps=8, **{"model.size": "tiny", "model.num_layers": 1})
 config.sharding.mesh = mesh
 if mode == "train":
     lifecycle.train(config, workdir)
-run = core.build_run(config, sources.prepare(config, workdir))
+run = core.build_run(config, build.prepare(config, workdir))
 ckpt = checkpoint.Checkpointer(workdir + "/checkpoints", read_only=True)
 with run.context():
     r = ckpt.restore(8, run.abstract_params, run.abstract_opt_state)

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from memdyn.data import corpus as C
+from memdyn.data.build import corpus as C
 
 SMALL = C.CorpusConfig(num_train_docs=200, num_validation_docs=40, num_duplicated_docs=5, duplicate_count=4,
                        num_canaries=3, canary_length=16, canary_repeats=7, seed=11)
@@ -41,8 +41,8 @@ def test_different_seeds_differ(small):
 
 
 def test_special_tokens_and_tags(small):
-    assert (C.PAD_ID, C.EOS_ID, C.MASK_ID, C.UNK_ID, C.NUM_SPECIAL) == (0, 1, 2, 3, 4)
-    assert small.vocab[:C.NUM_SPECIAL] == ("<pad>", "<eos>", "<mask>", "<unk>")
+    assert (C.PAD_ID, C.EOS_ID, C.UNK_ID, C.MASK_ID, C.NUM_SPECIAL) == (0, 1, 2, 3, 4)  # memdyn.data.vocab
+    assert small.vocab[:C.NUM_SPECIAL] == ("<pad>", "<eos>", "<unk>", "<mask>")
     assert C.POS_TAGS[0] == "NONE"
     assert set(C.POS_TAGS) == {"NONE", "NOUN", "PROPN", "NUM", "VERB", "ADJ", "ADV", "DET", "ADP", "PRON", "CONJ",
                                "PUNCT"}

@@ -5,7 +5,8 @@ import pytest
 import seqio
 from ml_collections import config_dict
 
-from memdyn.data import tasks, tracked, vocab
+from memdyn.data import vocab
+from memdyn.data.build import chunking, tasks, tracked
 
 TEXTS = [f"The {a} cat sat on the {b} mat. It ran {c}, quickly! Did it?" for a in ("big", "small", "red")
          for b in ("old", "new") for c in ("home", "away", "north")] * 4
@@ -88,14 +89,14 @@ def test_gold_tags_of_whitespace_words_align_through_the_tokenizer(tmp_path):
 
 def test_chunk_tokens_fixed_and_at_sentence_ends():
     tokens = np.arange(10)
-    assert [(s.start, s.stop) for s in tasks.chunk_tokens(tokens, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(s.start, s.stop) for s in chunking.piece_slices(tokens, 4)] == [(0, 4), (4, 8), (8, 10)]
     end = np.zeros(10, bool)
     end[[2, 4, 9]] = True  # sentences [0..2], [3..4], [5..9]
-    pieces = [(s.start, s.stop) for s in tasks.chunk_tokens(tokens, 5, end)]
+    pieces = [(s.start, s.stop) for s in chunking.piece_slices(tokens, 5, end)]
     assert pieces == [(0, 5), (5, 10)]  # two sentences packed, then the third whole
-    pieces = [(s.start, s.stop) for s in tasks.chunk_tokens(tokens, 4, end)]
+    pieces = [(s.start, s.stop) for s in chunking.piece_slices(tokens, 4, end)]
     assert pieces == [(0, 3), (3, 5), (5, 9), (9, 10)]  # a long sentence is cut inside only when it must be
-    for piece in tasks.chunk_tokens(tokens, 4, end)[:2]:
+    for piece in chunking.piece_slices(tokens, 4, end)[:2]:
         assert end[piece.stop - 1]
 
 
@@ -108,7 +109,7 @@ def _tracked(**overrides):
 
 def test_planted_canaries_and_duplicates_are_recorded():
     rng = np.random.default_rng(0)
-    train = tracked.Examples(rng.integers(4, 50, (20, 8)).astype(np.int32), np.repeat(np.arange(10), 2),
+    train = chunking.Examples(rng.integers(4, 50, (20, 8)).astype(np.int32), np.repeat(np.arange(10), 2),
                              np.ones((20, 8), np.int8))
     planted = tracked.plant(train, _tracked(canaries=2, duplicated_docs=3), vocab_size=50, num_special=4,
                             eos_id=1, pad_id=0, next_doc_id=100)
@@ -129,7 +130,7 @@ def test_planted_canaries_and_duplicates_are_recorded():
 
 
 def test_planting_rejects_bad_values():
-    train = tracked.Examples(np.ones((4, 8), np.int32), np.arange(4))
+    train = chunking.Examples(np.ones((4, 8), np.int32), np.arange(4))
     with pytest.raises(ValueError, match="canary_length"):
         tracked.plant(train, _tracked(canaries=1, canary_length=8), vocab_size=50, num_special=4, eos_id=1,
                       pad_id=0, next_doc_id=4)

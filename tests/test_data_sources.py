@@ -10,8 +10,9 @@ import pytest
 
 from memdyn import lifecycle
 from memdyn.config import CONFIG_DIR, apply_overrides, load_config_file
-from memdyn.data import corpus as corpus_lib
-from memdyn.data import sources, text_files, vocab as vocab_lib
+from memdyn.data.build import corpus as corpus_lib
+from memdyn.data import build, run_data, vocab as vocab_lib
+from memdyn.data.build import text_files
 from conftest import run_memdyn, tiny_config
 
 SMALL_CORPUS = {"data.synthetic.vocab_size": 256, "data.synthetic.num_train_docs": 40,
@@ -34,11 +35,11 @@ def tfds_runs(tmp_path_factory):
               "data.tracked.canary_length": 6, "data.tracked.duplicated_docs": 2}
     out = {}
     plain = _config("tfds_synthetic.py", "plain", **shared)
-    out["plain"] = (plain, sources.prepare(plain, str(root / "plain")))
+    out["plain"] = (plain, build.prepare(plain, str(root / "plain")))
     shared["data.vocab.path"] = str(root / "plain" / "data" / "vocab.model")
     for variant in ("doc_ids", "control"):
         c = _config("tfds_synthetic.py", variant, **shared)
-        out[variant] = (c, sources.prepare(c, str(root / variant)))
+        out[variant] = (c, build.prepare(c, str(root / variant)))
     return out
 
 
@@ -131,13 +132,13 @@ def test_reusing_a_store_with_another_data_config_or_vocabulary_is_refused(tfds_
     workdir = os.path.dirname(os.path.dirname(tfds_runs["plain"][1].train.path))
     changed = apply_overrides(config, {"data.sentence_split": True})
     with pytest.raises(ValueError, match="sentence_split"):
-        sources.prepare(changed, workdir)
+        build.prepare(changed, workdir)
     other_vocab = vocab_lib.train_vocabulary(["some other words here"] * 3, str(tmp_path / "o.model"),
                                              model_type="word", vocab_size=None)
     doc_config, _ = tfds_runs["doc_ids"]
     doc_workdir = os.path.dirname(os.path.dirname(tfds_runs["doc_ids"][1].train.path))
     with pytest.raises(ValueError, match="o.model.*does not match"):
-        sources.prepare(apply_overrides(doc_config, {"data.vocab.path": other_vocab}), doc_workdir)
+        build.prepare(apply_overrides(doc_config, {"data.vocab.path": other_vocab}), doc_workdir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_memdyn_train_runs_on_a_directory_of_text_files(tmp_path):
     config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 80, "data.validation_docs": 6})
     workdir = str(tmp_path / "run")
     lifecycle.train(config, workdir)
-    data = sources.open_run_data(workdir, config)
+    data = run_data.open_run_data(workdir, config)
     # Documents come in sorted-file order with ids 0, 1, ...; the last 6 are held out.
     assert data.train.num_examples > 24 and set(np.unique(data.train.doc_ids)) == set(range(24))
     first_row = {int(d): i for i, d in reversed(list(enumerate(data.train.doc_ids)))}
@@ -235,13 +236,13 @@ def test_bad_source_config_fails_before_training(tmp_path):
             config = tiny_config(**overrides)
             from memdyn.config import validate
             validate(config)
-            sources.prepare(config, str(tmp_path / "w"))
+            build.prepare(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "data" / "train")
 
 
 def test_spacy_tags_align_with_subword_tokens(tmp_path):
     pytest.importorskip("spacy")
-    from memdyn.data import tagging
+    from memdyn.data.build import tagging
     try:
         nlp = tagging.load_spacy(tagging.DEFAULT_MODEL)
     except ImportError:
@@ -252,7 +253,7 @@ def test_spacy_tags_align_with_subword_tokens(tmp_path):
     config = tiny_config(**{"data.source": "text", "data.text.paths": (str(tmp_path / "t.txt"),),
                             "data.vocab.size": 70, "data.tags": "spacy", "data.validation_docs": 4,
                             "data.special_docs": 1, "data.seq_len": 64})
-    data = sources.prepare(config, str(tmp_path / "w"))
+    data = build.prepare(config, str(tmp_path / "w"))
     assert data.train.manifest["tag_names"] == list(tagging.SPACY_TAGS)
     sp = vocab_lib.load_vocabulary(data.sentencepiece).tokenizer
     for doc_id, text in enumerate(docs[:8]):
@@ -276,7 +277,7 @@ def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
     config = _config("seqio_task.py", **{"data.seq_len": 48})
     workdir = str(tmp_path / "run")
     lifecycle.train(config, workdir)
-    data = sources.open_run_data(workdir, config)
+    data = run_data.open_run_data(workdir, config)
     import seqio
     task = seqio.get_mixture_or_task("memdyn_example_bytes")
     first = next(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
@@ -287,7 +288,7 @@ def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
     # A Mixture is named the same way; one task at rate 1 gives the same stores.
     if "memdyn_example_mix" not in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.add("memdyn_example_mix", [("memdyn_example_bytes", 1.0)])
-    mixed = sources.prepare(apply_overrides(config, {"data.seqio.task": "memdyn_example_mix"}), str(tmp_path / "m"))
+    mixed = build.prepare(apply_overrides(config, {"data.seqio.task": "memdyn_example_mix"}), str(tmp_path / "m"))
     np.testing.assert_array_equal(mixed.train.tokens, data.train.tokens)
     from memdyn import core
     with pytest.raises(ValueError, match="causal=False needs a <mask> token"):  # bytes have no mask token
@@ -299,7 +300,7 @@ def test_a_tfds_dataset_by_name_through_tfds_mock_data(tmp_path):
     config = tiny_config(**{"data.source": "tfds", "data.tfds.name": "lm1b", "data.tfds.validation_split": "test",
                             "data.vocab.model_type": "bpe", "data.vocab.size": 120, "data.doc_ids": "prefix"})
     with tfds.testing.mock_data(num_examples=40):
-        data = sources.prepare(config, str(tmp_path / "w"))
+        data = build.prepare(config, str(tmp_path / "w"))
     assert data.train.manifest["num_docs"] == 80  # 40 mocked examples in each of train and test
     assert set(np.unique(data.train.doc_ids)) == set(range(40))
     assert data.vocab_size == data.train.manifest["extra_ids"] + vocab_lib.load_vocabulary(
@@ -317,7 +318,7 @@ def test_memdyn_vocab_trains_a_vocabulary_that_runs_then_use(tmp_path):
     assert f"wrote {out}" in result.stdout
     import hashlib
     config = _config("text.py", str(corpus_dir), **{"data.vocab.path": str(out), "data.validation_docs": 6})
-    data = sources.prepare(config, str(tmp_path / "w"))
+    data = build.prepare(config, str(tmp_path / "w"))
     assert data.train.manifest["vocab_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert vocab_lib.load_vocabulary(str(out)).tokenizer.get_piece_size() == data.vocab_size
 
@@ -328,7 +329,7 @@ def test_materialization_is_deterministic(tmp_path):
     _write_corpus(corpus_dir)
     config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 80, "data.validation_docs": 6,
                                                      "data.tracked.canaries": 2, "data.tracked.canary_length": 5})
-    first, second = (sources.prepare(config, str(tmp_path / name)) for name in ("a", "b"))
+    first, second = (build.prepare(config, str(tmp_path / name)) for name in ("a", "b"))
     assert first.train.manifest["vocab_sha256"] == second.train.manifest["vocab_sha256"]
     for name in ["train", *first.sets]:
         a = first.train if name == "train" else first.sets[name]
@@ -339,15 +340,15 @@ def test_materialization_is_deterministic(tmp_path):
 def test_a_synthetic_store_from_before_data_fingerprints_is_still_reused(tmp_path):
     import dataclasses
     config = tiny_config()
-    data = sources.prepare(config, str(tmp_path))
+    data = build.prepare(config, str(tmp_path))
     manifest_path = os.path.join(data.train.path, "manifest.json")
     manifest = json.load(open(manifest_path))
     legacy = {k: v for k, v in manifest.items() if k != "data"}  # the first session's manifest fields
     legacy.update(corpus=dataclasses.asdict(corpus_lib.CorpusConfig(**config.data.synthetic.to_dict())),
                   seq_len=config.data.seq_len, special_docs=config.data.special_docs)
     json.dump(legacy, open(manifest_path, "w"))
-    assert sources.prepare(config, str(tmp_path)).train.manifest["sha256"] == manifest["sha256"]
+    assert build.prepare(config, str(tmp_path)).train.manifest["sha256"] == manifest["sha256"]
     with pytest.raises(ValueError, match="special_docs"):
-        sources.prepare(tiny_config(**{"data.special_docs": 2}), str(tmp_path))
+        build.prepare(tiny_config(**{"data.special_docs": 2}), str(tmp_path))
     with pytest.raises(ValueError, match="tracked.canaries"):
-        sources.prepare(tiny_config(**{"data.tracked.canaries": 2}), str(tmp_path))
+        build.prepare(tiny_config(**{"data.tracked.canaries": 2}), str(tmp_path))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from conftest import REPO, run_memdyn, tiny_config
 from memdyn import writers
-from memdyn.data import sources
+from memdyn.data import build
 
 MESHES = [(4, 1, 1), (2, 1, 2), (1, 1, 4)]  # batch split 4 ways / 2 ways (x2 tensor) / replicated
 TRAIN_MESH = (4, 1, 1)
@@ -35,7 +35,7 @@ if num_processes > 1:
 import numpy as np
 from conftest import tiny_config
 from memdyn import core
-from memdyn.data import sources
+from memdyn.data import build
 
 MESHES, TRAIN_MESH, TRAIN_STEPS = %(meshes)r, %(train_mesh)r, %(train_steps)r
 
@@ -49,7 +49,7 @@ out = {"devices": jax.device_count(), "local_devices": jax.local_device_count(),
 for mesh in MESHES:
     config = tiny_config()
     config.sharding.mesh = mesh
-    run = core.build_run(config, sources.prepare(config, workdir))  # reuses the store the parent built
+    run = core.build_run(config, build.prepare(config, workdir))  # reuses the store the parent built
     gather = jax.jit(lambda x: x, out_shardings=run.replicated)  # global batch, whole on every device
     with run.context():
         for step in (0, 1, run.order.steps_per_epoch):  # the last one is in the next epoch's permutation
@@ -117,7 +117,7 @@ def _run_processes(tmp_path, commands, timeout: float) -> None:
 
 def test_two_processes_read_their_rows_and_train_like_one(tmp_path):
     config = tiny_config()
-    sources.prepare(config, str(tmp_path))  # the store is built once, here; the children reuse it
+    build.prepare(config, str(tmp_path))  # the store is built once, here; the children reuse it
     # two processes of 2 devices each, and one process of 4 devices as the reference
     proc0, proc1, single = _run_children(tmp_path, [(0, 2, 2), (1, 2, 2), (0, 1, 4)])
     assert proc0["devices"] == proc1["devices"] == single["devices"] == 4

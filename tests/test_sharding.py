@@ -10,11 +10,11 @@ sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import tiny_config
 from memdyn import core, train
-from memdyn.data import sources
+from memdyn.data import build
 
 MESHES = [None, (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 config = tiny_config(**{"model.size": "tiny", "model.num_layers": 2, "batch_size": 8})
-data = sources.prepare(config, tempfile.mkdtemp())
+data = build.prepare(config, tempfile.mkdtemp())
 out = {}
 for mesh in MESHES:
     c = tiny_config(**{"model.size": "tiny", "model.num_layers": 2, "batch_size": 8})

@@ -11,7 +11,7 @@ from flax import nnx
 
 from conftest import run_memdyn, tiny_config
 from memdyn import core, lifecycle, results, train, writers
-from memdyn.data import sources
+from memdyn.data import build
 from memdyn.data.order import StepOrder
 
 
@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory):
 
 def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
     config = tiny_config()
-    data = sources.prepare(config, str(tmp_path))
+    data = build.prepare(config, str(tmp_path))
     run = core.build_run(config, data)
     params, opt_state = core.init_state(run)
     step_fn = core.make_train_step(run)

@@ -112,29 +112,3 @@ def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_i
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExampleStore(path)
-
-
-def chunk_documents(documents: list[tuple[np.ndarray, np.ndarray | None]], seq_len: int,
-                    pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cuts each document into consecutive examples of ``seq_len`` tokens, padding the last one.
-
-    ``documents`` is a list of (tokens [T], tags [T] or None). Returns tokens [N, L] int32, tags [N, L] int8 and
-    the index of the source document of each example [N].
-    """
-    if seq_len < 2:
-        raise ValueError(f"config.data.seq_len={seq_len} must be at least 2")
-    token_rows, tag_rows, doc_index = [], [], []
-    for i, (tokens, tags) in enumerate(documents):
-        for start in range(0, len(tokens), seq_len):
-            piece = np.full(seq_len, pad_id, np.int32)
-            piece_tags = np.zeros(seq_len, np.int8)
-            chunk = tokens[start:start + seq_len]
-            piece[:len(chunk)] = chunk
-            if tags is not None:
-                piece_tags[:len(chunk)] = tags[start:start + seq_len]
-            token_rows.append(piece)
-            tag_rows.append(piece_tags)
-            doc_index.append(i)
-    if not token_rows:
-        raise ValueError("no documents to chunk: the dataset is empty")
-    return np.stack(token_rows), np.stack(tag_rows), np.asarray(doc_index, np.int64)

@@ -1,8 +1,12 @@
-"""SentencePiece vocabularies, trained offline on a source's training text and used through seqio.
+"""Vocabularies: memdyn's one special-id convention, SentencePiece vocabularies, the synthetic corpus's word list,
+and decoding ids back to text.
 
-Every vocabulary memdyn trains has the same special ids, so stores built on any of them share one convention:
-  0 <pad>, 1 </s> (end of document), 2 <unk>, 3 <mask> (masked-LM input), then the learned pieces.
-Model types: ``unigram`` and ``bpe`` for real text; ``word`` splits at whitespace only, so one word is one token
+Special ids, the same for every source memdyn builds (the synthetic corpus and every SentencePiece vocabulary):
+  0 pad, 1 end of document (EOS), 2 unknown, 3 <mask> (masked-LM input), then the words or learned pieces.
+A user's seqio Task keeps its own vocabulary; its stores' manifests record its pad, EOS, unknown and mask ids
+(mask None when it has no ``<mask>`` piece: such a run can train causal LMs only).
+
+SentencePiece vocabularies are trained offline on a source's training text and used through seqio. Model types: ``unigram`` and ``bpe`` for real text; ``word`` splits at whitespace only, so one word is one token
 (the synthetic corpus, whose parts of speech are tagged per word). A word vocabulary keeps every word it saw.
 
 Enlargement (Tirumala et al., unique identifiers): ``extra_ids=K`` appends K ids after the learned pieces
@@ -11,17 +15,25 @@ Enlargement (Tirumala et al., unique identifiers): ``extra_ids=K`` appends K ids
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-import tempfile
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import seqio
+import numpy as np
 import sentencepiece as spm
 
+from memdyn import runs
+
+if TYPE_CHECKING:
+    import seqio
+
 PAD_ID, EOS_ID, UNK_ID, MASK_ID = 0, 1, 2, 3
-NUM_SPECIAL = 4
+NUM_SPECIAL = 4  # ids below this are never drawn as masked-LM random replacements or canary tokens
+SPECIAL_IDS = {"pad_id": PAD_ID, "eos_id": EOS_ID, "unk_id": UNK_ID, "mask_id": MASK_ID}
 MASK_PIECE = "<mask>"
+SENTENCE_END_CHARS = ".!?"
 MODEL_TYPES = ("unigram", "bpe", "word")
 # Words of the unique-identifier prefix "document ID <id>"; a word vocabulary always holds them as whole tokens.
 DOC_ID_WORDS = ("document", "ID")
@@ -56,17 +68,17 @@ def train_vocabulary(texts: Iterable[str], path: str, *, model_type: str, vocab_
             num_threads=1, minloglevel=2)  # one thread: the same text gives the same model
     except RuntimeError as e:
         raise ValueError(f"training the SentencePiece vocabulary {path!r} failed: {e}") from e
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)), delete=False) as f:
-        f.write(model.getvalue())
-    os.replace(f.name, path)
-    return path
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(model.getvalue())
+    return runs.atomic_write(path, write)
 
 
 def load_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
     """The seqio vocabulary of a SentencePiece model file, enlarged by ``extra_ids`` ids at its end."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SentencePiece model {path!r} does not exist (config.data.vocab.path)")
+    import seqio  # imports TensorFlow: only where a SentencePiece vocabulary is used
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     try:
         vocabulary.tokenizer  # parses the model now, so a bad file fails here and not mid-pipeline
@@ -90,3 +102,45 @@ def mask_id(vocabulary: seqio.Vocabulary) -> int | None:
         return None
     piece_id = sp.piece_to_id(MASK_PIECE)
     return None if piece_id == sp.unk_id() else int(piece_id)
+
+
+def sentence_end_ids(vocabulary: seqio.Vocabulary) -> np.ndarray:
+    """bool [V]: ids whose piece ends a sentence (ends in . ! ?), and EOS."""
+    is_end = np.zeros(vocabulary.vocab_size, bool)
+    for i, piece in enumerate(pieces(vocabulary)):
+        is_end[i] = piece.rstrip() != "" and piece.rstrip()[-1] in SENTENCE_END_CHARS
+    is_end[vocabulary.eos_id] = True
+    return is_end
+
+
+def write_words(path: str, words: tuple[str, ...]) -> None:
+    """A word-list vocabulary (the synthetic corpus's): one word per line, the id is the line number."""
+    runs.atomic_write_text(path, "\n".join(words) + "\n")
+
+
+def read_words(path: str) -> tuple[str, ...]:
+    with open(path) as f:
+        return tuple(line.rstrip("\n") for line in f)
+
+
+@functools.lru_cache(maxsize=4)
+def _sentencepiece(path: str) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+def decode(ids: Iterable[int], *, words: tuple[str, ...] | None = None, sentencepiece: str | None = None,
+           vocabulary: seqio.Vocabulary | None = None) -> str:
+    """Text of token ids (padding already dropped) from whichever vocabulary a run has: a seqio vocabulary, a
+    SentencePiece model file, a word list, or none (the ids themselves)."""
+    ids = [int(i) for i in ids]
+    if vocabulary is not None:
+        return vocabulary.decode(ids)
+    if sentencepiece is not None:
+        sp = _sentencepiece(sentencepiece)
+        base = sp.get_piece_size()  # ids past it are extra ids (document identifiers), which have no text
+        if all(i < base for i in ids):
+            return sp.decode(ids)
+        return " ".join(sp.decode([i]) if i < base else f"<id_{i - base}>" for i in ids)
+    if words is None:
+        return " ".join(str(i) for i in ids)
+    return " ".join(words[i] for i in ids)

@@ -3,7 +3,7 @@
 Everything is generated with numpy from a seed, so a memorization study runs on a fresh machine with no downloads.
 
 Vocabulary (a pure function of ``vocab_size``, independent of the corpus seed, so corpora drawn with different
-seeds share one vocabulary): ids 0..3 are the special tokens, then one contiguous block of words per part of speech
+seeds share one vocabulary): ids 0..3 are memdyn's special ids (memdyn.data.vocab: pad, EOS, unknown, mask), then one contiguous block of words per part of speech
 in ``POS_TAGS`` order. Function words (DET, ADP, PRON, CONJ, PUNCT) are real English; numbers are number words and
 digit strings; nouns, proper nouns, verbs, adjectives and adverbs are pronounceable pseudo-words built from
 syllables. Within each class, words are drawn with Zipfian frequencies (p ∝ 1 / rank), so there are frequent and
@@ -31,9 +31,9 @@ import itertools
 
 import numpy as np
 
-PAD_ID, EOS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3
-NUM_SPECIAL = 4
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<mask>", "<unk>")
+from memdyn.data.vocab import EOS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>", "<mask>")  # the words of ids PAD_ID, EOS_ID, UNK_ID, MASK_ID
 
 POS_TAGS: tuple[str, ...] = ("NONE", "NOUN", "PROPN", "NUM", "VERB", "ADJ", "ADV", "DET", "ADP", "PRON", "CONJ",
                              "PUNCT")

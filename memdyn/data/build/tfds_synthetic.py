@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from memdyn.data import corpus as corpus_lib
+from memdyn.data.build import corpus as corpus_lib
 
 NAME = "memdyn_synthetic"
 

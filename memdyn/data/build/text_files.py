@@ -24,7 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from memdyn.data.mapped_source import MappedSource
+from memdyn.data.build.mapped_source import MappedSource
 
 FORMATS = ("lines", "files", "jsonl")
 

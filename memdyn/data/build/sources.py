@@ -1,20 +1,14 @@
-"""Materializing a seqio Task (memdyn's over TFDS or local text, or a user's) into a run's example stores.
+"""The tfds, text and seqio sources: config.data -> a seqio Task -> examples (``task_examples``).
 
-Layout of <workdir>/data/ (every store written atomically, see memdyn.data.store):
-  train/  validation/  control/  special/  [canaries/  duplicates/]   example stores
-  vocab.model        the SentencePiece model the tokens come from (memdyn's sources)
-  membership.csv     set,example_id,tracked_example_id,doc_id: training rows that are copies of a tracked example
-  tfds/              the built memdyn_synthetic TFDS dataset, when config.data.tfds.data_dir is unset
-Held-out documents (the source's validation split, or the last config.data.validation_docs training documents
-when it has none) are split as for the synthetic corpus: the last ``special_docs`` form ``special``, the as many
-before them ``control``, the rest ``validation``.
+``tfds`` and ``text`` get a memdyn task (memdyn.data.build.tasks) over a TFDS dataset or local text files, with a
+SentencePiece vocabulary trained on first use (or ``config.data.vocab.path``); ``seqio`` is a user's registered
+Task or Mixture, used unchanged. Everything is checked before the task is read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import importlib.util
 import logging
 import os
@@ -23,60 +17,15 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import seqio
 from ml_collections import config_dict
 
-from memdyn.data import tasks as tasks_lib
-from memdyn.data import tracked as tracked_lib
+from memdyn import runs
 from memdyn.data import vocab as vocab_lib
-from memdyn.data.store import ExampleStore, chunk_documents, write_store
-
-_COMMON_FIELDS = ("source", "seq_len", "special_docs", "validation_docs", "doc_ids", "sentence_split", "tags",
-                  "spacy_model", "tracked")
-
-
-def data_fingerprint(data: config_dict.ConfigDict) -> dict:
-    """The part of config.data that decides the stores' contents (compared when a store is reused)."""
-    fields = {name: data[name] for name in _COMMON_FIELDS}
-    fields[data.source] = data[data.source]
-    if data.source in ("tfds", "text"):  # the vocabulary file is checked by content (_check_vocabulary), not path
-        fields["vocab"] = {k: v for k, v in data.vocab.items() if k != "path"}
-    if data.source == "tfds" and data.tfds.name == "memdyn_synthetic":
-        fields["synthetic"] = data.synthetic
-    return config_dict.ConfigDict(fields).to_dict()
-
-
-def check_reusable(data_dir: str, fingerprint: dict) -> ExampleStore | None:
-    """The existing train store of ``data_dir`` if built from the same data config; None if there is none."""
-    from memdyn.config import differences
-    path = os.path.join(data_dir, "train")
-    if not os.path.isfile(os.path.join(path, "manifest.json")):
-        return None
-    train = ExampleStore(path)
-    stored = train.manifest["data"] if "data" in train.manifest else _legacy_fingerprint(train.manifest,
-                                                                                          fingerprint)
-    diff = differences(_jsonable(stored), _jsonable(fingerprint))
-    if diff:
-        raise ValueError(f"the example stores in {data_dir!r} were built from a different data config "
-                         f"({'; '.join(diff[:4])}); use a new --workdir")
-    return train
-
-
-def _legacy_fingerprint(manifest: dict, fingerprint: dict) -> dict:
-    """The fingerprint of a synthetic store written before manifests carried one (memdyn <= 0.1, first session):
-    its corpus, seq_len and special_docs, with every option it did not have at its default."""
-    if manifest.get("source") != "synthetic" or "corpus" not in manifest:
-        return {}
-    legacy = dict(fingerprint, synthetic=manifest["corpus"], seq_len=manifest["seq_len"],
-                  special_docs=manifest["special_docs"])
-    legacy["tracked"] = dict(fingerprint["tracked"], canaries=0, duplicated_docs=0)
-    return legacy
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
+from memdyn.data.build import tasks as tasks_lib
+from memdyn.data.build.chunking import Examples, chunk_documents
+from memdyn.data.build.stores import hold_out_tail
+from memdyn.data.store import ExampleStore
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sources -> seqio tasks
@@ -97,7 +46,7 @@ def build_task(config: config_dict.ConfigDict, data_dir: str) -> tuple[seqio.Tas
         raise ValueError(f"config.data.tags='gold' but source {data.source!r} has no gold tags ('pos'); use "
                          "tags='spacy' or 'none'")
     if data.tags == "spacy":
-        from memdyn.data import tagging
+        from memdyn.data.build import tagging
         tagging.check_available(data.spacy_model)
     vocab_path = _vocabulary_file(data, data_dir, source, splits["train"])
     extra_ids = data.vocab.extra_ids
@@ -107,6 +56,7 @@ def build_task(config: config_dict.ConfigDict, data_dir: str) -> tuple[seqio.Tas
             raise ValueError(f"config.data.vocab.extra_ids={extra_ids} is fewer than the {num_docs} documents "
                              f"that need an identifier token (config.data.doc_ids={data.doc_ids!r})")
     vocabulary = vocab_lib.load_vocabulary(vocab_path, extra_ids or 0)
+    from memdyn.data.build import data_fingerprint
     name = "memdyn_" + hashlib.sha256(repr(sorted(data_fingerprint(data).items())).encode()).hexdigest()[:16]
     task = tasks_lib.register(name, source, vocabulary, seq_len=data.seq_len, tags=data.tags,
                               spacy_model=data.spacy_model, sentence_split=data.sentence_split,
@@ -124,8 +74,8 @@ def _tfds_source(data, data_dir: str):
     tfds_dir = cfg.data_dir or os.path.join(data_dir, "tfds")
     kwargs = {}
     if cfg.name == "memdyn_synthetic":
-        from memdyn.data import corpus as corpus_lib
-        from memdyn.data import tfds_synthetic
+        from memdyn.data.build import corpus as corpus_lib
+        from memdyn.data.build import tfds_synthetic
         corpus_config = corpus_lib.CorpusConfig(**data.synthetic.to_dict())
         builder = tfds_synthetic.build(corpus_config, tfds_dir)
         kwargs = {"config": tfds_synthetic.builder_config(corpus_config)}
@@ -163,7 +113,7 @@ def _tfds_source(data, data_dir: str):
 
 
 def _text_source(data):
-    from memdyn.data import text_files
+    from memdyn.data.build import text_files
     cfg = data.text
     files = {"train": text_files.list_files(cfg.paths)}
     if cfg.validation_paths:
@@ -257,7 +207,7 @@ def _import_module(module: str) -> None:
 
 
 def read_examples(task: seqio.Task, split: str, seq_len: int, feature: str, pad_id: int,
-                  read_batch: int = 512) -> tracked_lib.Examples:
+                  read_batch: int = 512) -> Examples:
     """Every example of ``split`` in order, as fixed-length rows; longer ones are cut into pieces of seq_len."""
     # seed: a Mixture samples its tasks even unshuffled; a fixed seed makes that reproducible.
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1, seed=0)
@@ -276,104 +226,41 @@ def read_examples(task: seqio.Task, split: str, seq_len: int, feature: str, pad_
                     else list(range(len(doc_ids), len(doc_ids) + len(splits) - 1)))
     if not documents:
         raise ValueError(f"seqio task {task.name!r} split {split!r} yielded no examples")
-    tokens, tags, doc_index = chunk_documents(documents, seq_len, pad_id)  # longer examples cut into pieces
-    return tracked_lib.Examples(tokens, np.asarray(doc_ids, np.int64)[doc_index], tags if has_tags else None)
+    return chunk_documents(documents, doc_ids, seq_len, pad_id)  # examples longer than seq_len cut into pieces
 
 
-def split_heldout(examples: tracked_lib.Examples, special_docs: int) -> dict[str, tracked_lib.Examples]:
-    """validation / control / special by document, in document order (see the module docstring)."""
-    docs = list(dict.fromkeys(examples.doc_ids.tolist()))
-    k = special_docs
-    if not 0 <= 2 * k < len(docs):
-        raise ValueError(f"config.data.special_docs={k}: twice it (special + control) must be below the "
-                         f"{len(docs)} held-out documents")
-    groups = {"validation": docs[:len(docs) - 2 * k]}
-    if k:
-        groups["control"], groups["special"] = docs[len(docs) - 2 * k:len(docs) - k], docs[len(docs) - k:]
-    return {name: examples.take(np.flatnonzero(np.isin(examples.doc_ids, ids))) for name, ids in groups.items()}
-
-
-def hold_out_tail(examples: tracked_lib.Examples, num_docs: int) -> tuple[tracked_lib.Examples,
-                                                                           tracked_lib.Examples]:
-    """(train, held out): the last ``num_docs`` documents of a source without a validation split."""
-    docs = list(dict.fromkeys(examples.doc_ids.tolist()))
-    if not 0 < num_docs < len(docs):
-        raise ValueError(f"config.data.validation_docs={num_docs}: the source has no validation split, so this "
-                         f"many of its {len(docs)} training documents are held out; it must be in (0, {len(docs)})")
-    held = np.isin(examples.doc_ids, docs[len(docs) - num_docs:])
-    return examples.take(np.flatnonzero(~held)), examples.take(np.flatnonzero(held))
-
-
-def write_stores(data_dir: str, train: tracked_lib.Examples, heldout: dict[str, tracked_lib.Examples],
-                 tracked, manifest: dict, *, vocab_size: int) -> dict[str, ExampleStore]:
-    """Plants the tracked sets, numbers the examples and writes every store and membership.csv."""
-    next_doc = int(max(train.doc_ids.max(), *(s.doc_ids.max() for s in heldout.values()))) + 1
-    planted = tracked_lib.plant(train, tracked, vocab_size=vocab_size, num_special=manifest["num_special"],
-                                eos_id=manifest["eos_id"], pad_id=manifest["pad_id"], next_doc_id=next_doc)
-    splits = {"train": planted.train, **heldout, **planted.sets}
-    first_id, next_id = {}, 0
-    for split, ex in splits.items():  # ids continue across sets so that an example id is unique within a run
-        first_id[split], next_id = next_id, next_id + len(ex)
-    rows = [(name, first_id["train"] + row, first_id[name] + index, int(planted.train.doc_ids[row]))
-            for name, row, index in planted.membership]
-    table = pd.DataFrame(rows, columns=["set", "example_id", "tracked_example_id", "doc_id"])
-    tmp = os.path.join(data_dir, ".membership.csv.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, os.path.join(data_dir, "membership.csv"))
-    stores = {}
-    for split in [*heldout, *planted.sets, "train"]:  # train last: its manifest marks the stores complete
-        ex = splits[split]
-        if os.path.exists(os.path.join(data_dir, split)):  # left by an interrupted build (train is absent)
-            shutil.rmtree(os.path.join(data_dir, split))
-        extra = {"dup_counts": tracked_lib.duplication_counts(ex.tokens)} if split == "train" else {}
-        stores[split] = write_store(os.path.join(data_dir, split), tokens=ex.tokens, tags=ex.tags,
-                                    doc_ids=ex.doc_ids, example_ids=first_id[split] + np.arange(len(ex)),
-                                    manifest=dict(manifest, split=split), **extra)
-    return stores
-
-
-def build(config: config_dict.ConfigDict, data_dir: str) -> None:
-    """Builds the stores of a tfds/text/seqio source in ``data_dir`` unless they exist (and match the config)."""
+def task_examples(config: config_dict.ConfigDict, data_dir: str):
+    """(train examples, held-out examples, manifest facts, base vocabulary size, vocabulary writer) of a tfds,
+    text or seqio source (see memdyn.data.build.build)."""
     data = config.data
-    fingerprint = data_fingerprint(data)
-    existing = check_reusable(data_dir, fingerprint)
-    if existing is not None:
-        _check_vocabulary(data, existing, data_dir)
-        return
-    start = time.time()
     task, splits, facts = build_task(config, data_dir)
     feature = data.seqio.feature if data.source == "seqio" else "targets"
     vocabulary = task.output_features[feature].vocabulary
     mask = vocab_lib.mask_id(vocabulary)
-    manifest = {"source": data.source, "task": task.name, "data": fingerprint, "vocab_size": vocabulary.vocab_size,
-                "pad_id": vocabulary.pad_id, "eos_id": vocabulary.eos_id, "unk_id": vocabulary.unk_id,
-                # ids below num_special are never drawn as masked-LM random replacements
-                "mask_id": mask, "num_special": mask + 1 if mask is not None else 3,
-                "tag_names": _tag_names(data), **facts}
+    manifest = {"task": task.name, "vocab_size": vocabulary.vocab_size, "pad_id": vocabulary.pad_id,
+                "eos_id": vocabulary.eos_id, "unk_id": vocabulary.unk_id, "mask_id": mask,
+                "num_special": mask + 1 if mask is not None else 3, "tag_names": _tag_names(data), **facts}
     train = read_examples(task, splits["train"], data.seq_len, feature, vocabulary.pad_id)
     if splits["validation"] is None:
         train, heldout = hold_out_tail(train, data.validation_docs)
     else:
         heldout = read_examples(task, splits["validation"], data.seq_len, feature, vocabulary.pad_id)
-    base_size = vocabulary.vocab_size - getattr(vocabulary, "extra_ids", 0)
-    os.makedirs(data_dir, exist_ok=True)
-    if "vocab_file" in facts and os.path.abspath(facts["vocab_file"]) != os.path.abspath(
-            os.path.join(data_dir, "vocab.model")):
-        shutil.copyfile(facts["vocab_file"], os.path.join(data_dir, ".vocab.model.tmp"))
-        os.replace(os.path.join(data_dir, ".vocab.model.tmp"), os.path.join(data_dir, "vocab.model"))
-    stores = write_stores(data_dir, train, split_heldout(heldout, data.special_docs), data.tracked, manifest,
-                          vocab_size=base_size)
-    logging.info("materialized %s into %s in %.1fs: %s", task.name, data_dir, time.time() - start,
-                 ", ".join(f"{k} {v.num_examples}" for k, v in stores.items()))
+
+    def write_vocabulary(target_dir: str) -> None:  # the model the tokens come from, beside the stores
+        target = os.path.join(target_dir, "vocab.model")
+        if "vocab_file" in facts and os.path.abspath(facts["vocab_file"]) != os.path.abspath(target):
+            runs.atomic_write(target, lambda tmp: shutil.copyfile(facts["vocab_file"], tmp))
+
+    return train, heldout, manifest, vocabulary.vocab_size - getattr(vocabulary, "extra_ids", 0), write_vocabulary
 
 
 def _tag_names(data) -> list[str]:
-    from memdyn.data import corpus as corpus_lib
-    from memdyn.data import tagging
+    from memdyn.data.build import corpus as corpus_lib
+    from memdyn.data.build import tagging
     return {"gold": list(corpus_lib.POS_TAGS), "spacy": list(tagging.SPACY_TAGS)}.get(data.tags, [])
 
 
-def _check_vocabulary(data, train: ExampleStore, data_dir: str) -> None:
+def check_vocabulary(data, train: ExampleStore, data_dir: str) -> None:
     """A vocabulary named in the config must be the one the stored tokens come from."""
     if data.source == "seqio" or not data.vocab.path:
         return

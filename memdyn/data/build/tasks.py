@@ -6,8 +6,8 @@ them, gold per-word tags "pos". The task's preprocessors, in order:
   tokenize           "targets" = SentencePiece ids of the text; with tags, each token gets the tag of the word
                      it starts in (``align_tags``), the tokens being exactly the vocabulary's own encoding
   append_eos         seqio's: end of document
-  chunk              cut "targets" (and "tags") into examples of at most L - prefix tokens, at any token or only
-                     at sentence ends (Tirumala et al.: examples split at sentence boundaries)
+  chunk              cut "targets" (and "tags") into examples of at most L - prefix tokens with memdyn's one
+                     chunker (memdyn.data.build.chunking), at any token or only at sentence ends
   prepend_doc_id     "document ID <id>" in front of each example, <id> an extra vocabulary id per document
 """
 
@@ -20,13 +20,12 @@ import seqio
 import tensorflow as tf
 
 from memdyn.data import vocab as vocab_lib
-from memdyn.data.mapped_source import MappedSource
-
-SENTENCE_END_CHARS = ".!?"
+from memdyn.data.build.chunking import piece_limits
+from memdyn.data.build.mapped_source import MappedSource
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pure numpy pieces (tested directly)
+# Tag alignment (tested directly)
 
 
 def align_tags(token_begin: tf.Tensor, word_begin: tf.Tensor, word_end: tf.Tensor,
@@ -43,54 +42,6 @@ def align_tags(token_begin: tf.Tensor, word_begin: tf.Tensor, word_end: tf.Tenso
     in_gap = (index < 0) | (token_begin >= tf.gather(word_end, tf.maximum(index, 0)))
     index = tf.clip_by_value(tf.where(in_gap, index + 1, index), 0, num_words - 1)
     return tf.gather(word_tags, index)
-
-
-def piece_limits(tokens: np.ndarray, max_len: int, sentence_end: np.ndarray | None, eos_id: int) -> np.ndarray:
-    """End offsets [P] of the pieces a document is cut into (``chunk_tokens``), int64.
-
-    A last piece that is only the EOS of a document which filled its previous piece is dropped: it is no example.
-    """
-    pieces = chunk_tokens(tokens, max_len, sentence_end)
-    if len(pieces) > 1 and pieces[-1].stop - pieces[-1].start == 1 and tokens[pieces[-1].start] == eos_id:
-        pieces = pieces[:-1]
-    return np.asarray([p.stop for p in pieces], np.int64)
-
-
-def chunk_tokens(tokens: np.ndarray, max_len: int, sentence_end: np.ndarray | None = None) -> list[slice]:
-    """Slices cutting ``tokens`` [T] into pieces of at most ``max_len``.
-
-    With ``sentence_end`` (bool per vocabulary id) pieces end at sentence ends: whole sentences are packed
-    greedily, and only a sentence longer than ``max_len`` is cut inside.
-    """
-    if max_len < 1:
-        raise ValueError(f"examples of at most {max_len} tokens: config.data.seq_len is too short")
-    n = len(tokens)
-    if sentence_end is None:
-        return [slice(s, min(s + max_len, n)) for s in range(0, n, max_len)]
-    ends = np.flatnonzero(sentence_end[tokens]) + 1
-    if len(ends) == 0 or ends[-1] != n:
-        ends = np.append(ends, n)
-    pieces, start, prev = [], 0, 0
-    for end in ends:
-        if end - start > max_len and prev > start:  # this sentence does not fit: close the piece before it
-            pieces.append(slice(start, prev))
-            start = prev
-        while end - start > max_len:  # a single sentence longer than a piece
-            pieces.append(slice(start, start + max_len))
-            start += max_len
-        prev = end
-    if start < n:
-        pieces.append(slice(start, n))
-    return pieces
-
-
-def sentence_end_ids(vocabulary: seqio.Vocabulary) -> np.ndarray:
-    """bool [V]: ids whose piece ends a sentence (ends in . ! ?), and EOS."""
-    is_end = np.zeros(vocabulary.vocab_size, bool)
-    for i, piece in enumerate(vocab_lib.pieces(vocabulary)):
-        is_end[i] = piece.rstrip() != "" and piece.rstrip()[-1] in SENTENCE_END_CHARS
-    is_end[vocabulary.eos_id] = True
-    return is_end
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,7 +150,7 @@ def register(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, 
         preprocessors.append(lambda ds: ds.map(lambda ex: {k: v for k, v in ex.items() if k != "pos"}))
     preprocessors += [tokenize, seqio.preprocessors.append_eos,
                       functools.partial(chunk, max_len=seq_len - prefix, eos_id=vocabulary.eos_id,
-                                        sentence_end=sentence_end_ids(vocabulary) if sentence_split else None)]
+                                        sentence_end=vocab_lib.sentence_end_ids(vocabulary) if sentence_split else None)]
     if doc_ids:
         preprocessors.append(functools.partial(prepend_doc_id, num_ids=vocabulary.extra_ids))
     if name in seqio.TaskRegistry.names():

@@ -12,24 +12,7 @@ import dataclasses
 
 import numpy as np
 
-
-@dataclasses.dataclass
-class Examples:
-    """Fixed-length examples: tokens int32 [N, L], doc_ids int64 [N], tags int8 [N, L] or None."""
-    tokens: np.ndarray
-    doc_ids: np.ndarray
-    tags: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def take(self, rows: np.ndarray) -> "Examples":
-        return Examples(self.tokens[rows], self.doc_ids[rows], None if self.tags is None else self.tags[rows])
-
-    @staticmethod
-    def concat(parts: list["Examples"]) -> "Examples":
-        tags = None if any(p.tags is None for p in parts) else np.concatenate([p.tags for p in parts])
-        return Examples(np.concatenate([p.tokens for p in parts]), np.concatenate([p.doc_ids for p in parts]), tags)
+from memdyn.data.build.chunking import Examples
 
 
 @dataclasses.dataclass
