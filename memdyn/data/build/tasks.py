@@ -50,7 +50,7 @@ def align_tags(token_begin: tf.Tensor, word_begin: tf.Tensor, word_end: tf.Tenso
 
 def spacy_tags(ds: tf.data.Dataset, model: str, batch_size: int = 64) -> tf.data.Dataset:
     """Adds "word_begin", "word_end" (byte spans) and "word_tags" (UPOS ids) from a spaCy pipeline."""
-    from memdyn.data import tagging
+    from memdyn.data.build import tagging
     nlp = tagging.load_spacy(model)
 
     def tag_texts(texts: np.ndarray):  # bytes [n] -> flat begins, ends, tags and words per text [n]
