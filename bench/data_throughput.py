@@ -42,7 +42,7 @@ def _config(size: str, batch: int, seq: int):
 
 
 def time_batches(run, steps: int, first_step: int = 0) -> float:
-    """Median seconds of the feeder's train_batch over ``steps`` consecutive steps (each one blocked until on the device)."""
+    """Median seconds of the feeder's train_batch over ``steps`` consecutive steps (each blocked until on device)."""
     times = []
     for step in range(first_step, first_step + steps):
         start = time.perf_counter()

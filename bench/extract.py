@@ -141,7 +141,8 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     contenders = {
         "one_pass": lambda: jax.block_until_ready(
             extract.teacher_forced_extractability(graphdef, params, tokens_jax, prompt_len, num_new)),
-        "kv": lambda: jax.block_until_ready(extract.extractability(graphdef, params, {"tokens_BxL": tokens_jax}, prompt_len, num_new)),
+        "kv": lambda: jax.block_until_ready(
+            extract.extractability(graphdef, params, {"tokens_BxL": tokens_jax}, prompt_len, num_new)),
         "hf_nocache": lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, use_cache=False),
         "hf_cache": lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, use_cache=True),
         # Extra: one torch thread. On a shared, oversubscribed machine OpenMP's barriers make all-core torch

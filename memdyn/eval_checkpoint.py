@@ -66,14 +66,14 @@ def _write_csv(frame: pd.DataFrame, path: str) -> None:
 def _extractability(run: core.Run, params, store, prompt_len: int, num_new: int) -> pd.DataFrame:
     """k-extractability of every example with >= M + N real tokens, in batches from the feeder."""
     # Examples are right-padded: the first M + N tokens are all real exactly when there are M + N of them.
-    full = {int(e) for e in np.asarray(store.example_ids)[store.token_counts(run.data.pad_id) >= prompt_len + num_new]}
+    full_ids = np.asarray(store.example_ids)[store.token_counts(run.data.pad_id) >= prompt_len + num_new]
     with run.context():
         outputs = [extract.extractability(run.graphdef, params, run.feeder.batch(store, rows), prompt_len, num_new)
                    for rows in run.feeder.set_rows(store, run.config.batch_size)]
     frames = []
     for result in jax.device_get(outputs):
         ids = result["example_ids_B"].astype(np.int64)
-        keep = np.asarray([i in full for i in ids.tolist()], bool)  # padding rows (id -1) are never full
+        keep = np.isin(ids, full_ids)  # padding rows (id -1) are never full
         frames.append(pd.DataFrame({"example_id": ids, "score": result["score"],
                                     "memorized": result["memorized"].astype(bool),
                                     "prefix_match": result["prefix_match"]})[keep])

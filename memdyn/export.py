@@ -70,7 +70,8 @@ def export_run(workdir: str, out_dir: str) -> dict[str, str]:
     for name in RECORD_FILES:
         frame = read_file(workdir, name)
         if frame is not None:
-            written[name] = runs_lib.atomic_write(os.path.join(out_dir, name), lambda tmp: frame.to_csv(tmp, index=False))
+            written[name] = runs_lib.atomic_write(os.path.join(out_dir, name),
+                                                  lambda tmp: frame.to_csv(tmp, index=False))
     return written
 
 

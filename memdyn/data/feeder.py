@@ -73,8 +73,8 @@ def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str,
         if name not in read:
             continue
         values = read[name]
-        if np.issubdtype(dtype, np.int32) and len(values) and (values.min() < _INT32.min or
-                                                                values.max() > _INT32.max):
+        narrowed = np.dtype(dtype) == np.int32 and values.dtype.itemsize > 4  # ids are int64 on disk
+        if narrowed and len(values) and (values.min() < _INT32.min or values.max() > _INT32.max):
             raise ValueError(f"example store {store.path!r}: {name} do not fit in int32 (range "
                              f"{values.min()}..{values.max()})")
         padded = np.full((len(rows_b),) + values.shape[1:], pad_id if fill is None else fill, dtype)

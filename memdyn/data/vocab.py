@@ -6,7 +6,8 @@ Special ids, the same for every source memdyn builds (the synthetic corpus and e
 A user's seqio Task keeps its own vocabulary; its stores' manifests record its pad, EOS, unknown and mask ids
 (mask None when it has no ``<mask>`` piece: such a run can train causal LMs only).
 
-SentencePiece vocabularies are trained offline on a source's training text and used through seqio. Model types: ``unigram`` and ``bpe`` for real text; ``word`` splits at whitespace only, so one word is one token
+SentencePiece vocabularies are trained offline on a source's training text and used through seqio. Model types:
+``unigram`` and ``bpe`` for real text; ``word`` splits at whitespace only, so one word is one token
 (the synthetic corpus, whose parts of speech are tagged per word). A word vocabulary keeps every word it saw.
 
 Enlargement (Tirumala et al., unique identifiers): ``extra_ids=K`` appends K ids after the learned pieces

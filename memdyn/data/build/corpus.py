@@ -3,8 +3,8 @@
 Everything is generated with numpy from a seed, so a memorization study runs on a fresh machine with no downloads.
 
 Vocabulary (a pure function of ``vocab_size``, independent of the corpus seed, so corpora drawn with different
-seeds share one vocabulary): ids 0..3 are memdyn's special ids (memdyn.data.vocab: pad, EOS, unknown, mask), then one contiguous block of words per part of speech
-in ``POS_TAGS`` order. Function words (DET, ADP, PRON, CONJ, PUNCT) are real English; numbers are number words and
+seeds share one vocabulary): ids 0..3 are memdyn's special ids (memdyn.data.vocab: pad, EOS, unknown, mask),
+then one contiguous block of words per part of speech in ``POS_TAGS`` order. Function words (DET, ADP, PRON, CONJ, PUNCT) are real English; numbers are number words and
 digit strings; nouns, proper nouns, verbs, adjectives and adverbs are pronounceable pseudo-words built from
 syllables. Within each class, words are drawn with Zipfian frequencies (p ∝ 1 / rank), so there are frequent and
 rare words.
