@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.size = "tiny"  # a preset name from memdyn/sizes.py
     c.model.causal = True  # False: masked LM (bidirectional attention, 15% masking)
     c.model.mask_prob = 0.15
+    c.model.mlm_scored = "mask"  # masked LM: M scored at <mask> positions (the paper's) | "selected" (all 15%)
     c.model.dtype = "float32"  # compute dtype of activations; parameters stay float32
     for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
                         ("max_len", int), ("positions", str), ("rotary_fraction", float),
@@ -89,6 +90,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval = config_dict.ConfigDict()
     c.eval.every = 100  # evaluate the tracked sets every n steps (and before step 0); 0 disables
     c.eval.sets = ("validation",)  # names of tracked sets (data/<name>/ stores)
+    # Sets evaluated after every n-th whole epoch (and before training); "train" is the whole training set, whose
+    # M(f) `memdyn analyze memorization` reads. every_epochs 0 or no "train": the analysis falls back to the
+    # in-step estimate from the per-example records.
+    c.eval.epoch_sets = ("train",)
+    c.eval.every_epochs = 1
 
     c.checkpoint = config_dict.ConfigDict()
     c.checkpoint.every = 200  # steps between checkpoints; the last step and SIGTERM always save
@@ -104,6 +110,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.insert.every = 0  # spaced repetition: insert again every m steps ...
     c.insert.times = 1  # ... this many insertions in all
     c.insert.eval_every = 10  # evaluate the inserted set every n steps after the first insertion
+    c.insert.sham = False  # the control arm: the same schedule and evaluations, without the inserted updates
 
     c.init_from = config_dict.placeholder(str)  # "<workdir>[@step]": start from another run's checkpoint
 

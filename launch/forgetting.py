@@ -1,15 +1,16 @@
-"""Runs Tirumala et al.'s forgetting protocols at CPU scale and analyzes them, in one command:
+"""Runs Tirumala et al.'s forgetting protocol at CPU scale with sham controls and seeds, then analyzes it:
 
-    python launch/forgetting.py --out=runs/forgetting [--sizes=nano,micro,tiny] [--epochs_after=10]
+    python launch/forgetting.py --out=runs/forgetting [--sizes=nano,micro,tiny] [--seeds=0,1,2]
+        [--epochs_before=8] [--epochs_after=10] [--insert_epochs=8] [--no_repeats]
 
-1. baseline across sizes: each size's parent trains 8 epochs; a fork inserts the special set once at epoch 8
-   and trains ``epochs_after`` more epochs;
-2. insertion epoch: forks of the tiny parent at epochs 4, 8 and 12;
-3. repeated insertion: the special set trained 5 times in a row at epoch 8;
-4. spaced repetition: inserted at epochs 8, 9, 10, 11.
-Each fork's M on the special set is evaluated every 5 steps; `memdyn analyze forgetting` (called at the end)
-writes forgetting_curves.csv, forgetting_summary.csv and forgetting.png into --out, and RESULTS.md with the
-tables. Runs already complete are skipped, interrupted ones resume.
+For every seed and size a parent trains ``epochs_before`` epochs. From its checkpoint two forks continue for
+``epochs_after`` epochs on the same example order: one inserts the ``special`` set once (``size_<size>``), the
+other is its sham control (``sham_<size>``: the same evaluations, no inserted updates). For the largest size
+also: the set inserted 5 times in a row (``repeat5``), inserted at 4 consecutive epochs (``spaced4``), and with
+``--insert_epochs=4,8,12`` insertions at other epochs, each with its own sham. M on the special set is evaluated
+every 5 steps. ``memdyn analyze forgetting`` (called at the end) pairs every insertion with its sham and writes
+forgetting_curves.csv, forgetting_summary.csv, forgetting_conditions.csv/.md and forgetting.png into --out.
+Complete runs are skipped, interrupted ones resume; several launchers with different --seeds may share --out.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from memdyn import config as config_lib, lifecycle, logs, runs as runs_lib  # noqa: E402
 from memdyn.analysis import forgetting  # noqa: E402
-from memdyn.analysis.tables import to_markdown  # noqa: E402
 from memdyn.data import build  # noqa: E402
 from memdyn.data.order import StepOrder  # noqa: E402
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
+SPACED_TIMES = 4
+REPEATS = 5
 
 
 def _config(size: str, **fields):
@@ -41,49 +43,63 @@ def steps_per_epoch() -> int:
         return StepOrder(data.train.num_examples, c.batch_size, c.seed).steps_per_epoch
 
 
+def plan(sizes: list[str], seed: int, epoch: int, before: int, after: int, insert_epochs: list[int],
+         repeats: bool) -> tuple[dict, dict]:
+    """(parents: size -> (num_steps, keep_steps), forks: name -> (size, fork step, config fields))."""
+    largest = sizes[-1]
+    points = {size: [before * epoch] for size in sizes}
+    points[largest] = sorted(set(points[largest] + [e * epoch for e in insert_epochs]))
+    parents = {size: (max(p), tuple(p)) for size, p in points.items()}
+    forks = {}
+
+    def add(name: str, size: str, at: int, extra: dict, length: int):
+        forks[name] = (size, at, {"seed": seed, "num_steps": at + length, "insert.at_step": at, **extra})
+
+    for size in sizes:
+        at = before * epoch
+        add(f"size_{size}", size, at, {}, after * epoch)
+        follow = after * epoch + ((SPACED_TIMES - 1) * epoch if repeats and size == largest else 0)
+        add(f"sham_{size}", size, at, {"insert.sham": True}, follow)
+    if repeats:
+        at = before * epoch
+        add(f"repeat{REPEATS}_{largest}", largest, at, {"insert.repeats": REPEATS}, after * epoch)
+        add(f"spaced{SPACED_TIMES}_{largest}", largest, at, {"insert.every": epoch, "insert.times": SPACED_TIMES},
+            after * epoch + (SPACED_TIMES - 1) * epoch)
+    for e in insert_epochs:
+        if e != before:
+            add(f"epoch{e:02d}_{largest}", largest, e * epoch, {}, after * epoch)
+            add(f"epoch{e:02d}_sham_{largest}", largest, e * epoch, {"insert.sham": True}, after * epoch)
+    return parents, forks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/forgetting")
-    parser.add_argument("--sizes", default="nano,micro,tiny")
+    parser.add_argument("--sizes", default="nano,micro,tiny", help="ascending; the last gets the extra conditions")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs_before", type=int, default=8)
     parser.add_argument("--epochs_after", type=int, default=10)
+    parser.add_argument("--insert_epochs", default="", help="extra insertion epochs for the largest size, e.g. 4,12")
+    parser.add_argument("--no_repeats", action="store_true", help="skip the repeated and spaced conditions")
     args = parser.parse_args()
     logs.configure()
     epoch = steps_per_epoch()
-    after = args.epochs_after * epoch
     sizes = args.sizes.split(",")
-    parents, forks = os.path.join(args.out, "parents"), os.path.join(args.out, "forks")
+    insert_epochs = [int(e) for e in args.insert_epochs.split(",") if e]
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        parents, forks = plan(sizes, seed, epoch, args.epochs_before, args.epochs_after, insert_epochs,
+                              not args.no_repeats)
+        parent_dir = lambda size: os.path.join(args.out, "parents", f"seed={seed}", size)  # noqa: E731
+        for size, (num_steps, keep) in parents.items():
+            lifecycle.train(_config(size, seed=seed, num_steps=num_steps, **{"checkpoint.keep_steps": keep}),
+                            parent_dir(size))
+        for name, (size, at, fields) in forks.items():
+            lifecycle.train(_config(size, init_from=f"{parent_dir(size)}@{at}", **fields),
+                            os.path.join(args.out, "forks", f"seed={seed}", name))
 
-    fork_points = {size: [8 * epoch] for size in sizes}
-    fork_points["tiny"] = [4 * epoch, 8 * epoch, 12 * epoch]
-    for size in sizes:
-        points = fork_points[size]
-        lifecycle.train(_config(size, num_steps=max(points), **{"checkpoint.keep_steps": tuple(points)}),
-                    os.path.join(parents, size))
-
-    runs = {f"size_{size}": (size, 8 * epoch, {}) for size in sizes}
-    if "tiny" in sizes:
-        runs.update({
-            "epoch04_tiny": ("tiny", 4 * epoch, {}),
-            "epoch12_tiny": ("tiny", 12 * epoch, {}),
-            "repeat5_tiny": ("tiny", 8 * epoch, {"insert.repeats": 5}),
-            "spaced4_tiny": ("tiny", 8 * epoch, {"insert.every": epoch, "insert.times": 4}),
-        })
-    for name, (size, at, extra) in runs.items():
-        fields = {"num_steps": at + after, "insert.at_step": at, "init_from": f"{os.path.join(parents, size)}@{at}",
-                  **extra}
-        if extra.get("insert.times"):  # spaced: follow the decay for the same time after the last insertion
-            fields["num_steps"] += (extra["insert.times"] - 1) * extra["insert.every"]
-        lifecycle.train(_config(size, **fields), os.path.join(forks, name))
-
-    _, summary = forgetting.analyze_runs([r.workdir for r in runs_lib.find_runs(forks)], out_dir=args.out)
-    columns = ["run", "size", "params", "insert_step", "num_insertions", "m_before", "m_after", "baseline_min",
-               "excess_before", "excess_after", "excess_asymptote", "excess_asymptote_se", "excess_tau",
-               "retained_min", "retained_asymptote"]
-    table = to_markdown(summary[columns])
-    with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
-        f.write(f"steps per epoch: {epoch}; each fork trains {args.epochs_after} epochs after its (last) "
-                f"insertion\n\n{table}\n")
-    print(table)
+    workdirs = [r.workdir for r in runs_lib.find_runs(os.path.join(args.out, "forks"))]
+    _, summary = forgetting.analyze_runs(workdirs, out_dir=args.out)
+    print(open(os.path.join(args.out, "forgetting_conditions.md")).read())
 
 
 if __name__ == "__main__":

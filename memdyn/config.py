@@ -14,7 +14,7 @@ from typing import Any
 
 from ml_collections import config_dict
 
-from memdyn import sizes
+from memdyn import objective, sizes
 
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 SOURCES = ("synthetic", "tfds", "text", "seqio", "store")
@@ -70,6 +70,11 @@ def validate(config: config_dict.ConfigDict) -> None:
     if config.model.size not in sizes.PRESET_NAMES:
         raise ValueError(f"config.model.size={config.model.size!r} is not a known size preset; known: "
                          f"{', '.join(sizes.PRESET_NAMES)}")
+    if config.model.mlm_scored not in objective.SCORED:
+        raise ValueError(f"config.model.mlm_scored={config.model.mlm_scored!r}: expected one of {objective.SCORED}")
+    for field in ("every", "every_epochs"):
+        if not isinstance(config.eval[field], int) or config.eval[field] < 0:
+            raise ValueError(f"config.eval.{field}={config.eval[field]!r} must be a non-negative integer")
     if not 0.0 < config.model.mask_prob < 1.0:
         raise ValueError(f"config.model.mask_prob={config.model.mask_prob} must be in (0, 1)")
     opt = config.optimizer

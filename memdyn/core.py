@@ -8,7 +8,7 @@ the optimizer update and the memorization metrics of the same logits. Steps take
 beside the per-example metrics, so results line up with the rows they describe on every process.
 
 ``batch_metrics`` (on ``build_run``) are extra functions ``fn(batch, logits_BxLxV, targets_BxL, weights_BxL) ->
-dict`` evaluated inside every train and eval step on the same logits; their outputs join the step's metrics. A
+dict`` (weights: the scored positions) evaluated inside every train and eval step on the same logits; their outputs join the step's metrics. A
 per-token batch field covers the L input positions; a causal LM's targets are positions 1..L-1 (``[:, 1:]``).
 """
 
@@ -160,23 +160,23 @@ def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., d
     """
     config = run.config
     masking = objective.MaskingConfig(pad_id=run.data.pad_id, mask_id=run.data.mask_id,
-                                      num_special=run.data.num_special, mask_prob=config.model.mask_prob)
+                                      num_special=run.data.num_special, mask_prob=config.model.mask_prob,
+                                      scored=config.model.mlm_scored)
     base_key = jax.random.key(config.seed)
 
     def forward(params, batch: Batch, step, mlp_gate_BxLxF=None):
         tokens_BxL = batch["tokens_BxL"]
         if config.model.causal:
-            inputs, targets, weights = objective.causal_lm(tokens_BxL, masking.pad_id)
+            t = objective.causal_lm(tokens_BxL, masking.pad_id)
         else:  # masks are a pure function of (seed, step): resume and re-evaluation see the same masks
-            inputs, targets, weights = objective.masked_lm(tokens_BxL, jax.random.fold_in(base_key, step),
-                                                           run.shape.vocab_size, masking)
+            t = objective.masked_lm(tokens_BxL, jax.random.fold_in(base_key, step), run.shape.vocab_size, masking)
         model = nnx.merge(run.graphdef, nnx.State(params))
-        logits = model(inputs, valid_BxL=inputs != masking.pad_id, mlp_gate_BxLxF=mlp_gate_BxLxF)
+        logits = model(t.inputs_BxL, valid_BxL=t.inputs_BxL != masking.pad_id, mlp_gate_BxLxF=mlp_gate_BxLxF)
         if not memorization_metrics:
-            return {"loss": metrics_lib.mean_loss(logits, targets, weights)}
-        out = metrics_lib.token_metrics(logits, targets, weights)
+            return {"loss": metrics_lib.mean_loss(logits, t.targets_BxL, t.loss_weights_BxL)}
+        out = metrics_lib.token_metrics(logits, t.targets_BxL, t.loss_weights_BxL, t.score_weights_BxL)
         for batch_metric in run.batch_metrics:
-            out.update(batch_metric(batch, logits, targets, weights))
+            out.update(batch_metric(batch, logits, t.targets_BxL, t.score_weights_BxL))
         return dict(out, example_ids_B=batch["example_ids_B"], doc_ids_B=batch["doc_ids_B"])
 
     return forward

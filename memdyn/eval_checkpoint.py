@@ -25,7 +25,7 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
                         prompt_len: int = 32, num_new: int = 32) -> dict[str, Any]:
     config = runs.load_config(workdir)
     data = run_data.open_run_data(workdir, config)
-    stores = {"train": data.train, **data.sets}
+    stores = data.evaluable()
     if set_name not in stores:
         raise ValueError(f"--set={set_name!r} is not a set of this run; sets: {sorted(stores)}")
     store = stores[set_name]

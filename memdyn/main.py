@@ -21,12 +21,14 @@ Commands:
   export (--workdir=<dir> | --sweep=<dir>) --out=<dir>
          Tidy CSVs (train, eval, insertions, examples, eval_examples) of a run, or of all the runs of a sweep
          concatenated with the swept fields as columns.
-  analyze memorization (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
-         Per-epoch M(f), T(N, tau) in epochs and updates for tau in 0.5/0.7/0.9, the overfitting point and M(f)
-         there: memorization_summary.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png.
+  analyze memorization (--workdir=<dir> | --sweep=<dir>) [--out=<dir>] [--m_from=auto|train_eval|in_step]
+         M(f) after each epoch, T(N, tau) in epochs and updates for tau in 0.5/0.7/0.9, the overfitting point
+         and M(f) there, per run and as means with 95% CIs over seeds: memorization_summary.csv/.md,
+         memorization_by_size.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png.
   analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
-         Forgetting curves of an inserted set, the forgetting baseline (minimum after insertion) and the
-         asymptote of an exponential fit: forgetting_curves.csv, forgetting_summary.csv, forgetting.png.
+         Forgetting curves of an inserted set against its sham-insertion control (the same fork without the
+         inserted updates), the retained trace with 95% CIs over seeds: forgetting_curves.csv,
+         forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting.png.
   vocab  --config=<file>.py [--config.data.vocab.model_type=unigram|bpe|word --config.data.vocab.size=N]
          --out=<file>.model
          Train a SentencePiece vocabulary on the configured source's training split (tfds or text), offline;
@@ -66,6 +68,10 @@ _OUT = flags.DEFINE_string("out", None, "`export`/`analyze`: output directory (d
                            "`vocab`: the SentencePiece model file to write.")
 _SET = flags.DEFINE_string("set", None, "`eval`: the set to evaluate (a tracked set or `train`); "
                            "`analyze forgetting`: the inserted set (default special).")
+_M_FROM = flags.DEFINE_enum("m_from", "auto", ["auto", "train_eval", "in_step"],
+                            "`analyze memorization`: M(f) from whole-training-set evaluations at epoch ends "
+                            "(train_eval), from the per-example records of the train steps (in_step), or the "
+                            "first when the run has them (auto).")
 _EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`: prompt tokens M.")
 _NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`: greedy tokens N scored.")
@@ -123,7 +129,7 @@ def cmd_train() -> None:
 def cmd_rows() -> None:
     from memdyn import insertion, runs
     from memdyn.data import run_data
-    from memdyn.data.order import StepOrder
+    from memdyn.data.order import PADDING_ROW, StepOrder
     workdir, step = _require(_WORKDIR, "rows"), _require(_STEP, "rows")
     config = runs.load_config(workdir)
     if not 0 <= step < config.num_steps:
@@ -131,11 +137,12 @@ def cmd_rows() -> None:
     data = run_data.open_run_data(workdir, config)
     order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
     batches = []
-    if step in insertion.insertion_steps(config.insert, config.num_steps):
+    if step in insertion.insertion_steps(config.insert, config.num_steps) and not config.insert.sham:
         inserted = data.sets[config.insert.set]
         batches += [(f"insert:{config.insert.set}:{r}", inserted.rows(np.arange(inserted.num_examples)))
                     for r in range(config.insert.repeats)]
-    batches.append(("train", data.train.rows(order.rows(step))))
+    rows = order.rows(step)
+    batches.append(("train", data.train.rows(rows[rows != PADDING_ROW])))
     for kind, rows in batches:
         for example_id, tokens in zip(rows["example_ids"], rows["tokens"]):
             text = f"\t{data.decode(tokens)}" if _TEXT.value else ""
@@ -194,7 +201,8 @@ def cmd_analyze(what: str) -> None:
         runs.load_config(workdir)  # a clear error when it holds no run
     workdirs = [workdir] if workdir else [r.workdir for r in runs.require_runs(sweep_dir)]
     out = _OUT.value or workdir or sweep_dir
-    summary = registry[what].run(analysis.Options(workdirs, out, set_name=_SET.value))
+    summary = registry[what].run(analysis.Options(workdirs, out, set_name=_SET.value,
+                                                                m_from=_M_FROM.value))
     print(summary.to_string(index=False))
     print(f"wrote {registry[what].outputs} in {out}")
 

@@ -23,7 +23,7 @@ from memdyn.runs import IDENTITY_COLUMNS
 
 TRAIN_CSV_COLUMNS = ("step", "update", "inserted_updates", "epoch", "epochs_done", "examples_seen", "tokens_seen",
                      "loss", "mem_update", "lr", "grad_norm", "num_tokens", "steps_per_sec") + IDENTITY_COLUMNS
-EVAL_CSV_COLUMNS = ("step", "update", "inserted_updates", "set", "exact_match", "loss", "perplexity",
+EVAL_CSV_COLUMNS = ("step", "update", "inserted_updates", "set", "at_insertion", "exact_match", "loss", "perplexity",
                     "num_examples", "num_tokens") + IDENTITY_COLUMNS
 INSERT_CSV_COLUMNS = ("step", "update", "set", "repeat", "batch", "loss", "exact_match", "lr",
                       "grad_norm") + IDENTITY_COLUMNS
@@ -70,12 +70,14 @@ class RunResults:
         step = info["step"]
         steps_per_sec = self.progress.update(step + 1, loss, float(m["mem_update"]))
         if c.record_examples:
+            real = m["example_ids_B"] >= 0  # padding rows complete an epoch's smaller batches
             self.records["examples"].write_summaries(step, {
-                "example_id": m["example_ids_B"].astype(np.int64), "exact_match": m["exact_match_B"].astype(np.float32),
-                "loss": m["loss_B"].astype(np.float32), "num_tokens": m["num_tokens_B"].astype(np.int32)})
+                "example_id": m["example_ids_B"][real].astype(np.int64),
+                "exact_match": m["exact_match_B"][real].astype(np.float32),
+                "loss": m["loss_B"][real].astype(np.float32), "num_tokens": m["num_tokens_B"][real].astype(np.int32)})
         row = {"update": info["update"], "inserted_updates": info["inserted_updates"],
                "epoch": self.order.epoch(step), "epochs_done": (step + 1) / self.order.steps_per_epoch,
-               "examples_seen": (step + 1) * c.batch_size, "tokens_seen": info["tokens_seen"],
+               "examples_seen": self.order.examples_seen(step + 1), "tokens_seen": info["tokens_seen"],
                "mem_update": float(m["mem_update"]), "num_tokens": int(m["num_tokens"]),
                "steps_per_sec": steps_per_sec, **common}
         self.last_row = {"step": step, **row}

@@ -28,6 +28,7 @@ from memdyn import config as config_lib
 from memdyn import evaluate as evaluate_lib
 from memdyn import sharding
 from memdyn.core import Run, init_state, make_eval_step, make_train_step
+from memdyn.data.order import PADDING_ROW
 from memdyn.results import RunResults
 
 
@@ -38,6 +39,7 @@ class Counters:
     update: int = 0  # updates done, inserted ones included
     inserted_updates: int = 0
     tokens_seen: int = 0  # non-padding tokens of the normally trained examples
+    first_step: int = 0  # the normal step this run's results start from (a fork's fork point)
 
 
 class Preempted(Exception):
@@ -62,12 +64,14 @@ class Trainer:
         # The inserted set is evaluated together with the control set (same distribution, never inserted).
         self.tracked = [c.insert.set] + (["control"] if "control" in run.data.sets else []) \
             if self.insert_steps else []
-        self.eval_sets = list(dict.fromkeys(list(c.eval.sets) + self.tracked))
+        self.epoch_sets = list(c.eval.epoch_sets) if c.eval.every_epochs else []
+        self.eval_sets = list(dict.fromkeys(list(c.eval.sets) + self.epoch_sets + self.tracked))
+        self.stores = run.data.evaluable()
         for name in self.eval_sets:
-            if name not in run.data.sets:
-                raise ValueError(f"tracked set {name!r} (config.eval.sets / config.insert.set) does not exist; "
-                                 f"this run's sets: {sorted(run.data.sets)}")
-        if self.insert_steps:
+            if name not in self.stores:
+                raise ValueError(f"tracked set {name!r} (config.eval.sets / eval.epoch_sets / insert.set) does not exist; "
+                                 f"this run's sets: {sorted(self.stores)}")
+        if self.insert_steps and not c.insert.sham:
             n = run.data.sets[c.insert.set].num_examples
             with run.context():
                 shards = sharding.data_parallel_size(run.mesh)
@@ -92,6 +96,8 @@ class Trainer:
             params, opt_state = start.params, start.opt_state
             counters = Counters(**start.meta["counters"])
         resuming = start is not None and resume_files
+        if not resuming:
+            counters.first_step = counters.step
         self.results = RunResults(self.workdir, c, run.order, start.meta if resuming else None,
                                   write=is_primary())
         in_main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
@@ -100,14 +106,16 @@ class Trainer:
             with run.context():
                 pending: list = []
                 if not resuming:
-                    pending += [self._evaluate(params, name, counters) for name in self.eval_sets]
+                    pending += [self._evaluate(params, name, counters, self._label(counters.step))
+                                for name in self._evaluated_after(counters.step, counters)]
                 for step in range(counters.step, c.num_steps):
                     items = []
                     if step in self.insert_steps:
                         params, opt_state, items = self._insert(params, opt_state, step, counters)
                     params, opt_state, item = self._train_step(params, opt_state, step, counters)
                     items.append(item)
-                    items += [self._evaluate(params, name, counters) for name in self._sets_to_evaluate(counters.step)]
+                    items += [self._evaluate(params, name, counters, self._label(counters.step))
+                              for name in self._evaluated_after(counters.step, counters)]
                     self._drain(pending)  # results of the previous step, fetched after this one is dispatched
                     pending = items
                     preempted = self._preempted  # read once: a SIGTERM arriving later counts from the next step
@@ -135,7 +143,8 @@ class Trainer:
     def _train_step(self, params, opt_state, step: int, counters: Counters):
         run = self.run
         params, opt_state, m = self.step_fn(params, opt_state, run.feeder.train_batch(step), np.int32(counters.update))
-        counters.tokens_seen += int(run.data.train.token_counts(run.data.pad_id)[run.feeder.train_rows(step)].sum())
+        rows = run.feeder.train_rows(step)
+        counters.tokens_seen += int(run.data.train.token_counts(run.data.pad_id)[rows[rows != PADDING_ROW]].sum())
         item = ("train", dict(step=step, update=counters.update, inserted_updates=counters.inserted_updates,
                               tokens_seen=counters.tokens_seen), m)
         counters.update += 1
@@ -143,10 +152,14 @@ class Trainer:
         return params, opt_state, item
 
     def _insert(self, params, opt_state, step: int, counters: Counters):
-        """The inserted set's updates before normal step ``step``, then its evaluation right after them."""
-        c, run, items = self.run.config, self.run, []
+        """The inserted set's updates before normal step ``step``, with its evaluations right before and right
+        after them. A sham insertion (``insert.sham``) evaluates the same, without the updates."""
+        c, run = self.run.config, self.run
+        evaluated = self._evaluated_after(step, counters)
+        items = [self._evaluate(params, name, counters, at_insertion="before")
+                 for name in self.tracked if name not in evaluated]
         store = run.data.sets[c.insert.set]
-        for repeat in range(c.insert.repeats):
+        for repeat in range(0 if c.insert.sham else c.insert.repeats):
             for b, rows in enumerate(self.insert_rows):
                 params, opt_state, m = self.step_fn(params, opt_state, run.feeder.batch(store, rows),
                                                     np.int32(counters.update))
@@ -154,23 +167,36 @@ class Trainer:
                                              batch=b), m))
                 counters.update += 1
                 counters.inserted_updates += 1
-        items += [self._evaluate(params, name, counters) for name in self.tracked]
+        items += [self._evaluate(params, name, counters, at_insertion="after") for name in self.tracked]
         return params, opt_state, items
 
-    def _evaluate(self, params, name: str, counters: Counters):
+    def _evaluate(self, params, name: str, counters: Counters, at_insertion: str = ""):
         run = self.run
-        extra = dict(update=counters.update, inserted_updates=counters.inserted_updates)
-        return ("eval", evaluate_lib.evaluate(self.eval_step, params, run.feeder, run.data.sets[name],
+        extra = dict(update=counters.update, inserted_updates=counters.inserted_updates, at_insertion=at_insertion)
+        return ("eval", evaluate_lib.evaluate(self.eval_step, params, run.feeder, self.stores[name],
                                               run.config.batch_size, name, counters.step, **extra), None)
 
-    def _sets_to_evaluate(self, steps_done: int) -> list[str]:
+    def _label(self, steps_done: int) -> str:
+        """``at_insertion`` of the scheduled evaluations after ``steps_done`` steps: they precede any insertion
+        at that step."""
+        return "before" if steps_done in self.insert_steps else ""
+
+    def _evaluated_after(self, steps_done: int, counters: Counters) -> list[str]:
+        """Sets evaluated once ``steps_done`` normal steps are done (before any insertion at that step): every
+        set where the run's results start, then by schedule. A pure function of the step, so a resumed run
+        evaluates exactly what an uninterrupted one does."""
         c = self.run.config
-        last = steps_done == c.num_steps  # every tracked set is evaluated at the end
-        names = list(c.eval.sets) if c.eval.every and (steps_done % c.eval.every == 0 or last) else []
-        first = self.insert_steps[0] if self.insert_steps else None
-        inserted_due = insertion.evaluates_inserted_set(c.insert, first, steps_done) or (last and first is not None)
-        if inserted_due:
-            names += [name for name in self.tracked if name not in names]
+        if steps_done == counters.first_step:
+            names = list(self.eval_sets)
+        else:
+            last = steps_done == c.num_steps  # every tracked set is evaluated at the end
+            names = list(c.eval.sets) if c.eval.every and (steps_done % c.eval.every == 0 or last) else []
+            first = self.insert_steps[0] if self.insert_steps else None
+            if insertion.evaluates_inserted_set(c.insert, first, steps_done) or (last and first is not None):
+                names += [name for name in self.tracked if name not in names]
+        spe, every = self.run.order.steps_per_epoch, c.eval.every_epochs
+        if every and steps_done % spe == 0 and (steps_done // spe) % every == 0:
+            names += [name for name in self.epoch_sets if name not in names]  # after whole epochs
         return names
 
     def _save(self, params, opt_state, counters: Counters) -> None:

@@ -114,9 +114,10 @@ def test_insertion_trains_exactly_the_special_rows(reference):
     assert len([1 for kind, _ in lines if kind == "train"]) == config.batch_size
     # the evaluation right after the insertion is recorded at step 5, with the inserted updates counted
     evals = pd.read_csv(os.path.join(reference, "eval.csv"))
-    after = evals[(evals.set == "special") & (evals.step == 5)]
-    assert len(after) == 1 and after["inserted_updates"].item() == len(inserted)
-    assert sorted(evals.loc[evals.set == "special", "step"]) == [0, 5, 7, 9, 11, 12]
+    at_5 = evals[(evals.set == "special") & (evals.step == 5)]
+    assert at_5["at_insertion"].tolist() == ["before", "after"]
+    assert at_5["inserted_updates"].tolist() == [0, len(inserted)]
+    assert sorted(evals.loc[evals.set == "special", "step"]) == [0, 5, 5, 7, 9, 11, 12]
 
 
 def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
@@ -292,7 +293,10 @@ def test_analyze_forgetting_command(reference, tmp_path):
     proc = run_memdyn("analyze", "forgetting", f"--workdir={reference}", f"--out={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = pd.read_csv(os.path.join(tmp_path, "forgetting_summary.csv"))
-    assert summary["insert_step"].tolist() == [5] and "excess_after" in summary.columns
+    assert summary["insert_step"].tolist() == [5] and "retained" not in summary.columns  # no sham control among the runs
     curves = pd.read_csv(os.path.join(tmp_path, "forgetting_curves.csv"))
-    assert curves["step"].min() == 5 and curves["control_exact_match"].notna().all()
+    assert curves["step"].min() == 5 and "control_exact_match" not in curves.columns
+    evals = pd.read_csv(os.path.join(reference, "eval.csv"))
+    before = evals[(evals.set == "special") & (evals.at_insertion == "before")]
+    assert summary["m_before"].item() == before["exact_match"].item()
     assert os.path.exists(os.path.join(tmp_path, "forgetting.png"))

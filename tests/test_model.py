@@ -69,8 +69,8 @@ def test_mlm_masking_statistics():
     cfg = objective.MaskingConfig()
     tokens = jax.random.randint(jax.random.key(0), (256, 256), 4, 1000)
     tokens = tokens.at[:, 200:].set(cfg.pad_id)  # right padding must never be selected
-    inputs, targets, weights = objective.masked_lm(tokens, jax.random.key(1), 1000, cfg)
-    inputs, targets, weights, tokens = map(np.asarray, (inputs, targets, weights, tokens))
+    inputs, targets, weights, scored = objective.masked_lm(tokens, jax.random.key(1), 1000, cfg)
+    inputs, targets, weights, scored, tokens = map(np.asarray, (inputs, targets, weights, scored, tokens))
     selected = weights > 0
     real = tokens != cfg.pad_id
     assert not selected[~real].any()
@@ -86,6 +86,28 @@ def test_mlm_masking_statistics():
     assert (inputs[~selected] == tokens[~selected]).all()
     np.testing.assert_array_equal(targets, tokens)
     assert (inputs[randomized] >= cfg.num_special).all()
+    # Memorization is scored at the <mask> positions only (the paper's context set), or at every selected one.
+    np.testing.assert_array_equal(scored > 0, masked)
+    everything = objective.masked_lm(jnp.asarray(tokens), jax.random.key(1), 1000,
+                                     dataclasses.replace(cfg, scored="selected"))
+    np.testing.assert_array_equal(np.asarray(everything.score_weights_BxL), weights)
+    np.testing.assert_array_equal(np.asarray(everything.inputs_BxL), inputs)  # the same masks either way
+
+
+def test_scored_positions_differ_from_loss_positions():
+    """M, per-example loss and token counts follow the scored positions; the objective's loss the loss positions."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(2, 12, 9)).astype(np.float32))
+    targets = jnp.asarray(rng.integers(0, 9, size=(2, 12)))
+    loss_w = (rng.random((2, 12)) < 0.6).astype(np.float32)
+    score_w = loss_w * (rng.random((2, 12)) < 0.5)
+    m = metrics.token_metrics(logits, targets, jnp.asarray(loss_w), jnp.asarray(score_w))
+    ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(targets)[..., None], -1)[..., 0]
+    correct = np.asarray(logits).argmax(-1) == np.asarray(targets)
+    np.testing.assert_allclose(m["loss"], (ce * loss_w).sum() / loss_w.sum(), rtol=1e-5)
+    np.testing.assert_allclose(m["mem_update"], (correct * score_w).sum() / score_w.sum(), rtol=1e-6)
+    np.testing.assert_allclose(m["loss_B"], (ce * score_w).sum(1) / np.maximum(score_w.sum(1), 1), rtol=1e-5)
+    np.testing.assert_array_equal(m["num_tokens_B"], score_w.sum(1))
 
 
 def test_loss_and_metrics_count_only_weighted_positions():

@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import run_memdyn, tiny_config
 from memdyn import core, lifecycle, results, train, writers
 from memdyn.data import build
-from memdyn.data.order import StepOrder
+from memdyn.data.order import PADDING_ROW, StepOrder
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,14 @@ def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
     with run.context():
         for step in range(3):  # train a little so the argmax is not uniform noise
             params, opt_state, _ = step_fn(params, opt_state, run.feeder.train_batch(step), np.int32(step))
-        rows = run.data.train.rows(run.order.rows(3))
+        order_rows = run.order.rows(3)
+        rows = run.data.train.rows(order_rows[order_rows != PADDING_ROW])
         model = nnx.merge(run.graphdef, nnx.State(jax.device_get(params)))
         inputs = rows["tokens"][:, :-1]
         logits = np.asarray(model(inputs, valid_BxL=inputs != 0))
         _, _, m = step_fn(params, opt_state, run.feeder.train_batch(3), np.int32(3))
+    real = order_rows != PADDING_ROW
+    m = {k: np.asarray(v)[real] if np.ndim(v) == 1 else v for k, v in m.items()}
     np.testing.assert_array_equal(m["example_ids_B"], rows["example_ids"])  # results line up with the rows
     np.testing.assert_array_equal(m["doc_ids_B"], rows["doc_ids"])
     targets = rows["tokens"][:, 1:]
@@ -49,22 +52,45 @@ def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
     assert float(m["lr"]) == pytest.approx(float(run.schedule(3)))
 
 
-def test_order_is_a_permutation_per_epoch():
+def test_order_trains_every_example_once_per_epoch():
     order = StepOrder(num_examples=103, batch_size=10, seed=7)
-    assert order.steps_per_epoch == 10
+    assert order.steps_per_epoch == 11  # 103 = 4 batches of 10 + 7 of 9, each completed to 10 with padding
     for epoch in range(3):
-        rows = np.concatenate([order.rows(epoch * 10 + s) for s in range(10)])
-        assert len(set(rows)) == 100 and rows.max() < 103  # no repeats within an epoch; 3 left out
-    assert not np.array_equal(order.rows(0), order.rows(10))  # a new permutation each epoch
+        batches = [order.rows(epoch * 11 + s) for s in range(11)]
+        assert all(len(b) == 10 for b in batches)
+        real = np.concatenate([b[b != PADDING_ROW] for b in batches])
+        assert sorted(real) == list(range(103))  # every example exactly once, none dropped
+        assert sorted(int((b != PADDING_ROW).sum()) for b in batches) == [9] * 7 + [10] * 4
+        assert order.examples_seen((epoch + 1) * 11) == 103 * (epoch + 1)
+    assert not np.array_equal(order.rows(0), order.rows(11))  # a new permutation each epoch
     np.testing.assert_array_equal(order.rows(25), StepOrder(103, 10, 7).rows(25))  # pure function of (seed, step)
     assert not np.array_equal(order.rows(25), StepOrder(103, 10, 8).rows(25))
+    exact = StepOrder(num_examples=40, batch_size=8, seed=0)  # N divisible by B: no padding at all
+    assert exact.steps_per_epoch == 5 and all((exact.rows(s) != PADDING_ROW).all() for s in range(10))
+
+
+def test_after_k_epochs_every_example_was_trained_k_times(tmp_path):
+    """Counted from the per-example records the loop wrote, on a set that does not divide into batches."""
+    workdir = str(tmp_path)
+    config = tiny_config(num_steps=1)
+    data = build.prepare(config, workdir)
+    spe = -(-data.train.num_examples // config.batch_size)
+    assert data.train.num_examples % config.batch_size, "the test needs N mod B > 0"
+    lifecycle.train(tiny_config(num_steps=3 * spe), workdir)
+    records = writers.read_examples(os.path.join(workdir, "examples"))
+    for k in (1, 2, 3):
+        seen = records[records["step"] < k * spe]["example_id"].value_counts()
+        assert len(seen) == data.train.num_examples and (seen == k).all()
+    train = pd.read_csv(os.path.join(workdir, "train.csv"))
+    assert train["examples_seen"].iloc[-1] == 3 * data.train.num_examples
 
 
 def test_train_writes_csv_records_and_config(trained_run):
     frame = pd.read_csv(os.path.join(trained_run, "train.csv"))
     assert list(frame.columns) == list(results.TRAIN_CSV_COLUMNS)
     assert frame["step"].tolist() == list(range(12))
-    assert (frame["examples_seen"] == (frame["step"] + 1) * 8).all()
+    per_step = writers.read_examples(os.path.join(trained_run, "examples")).groupby("step").size()
+    np.testing.assert_array_equal(frame["examples_seen"], per_step.cumsum().to_numpy())  # real examples only
     assert frame["tokens_seen"].is_monotonic_increasing
     assert (frame["size"] == "nano").all() and (frame["params"] > 0).all()
     assert np.isfinite(frame["loss"]).all() and frame["loss"].iloc[-1] < frame["loss"].iloc[0]

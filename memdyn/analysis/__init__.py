@@ -20,6 +20,7 @@ class Options:
     workdirs: list[str]
     out_dir: str
     set_name: str | None = None  # --set
+    m_from: str | None = None  # --m_from: where `memorization` takes M(f) from
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from memdyn.data.order import StepOrder
+from memdyn.data.order import PADDING_ROW, StepOrder
 from memdyn.data.store import ExampleStore
 
 Batch = dict[str, jax.Array]
 # store array -> (batch field, device dtype, value in padding rows)
 STORE_FIELDS = {"tokens": ("tokens_BxL", np.int32, None), "example_ids": ("example_ids_B", np.int32, -1),
                 "doc_ids": ("doc_ids_B", np.int32, -1), "tags": ("tags_BxL", np.int8, 0)}
-PADDING_ROW = -1  # in a row list: a row of padding, which counts for nothing
 _INT32 = np.iinfo(np.int32)
 
 
@@ -38,7 +37,8 @@ class Feeder:
         self.sharding, self.pad_id, self.train, self.order = sharding, pad_id, train, order
 
     def train_rows(self, step: int) -> np.ndarray:
-        """Training-store rows [B] of normal step ``step`` (the same in every process)."""
+        """Training-store rows [B] of normal step ``step`` (the same in every process; ``PADDING_ROW`` after the
+        real ones when the epoch's batch is smaller than B)."""
         return self.order.rows(step)
 
     def train_batch(self, step: int) -> Batch:

@@ -26,6 +26,10 @@ class RunData:
     sentencepiece: str | None = None  # the SentencePiece model the ids come from, for decoding
     vocabulary: Any = None  # a user seqio task's vocabulary (anything with .decode(ids))
 
+    def evaluable(self) -> dict[str, "ExampleStore"]:
+        """Every store a run can evaluate by name: ``train`` (the whole training set) and the tracked sets."""
+        return {"train": self.train, **self.sets}
+
     def decode(self, token_ids: np.ndarray) -> str:
         ids = [int(t) for t in np.asarray(token_ids).reshape(-1) if t != self.pad_id]
         return vocab_lib.decode(ids, words=self.words, sentencepiece=self.sentencepiece, vocabulary=self.vocabulary)
