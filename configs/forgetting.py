@@ -2,12 +2,15 @@
 
 A parent run trains for several epochs and keeps checkpoints at the fork points; a fork resumes from one
 (``--init_from=<parent>@<step>``), trains the held-out ``special`` set as extra update(s) and keeps training
-normally while M on the special set is evaluated every ``insert.eval_every`` steps.
+normally while M on the special set is evaluated every ``insert.eval_every`` steps. Its control is a sham fork
+(``--config.insert.sham=True``): the same evaluations without the inserted updates.
 
-    memdyn train --config=configs/forgetting.py:tiny --workdir=runs/parent --config.num_steps=216 \
-        --config.checkpoint.keep_steps='(216,)'
-    memdyn train --config=configs/forgetting.py:tiny --workdir=runs/fork --init_from=runs/parent@216 \
-        --config.insert.at_step=216 --config.num_steps=486
+    memdyn train --config=configs/forgetting.py:tiny --workdir=runs/parent --config.num_steps=224 \
+        --config.checkpoint.keep_steps='(224,)'
+    memdyn train --config=configs/forgetting.py:tiny --workdir=runs/fork --init_from=runs/parent@224 \
+        --config.insert.at_step=224 --config.num_steps=504
+    memdyn train --config=configs/forgetting.py:tiny --workdir=runs/sham --init_from=runs/parent@224 \
+        --config.insert.at_step=224 --config.num_steps=504 --config.insert.sham=True
 
 ``launch/forgetting.py`` runs the whole protocol (sizes, insertion epochs, repeated and spaced insertion).
 The argument is the size preset (default ``tiny``).
@@ -21,7 +24,7 @@ from memdyn.config import load_config_file
 def get_config(size: str = "tiny"):
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
     c.model.size = size
-    c.data.synthetic.num_train_docs = 400  # ≈870 examples: 27 steps per epoch at batch 32
+    c.data.synthetic.num_train_docs = 400  # 890 examples: 28 steps per epoch at batch 32
     c.data.special_docs = 16  # the special set: 16 held-out documents (≈33 examples)
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 50
@@ -29,5 +32,5 @@ def get_config(size: str = "tiny"):
     c.eval.epoch_sets = ("validation",)  # once an epoch
     c.insert.eval_every = 5
     c.checkpoint.every = 0  # the end of a run and its fork points (checkpoint.keep_steps) are enough
-    c.num_steps = 216  # 8 epochs: the launcher sets the real lengths
+    c.num_steps = 224  # 8 epochs: the launcher sets the real lengths
     return c

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
+from conftest import run_memdyn, tiny_config
 from memdyn import checkpoint, core, eval_checkpoint, evaluate, lifecycle, objective, runs, writers
 from memdyn.analysis import forgetting, memorization
 from memdyn.data import build, run_data, vocab
@@ -147,3 +147,8 @@ def test_sham_fork_is_the_insertion_fork_without_its_updates(tmp_path):
     assert row["jump"] == pytest.approx((special["exact_match"] - control["exact_match"])[after].item())
     assert special.loc[special["at_insertion"] == "before", "exact_match"].item() == \
         control.loc[control["at_insertion"] == "before", "exact_match"].item()  # one checkpoint, one model
+    # From the command line on the whole directory: the parent and the plain fork insert nothing and are skipped.
+    proc = run_memdyn("analyze", "forgetting", f"--sweep={tmp_path}", f"--out={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "out" / "forgetting_conditions.csv")
+    assert table["n_seeds"].item() == 1 and table["jump_mean"].item() == pytest.approx(row["jump"])

@@ -14,9 +14,10 @@ from memdyn.analysis import memorization
 IDENTITY = dict(size="nano", params=1000, causal=True, seed=0, peak_lr=1e-3, batch_size=2, seq_len=32)
 SPE = 3  # 6 examples, batch 2
 
-# (step, example_id, exact_match, num_tokens). Epoch 1 (steps 0-2): correct 0+5+5+0+20+10 = 40 of 100
-# tokens -> M_1 = 0.4 (the unweighted mean would be 0.375); epoch 2: 5+10+15+10+20+15 = 75 -> 0.75;
-# epoch 3: 0.95 everywhere; step 9 starts epoch 4, which stays incomplete (M = 1.0 on its one step).
+# (step, example_id, exact_match, num_tokens). In-step records of steps 0-2 estimate M_0 (each example scored
+# before its first update): correct 0+5+5+0+20+10 = 40 of 100 tokens -> 0.4 (the unweighted mean would be 0.375);
+# steps 3-5 estimate M_1: 5+10+15+10+20+15 = 75 -> 0.75; steps 6-8 M_2 = 0.95; step 9 starts the sweep of
+# epoch 3, which stays incomplete (1.0 on its one step).
 RECORDS = [
     (0, 0, 0.0, 10), (0, 1, 0.5, 10), (1, 2, 0.25, 20), (1, 3, 0.0, 20), (2, 4, 1.0, 20), (2, 5, 0.5, 20),
     (3, 1, 1.0, 10), (3, 0, 0.5, 10), (4, 3, 0.5, 20), (4, 2, 0.75, 20), (5, 5, 0.75, 20), (5, 4, 1.0, 20),
@@ -30,7 +31,10 @@ MEM_UPDATE = [0.25, 0.25, 1.0, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75, 0.75]
 VALIDATION = [(0, 50.0), (3, 30.0), (6, 20.0), (9, 25.0)]
 
 
-def write_run(workdir, records=RECORDS, mem_update=MEM_UPDATE, validation=VALIDATION, with_run=True, **identity):
+def write_run(workdir, records=RECORDS, mem_update=MEM_UPDATE, validation=VALIDATION, with_run=True, train_m=(),
+              **identity):
+    """A run directory; ``train_m``: M of whole-training-set evaluations after epochs 0, 1, ... (none: the
+    analysis falls back to the in-step records)."""
     identity = {**IDENTITY, **identity}
     os.makedirs(os.path.join(workdir, "examples"), exist_ok=True)
     steps = range(len(mem_update))
@@ -49,6 +53,8 @@ def write_run(workdir, records=RECORDS, mem_update=MEM_UPDATE, validation=VALIDA
                        os.path.join(workdir, "examples", f"part-{first:09d}-{last:09d}-{i:05d}.parquet"))
     rows = [dict(step=s, set="validation", exact_match=0.1, loss=math.log(p), perplexity=p) for s, p in validation]
     rows += [dict(step=s, set="special", exact_match=0.1, loss=1.0, perplexity=10.0 + s) for s, _ in validation]
+    rows += [dict(step=e * SPE, set="train", exact_match=m, loss=1.0, perplexity=3.0, num_tokens=100,
+                  num_examples=6) for e, m in enumerate(train_m)]
     evals = pd.DataFrame(rows[::-1])  # out of order on purpose
     for key, value in identity.items():
         evals[key] = value
@@ -63,7 +69,7 @@ def write_run(workdir, records=RECORDS, mem_update=MEM_UPDATE, validation=VALIDA
 
 def test_epoch_memorization_token_weighted(tmp_path):
     frame = memorization.epoch_memorization(write_run(tmp_path / "a"))
-    assert frame["epoch"].tolist() == [1, 2, 3, 4]
+    assert frame["epoch"].tolist() == [0, 1, 2, 3] and (frame["m_from"] == "in_step").all()
     assert frame["exact_match"].tolist() == pytest.approx([0.4, 0.75, 0.95, 1.0])
     assert frame["num_tokens"].tolist() == [100, 100, 100, 20]
     assert frame["complete"].tolist() == [True, True, True, False]
@@ -80,10 +86,42 @@ def test_epoch_matches_train_csv_epoch(tmp_path):
 def test_t_epochs(tmp_path):
     frame = memorization.epoch_memorization(write_run(tmp_path / "a"))
     t = memorization.t_epochs(frame, (0.3, 0.5, 0.75, 0.9, 0.99))
-    assert t[0.3] == 1 and t[0.5] == 2 and t[0.75] == 2 and t[0.9] == 3
-    assert math.isnan(t[0.99])  # only the incomplete epoch 4 reaches it
+    assert t[0.3] == 0 and t[0.5] == 1 and t[0.75] == 1 and t[0.9] == 2
+    assert math.isnan(t[0.99])  # only the incomplete sweep of epoch 3 reaches it
     # Without the completeness column every epoch counts.
-    assert memorization.t_epochs(frame.drop(columns="complete"), [0.99])[0.99] == 4
+    assert memorization.t_epochs(frame.drop(columns="complete"), [0.99])[0.99] == 3
+
+
+def test_training_set_evaluations_are_preferred(tmp_path):
+    workdir = write_run(tmp_path / "a", train_m=(0.05, 0.3, 0.6, 0.8))
+    frame = memorization.epoch_memorization(workdir)
+    assert (frame["m_from"] == "train_eval").all() and frame["epoch"].tolist() == [0, 1, 2, 3]
+    assert frame["exact_match"].tolist() == [0.05, 0.3, 0.6, 0.8]
+    assert memorization.t_epochs(frame, [0.5, 0.7]) == {0.5: 2.0, 0.7: 3.0}
+    assert memorization.epoch_memorization(workdir, m_from="in_step")["m_from"].eq("in_step").all()
+    with pytest.raises(ValueError, match="no evaluation of the training set"):
+        memorization.epoch_memorization(write_run(tmp_path / "b"), m_from="train_eval")
+    summary = memorization.analyze_runs([workdir])
+    assert summary["final_epoch"].item() == 3 and summary["final_m"].item() == 0.8
+    assert summary["m_before_overfit"].item() == 0.8  # validation perplexity rises at epoch 3
+
+
+def test_seeds_are_aggregated_with_t_intervals(tmp_path):
+    from scipy import stats as scipy_stats
+    workdirs = [write_run(tmp_path / f"s{seed}", seed=seed, train_m=(0.0, 0.3, m, m + 0.1))
+                for seed, m in enumerate((0.5, 0.6, 0.8))]
+    out = tmp_path / "out"
+    summary = memorization.analyze_runs(workdirs, out_dir=str(out))
+    table = pd.read_csv(out / "memorization_by_size.csv")
+    assert len(table) == 1 and table["n_seeds"].item() == 3
+    finals = summary["final_m"].to_numpy()
+    half = scipy_stats.t.ppf(0.975, 2) * finals.std(ddof=1) / math.sqrt(3)
+    assert table["final_m_mean"].item() == pytest.approx(finals.mean())
+    assert table["final_m_ci_high"].item() == pytest.approx(finals.mean() + half)
+    # tau = 0.7 reached by two seeds of three: no mean, and the table says so
+    assert table["T_epochs_0.7_n"].item() == 2 and math.isnan(table["T_epochs_0.7_mean"].item())
+    assert table["T_epochs_0.5_mean"].item() == pytest.approx(2.0) and table["T_epochs_0.5_n"].item() == 3
+    assert "reached by 2/3" in (out / "memorization_by_size.md").read_text()
 
 
 def test_t_updates_rolling_window():
@@ -118,24 +156,24 @@ def test_analyze_runs_writes_outputs(tmp_path):
     out = tmp_path / "out"
     summary = memorization.analyze_runs([nano, micro], out_dir=str(out))
     assert summary["run"].tolist() == ["nano", "micro"]  # micro's run name comes from its directory
-    expected = {"steps_per_epoch", "epochs_trained", "final_m", "T_epochs_0.5", "T_epochs_0.7", "T_epochs_0.9",
+    expected = {"m_from", "steps_per_epoch", "epochs_trained", "final_epoch", "final_m", "T_epochs_0.5", "T_epochs_0.7", "T_epochs_0.9",
                 "T_updates_0.5", "T_updates_0.7", "T_updates_0.9", "overfit_epoch", "m_before_overfit",
                 "size", "params", "seed", "causal", "peak_lr", "batch_size", "seq_len"}
     assert expected <= set(summary.columns)
     first, second = summary.iloc[0], summary.iloc[1]
     assert first["steps_per_epoch"] == SPE and first["epochs_trained"] == pytest.approx(10 / 3)
     assert first["final_m"] == pytest.approx(0.95)
-    assert (first["T_epochs_0.5"], first["T_epochs_0.7"], first["T_epochs_0.9"]) == (2, 2, 3)
-    assert second["T_epochs_0.5"] == 1 and second["T_epochs_0.9"] == 2  # M_e = 0.6, 0.925, 1.0
+    assert (first["T_epochs_0.5"], first["T_epochs_0.7"], first["T_epochs_0.9"]) == (1, 1, 2)
+    assert second["T_epochs_0.5"] == 0 and second["T_epochs_0.9"] == 1  # M_e = 0.6, 0.925, 1.0
     assert (first["T_updates_0.5"], first["T_updates_0.7"]) == (6, 10) and math.isnan(first["T_updates_0.9"])
     assert first["overfit_epoch"] == 3.0 and first["m_before_overfit"] == pytest.approx(0.95)
     assert math.isnan(second["overfit_epoch"]) and math.isnan(second["m_before_overfit"])
 
     names = {"memorization_summary.csv", "memorization_epochs.csv", "memorization_summary.md",
-             "memorization.png", "t_tau.png"}
+             "memorization_by_size.csv", "memorization_by_size.md", "memorization.png", "t_tau.png"}
     assert names <= set(os.listdir(out)) and not [n for n in os.listdir(out) if n.startswith(".")]
     back = pd.read_csv(out / "memorization_summary.csv")
-    assert back["run"].tolist() == ["nano", "micro"] and back["T_epochs_0.9"].tolist() == [3, 2]
+    assert back["run"].tolist() == ["nano", "micro"] and back["T_epochs_0.9"].tolist() == [2, 1]
     epochs = pd.read_csv(out / "memorization_epochs.csv")
     assert len(epochs) == 8 and set(epochs["size"]) == {"nano", "micro"}
     md = (out / "memorization_summary.md").read_text()

@@ -17,7 +17,8 @@ example order and evaluations, no inserted updates. With ``d(t) = M_insert(t) - 
 
 Insertion and sham runs are paired when their configs agree on everything but the insertion's updates and the
 run length (``pair_key``). Conditions (size, insertion step, repeats, spacing) are aggregated over seeds with
-95% t intervals (``forgetting_conditions.csv/.md``).
+95% t intervals (``forgetting_conditions.csv/.md``), and ``size_trend`` fits the retained trace of one insertion
+against log10(params) (``forgetting_trend.csv``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from memdyn import insertion, runs
 from memdyn.analysis import Options, register
 from memdyn.runs import IDENTITY_COLUMNS
 
-OUTPUTS = "forgetting_curves.csv, forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting.png"
+OUTPUTS = ("forgetting_curves.csv, forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting_trend.csv, "
+           "forgetting.png")
 FIT_FIELDS = ("asymptote", "asymptote_se", "amplitude", "amplitude_se", "tau", "tau_se")
 CONDITION = ["size", "params", "insert_step", "repeats", "times", "every"]
 MIN_FIT_POINTS = 6
@@ -203,7 +205,10 @@ def analyze_runs(workdirs: list[str], set_name: str = "special", out_dir: str | 
         runs.atomic_write(join("forgetting_curves.csv"), lambda p: curves.to_csv(p, index=False))
         runs.atomic_write(join("forgetting_summary.csv"), lambda p: summary.to_csv(p, index=False))
         runs.atomic_write(join("forgetting_conditions.csv"), lambda p: table.to_csv(p, index=False))
-        runs.atomic_write_text(join("forgetting_conditions.md"), conditions_markdown(table) + "\n")
+        trend = size_trend(summary)
+        runs.atomic_write(join("forgetting_trend.csv"), lambda p: trend.to_csv(p, index=False))
+        runs.atomic_write_text(join("forgetting_conditions.md"), conditions_markdown(table) + "\n"
+                               + trend_markdown(trend))
         runs.atomic_write(join("forgetting.png"), lambda p: _plot(curves, summary, table, set_name, p))
     return curves, summary
 
@@ -223,6 +228,29 @@ def conditions(summary: pd.DataFrame) -> pd.DataFrame:
     identified = paired.groupby(CONDITION, sort=True)["fit_identified"].sum().astype(int).reset_index()
     table = table.merge(identified.rename(columns={"fit_identified": "fits_identified"}), on=CONDITION)
     return table.sort_values(["params", "insert_step", "repeats", "times"], kind="stable", ignore_index=True)
+
+
+def size_trend(summary: pd.DataFrame, column: str = "retained") -> pd.DataFrame:
+    """Does the trace of one insertion rise with size? Per insertion step, over the single-insertion runs of at
+    least two sizes: the least-squares slope of ``column`` against log10(params), per decade of parameters, with
+    its 95% t interval (n - 2 degrees of freedom; every seed of every size is one point)."""
+    from scipy import stats
+
+    if summary.empty or column not in summary.columns:
+        return pd.DataFrame()
+    single = summary[~summary["sham"].astype(bool) & summary["control_run"].notna() & (summary["repeats"] == 1)
+                     & (summary["times"] == 1)].dropna(subset=[column])
+    rows = []
+    for step, part in single.groupby("insert_step", sort=True):
+        if part["params"].nunique() < 2 or len(part) < 3:
+            continue
+        fit = stats.linregress(np.log10(part["params"].astype(float)), part[column].astype(float))
+        half = float(stats.t.ppf(0.975, len(part) - 2) * fit.stderr)
+        rows.append({"insert_step": int(step), "measure": column, "num_runs": len(part),
+                     "sizes": ",".join(part.sort_values("params")["size"].drop_duplicates()),
+                     "slope_per_decade": float(fit.slope), "slope_ci_low": float(fit.slope) - half,
+                     "slope_ci_high": float(fit.slope) + half, "p_value": float(fit.pvalue)})
+    return pd.DataFrame(rows)
 
 
 def condition_label(row) -> str:
@@ -249,10 +277,24 @@ def conditions_markdown(table: pd.DataFrame) -> str:
     return to_markdown(pd.DataFrame(rows))
 
 
+def trend_markdown(trend: pd.DataFrame) -> str:
+    lines = [f"\nOne insertion at step {int(r['insert_step'])}, {r['measure']} against size ({r['sizes']}, "
+             f"{int(r['num_runs'])} runs): slope {r['slope_per_decade']:+.4f} per decade of parameters, 95% CI "
+             f"[{r['slope_ci_low']:+.4f}, {r['slope_ci_high']:+.4f}], p = {r['p_value']:.2g}.\n"
+             for _, r in trend.iterrows()]
+    return "".join(lines)
+
+
 @register("forgetting", help="forgetting of an inserted set (--set, default special) against its sham-insertion "
           "control: jump, retained trace and decay fits, per run and over seeds with 95% CIs", outputs=OUTPUTS)
 def run(options: Options) -> pd.DataFrame:
-    return analyze_runs(options.workdirs, set_name=options.set_name or "special", out_dir=options.out_dir)[1]
+    # A sweep directory also holds the parents the forks started from: only runs that insert (or sham) count.
+    inserting = [w for w in options.workdirs if ((runs.read_config(w) or {}).get("insert") or {}).get("at_step")
+                 is not None]
+    if not inserting:
+        raise ValueError(f"none of the {len(options.workdirs)} run(s) inserts a set (config.insert.at_step is None "
+                         "everywhere)")
+    return analyze_runs(inserting, set_name=options.set_name or "special", out_dir=options.out_dir)[1]
 
 
 def _plot(curves: pd.DataFrame, summary: pd.DataFrame, table: pd.DataFrame, set_name: str, png_path: str) -> None:
@@ -279,7 +321,8 @@ def _plot(curves: pd.DataFrame, summary: pd.DataFrame, table: pd.DataFrame, set_
                 continue
             t, mean, low, high, _ = (np.array(v) for v in zip(*points))
             colour = f"C{i % 10}"
-            ax.plot(t, mean, color=colour, lw=1.2, label=f"{condition_label(row)} ({int(row['n_seeds'])} seeds)")
+            seeds = int(row["n_seeds"])
+            ax.plot(t, mean, color=colour, lw=1.2, label=f"{condition_label(row)} ({seeds} seed{'s' * (seeds > 1)})")
             ax.fill_between(t, low, high, color=colour, alpha=0.2, lw=0)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(ylabel=f"M({set_name}): insertion − sham control")
@@ -296,16 +339,18 @@ def _plot(curves: pd.DataFrame, summary: pd.DataFrame, table: pd.DataFrame, set_
         for kind, (marker, select) in {"one insertion": ("o", (table["repeats"] == 1) & (table["times"] == 1)),
                                        "repeated / spaced": ("s", (table["repeats"] > 1) | (table["times"] > 1))
                                        }.items():
-            part = table[select]
+            part = table[select].copy()
             if part.empty:
                 continue
+            if kind != "one insertion":  # beside the single insertion of the same size, not on top of it
+                part["params"] = part["params"] * 1.06 ** (1 + np.arange(len(part)))
             err = [(part["retained_mean"] - part["retained_ci_low"]).fillna(0),
                    (part["retained_ci_high"] - part["retained_mean"]).fillna(0)]
             ax.errorbar(part["params"], part["retained_mean"], yerr=err, marker=marker, ls="none", capsize=3,
                         label=kind)
-            for _, row in part.iterrows():
+            for j, (_, row) in enumerate(part.iterrows()):  # labels of one size stacked, not overprinted
                 ax.annotate(condition_label(row), (row["params"], row["retained_mean"]), fontsize=6,
-                            xytext=(4, 2), textcoords="offset points")
+                            xytext=(5, 2 - 9 * j), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set(xlabel="parameters N", ylabel="retained: late mean of insertion − sham")

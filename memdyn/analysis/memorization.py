@@ -88,6 +88,8 @@ def train_eval_memorization(evals: pd.DataFrame, spe: int) -> pd.DataFrame:
     if evals.empty or "set" not in evals.columns:
         return pd.DataFrame(columns=EPOCH_COLUMNS)
     rows = evals[(evals["set"] == "train") & (evals["step"] % spe == 0)]
+    if rows.empty:
+        return pd.DataFrame(columns=EPOCH_COLUMNS)
     rows = rows.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
     return pd.DataFrame({"epoch": (rows["step"] // spe).astype(np.int64).to_numpy(),
                          "exact_match": rows["exact_match"].astype(float).to_numpy(),

@@ -28,8 +28,9 @@ class StepOrder:
     def __init__(self, num_examples: int, batch_size: int, seed: int):
         if batch_size < 1:
             raise ValueError(f"config.batch_size={batch_size} must be positive")
-        if num_examples < 1:
-            raise ValueError("the training set has no examples")
+        if num_examples < batch_size:  # every step would be the whole set plus padding: surely a mistake
+            raise ValueError(f"the training set has {num_examples} examples, fewer than config.batch_size="
+                             f"{batch_size}")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
