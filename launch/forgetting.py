@@ -58,8 +58,10 @@ def plan(sizes: list[str], seed: int, epoch: int, before: int, after: int, inser
     for size in sizes:
         at = before * epoch
         add(f"size_{size}", size, at, {}, after * epoch)
-        follow = after * epoch + ((SPACED_TIMES - 1) * epoch if repeats and size == largest else 0)
-        add(f"sham_{size}", size, at, {"insert.sham": True}, follow)
+        sham = {"insert.sham": True}
+        if repeats and size == largest:  # one sham for all three conditions: it evaluates at every spaced step
+            sham.update({"insert.every": epoch, "insert.times": SPACED_TIMES})
+        add(f"sham_{size}", size, at, sham, after * epoch + (SPACED_TIMES - 1) * epoch * (len(sham) > 1))
     if repeats:
         at = before * epoch
         add(f"repeat{REPEATS}_{largest}", largest, at, {"insert.repeats": REPEATS}, after * epoch)

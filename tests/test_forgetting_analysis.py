@@ -124,3 +124,12 @@ def test_missing_inputs_raise_clearly(tmp_path):
     workdir = write_run(tmp_path / "never", decay(0.0, 0.1, 10.0), at_step=None)
     with pytest.raises(ValueError, match="never inserted"):
         forgetting.analyze_runs([workdir])
+
+
+def test_jump_needs_an_evaluation_at_the_last_insertion_step(tmp_path):
+    """A spaced insertion whose last step (202) the runs did not evaluate has no jump, not a later row's value."""
+    sham = write_run(tmp_path / "sham", np.full(len(STEPS), 0.2), sham=True)
+    spaced = write_run(tmp_path / "spaced", decay(0.05, 0.3, 40.0), times=3, every=103 // 2)
+    _, summary = forgetting.analyze_runs([sham, spaced])
+    row = summary.set_index("workdir").loc[spaced]
+    assert row["last_insert_step"] == 202 and math.isnan(row["jump"]) and np.isfinite(row["retained"])

@@ -8,7 +8,8 @@ example order and evaluations, no inserted updates. With ``d(t) = M_insert(t) - 
 
 - ``m_before``: M right before the (first) insertion; ``m_after``: right after the last one.
 - ``baseline_min``: the paper's forgetting baseline, min M over the evaluations after the last insertion.
-- ``jump``: d right after the last insertion (what the insertion put in).
+- ``jump``: d right after the last insertion (what the insertion put in); NaN when the sham has no evaluation
+  at that step (give the sham the same ``insert.every`` / ``insert.times`` schedule).
 - ``retained``: mean d over the late evaluations, those at least ``late_fraction`` (default 1/2) of the
   followed span after the last insertion: the insertion's trace once the fast decay is over.
 - a fit ``d(t) = b + a exp(-t / tau)`` after the last insertion, reported (``fit_identified``) only when the
@@ -142,7 +143,8 @@ def summarize(curve: pd.DataFrame, late_fraction: float = LATE_FRACTION) -> dict
     d = decay["difference"].to_numpy(float)
     late_from = float(t.max()) * late_fraction if len(t) else math.nan
     late = d[t >= late_from] if len(t) else d
-    summary.update(jump=float(d[0]) if len(d) else math.nan,
+    at_last = t == 0  # the sham must have evaluated the step of the last insertion itself
+    summary.update(jump=float(d[at_last][0]) if at_last.any() else math.nan,
                    retained=float(late.mean()) if len(late) else math.nan,
                    late_from_steps=late_from, num_late=len(late), **fit_decay(t, d))
     return summary
