@@ -1,11 +1,21 @@
+import os
+import re
+
 from setuptools import find_packages, setup
+
+# The version lives in memdyn/__init__.py only.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "memdyn", "__init__.py")) as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="memdyn",
-    version="0.1.0",
+    version=VERSION,
     description="Memorization dynamics of language models across scales, in JAX/Flax.",
-    python_requires=">=3.10",
-    packages=find_packages(include=["memdyn", "memdyn.*"]),
+    python_requires=">=3.11",  # jax 0.10 and flax 0.12 need 3.11
+    license="Apache-2.0",
+    # configs/ ships inside the package as memdyn/configs, so `--config=<name>` works after any kind of install.
+    packages=find_packages(include=["memdyn", "memdyn.*"]) + ["memdyn.configs"],
+    package_dir={"memdyn.configs": "configs"},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12.8,<0.13",

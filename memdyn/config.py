@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from absl import logging
 from ml_collections import config_dict
 
 from memdyn import objective, sizes
@@ -82,8 +83,11 @@ def validate(config: config_dict.ConfigDict) -> None:
         raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected one of {SCHEDULES}")
     if not opt.lr > 0:
         raise ValueError(f"config.optimizer.lr={opt.lr} must be positive")
-    if opt.warmup_steps < 0 or opt.warmup_steps > config.num_steps:
-        raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be in [0, num_steps]")
+    if opt.warmup_steps < 0:
+        raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be non-negative")
+    if opt.warmup_steps > config.num_steps:  # a smoke test of a few steps should just run
+        logging.warning("config.optimizer.warmup_steps=%d is longer than the run (num_steps=%d): the learning "
+                        "rate never reaches config.optimizer.lr=%g", opt.warmup_steps, config.num_steps, opt.lr)
     if config.data.source not in SOURCES:
         raise ValueError(f"config.data.source={config.data.source!r}: expected one of {SOURCES}")
     if config.data.source == "store" and not config.data.store:
@@ -128,7 +132,29 @@ def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
     return out
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+def _find_config_dir() -> str:
+    """``configs/`` beside the package in a source checkout; ``memdyn/configs/`` in an installed wheel (setup.py
+    ships the same files there)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkout, installed = os.path.join(os.path.dirname(here), "configs"), os.path.join(here, "configs")
+    for candidate in (checkout, installed):
+        if os.path.isfile(os.path.join(candidate, "base.py")):
+            return candidate
+    return checkout
+
+
+CONFIG_DIR = _find_config_dir()
+
+
+def config_path(spec: str) -> str:
+    """A ``--config`` value: a file ``path[:arg]`` as given, or a packaged config by name (``memorization``,
+    ``forgetting:tiny``), resolved to its file in ``CONFIG_DIR``."""
+    path, sep, arg = spec.partition(":")
+    if not os.path.exists(path) and os.sep not in path and not path.endswith(".py"):
+        packaged = os.path.join(CONFIG_DIR, path + ".py")
+        if os.path.isfile(packaged):
+            return packaged + sep + arg
+    return spec
 
 
 def load_config_file(path: str, arg: str | None = None) -> config_dict.ConfigDict:

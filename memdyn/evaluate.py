@@ -38,6 +38,7 @@ class PendingEval:
         per_example = {column: np.concatenate([m[key][r] for m, r in zip(fetched, real)])
                        for column, key in PER_EXAMPLE.items()}
         per_example["example_id"] = per_example["example_id"].astype(np.int64)
+        per_example["num_tokens"] = per_example["num_tokens"].astype(np.int32)  # an int in every file
         tokens = per_example["num_tokens"]
         total = max(float(tokens.sum()), 1.0)
         loss = float((per_example["loss"] * tokens).sum() / total)

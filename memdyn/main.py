@@ -56,7 +56,8 @@ from memdyn.config import CONFIG_DIR as _CONFIG_DIR
 COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config file (configs/<name>.py[:arg]).")
+    "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged config by name "
+    "(base, memorization, forgetting, text, tfds_synthetic, seqio_task)[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
@@ -230,9 +231,21 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def _packaged_configs(argv: list[str]) -> list[str]:
+    """``--config=<name>[:arg]`` (or ``--config <name>``) of a packaged config becomes its file path."""
+    from memdyn.config import config_path
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + config_path(arg[len("--config="):])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+    return out
+
+
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=_packaged_configs(sys.argv))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 import os
 
 import pandas as pd
+import pytest
 
-from conftest import run_memdyn
+from conftest import REPO, run_memdyn
 
 TINY = ["--config.model.size=nano", "--config.num_steps=4", "--config.batch_size=8", "--config.data.seq_len=32",
         "--config.data.synthetic.num_train_docs=40", "--config.data.synthetic.vocab_size=256",
@@ -35,3 +36,25 @@ def test_usage_errors():
     assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization')" in proc.stderr
     proc = run_memdyn("rows", "--step=3")
     assert proc.returncode != 0 and "needs --workdir" in proc.stderr
+
+
+def test_packaged_configs_by_name_and_in_the_wheel(tmp_path):
+    """`--config=<name>[:arg]` finds a packaged config; the wheel ships configs/ as memdyn/configs."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from memdyn import config as config_lib
+    packaged = os.path.join(config_lib.CONFIG_DIR, "memorization.py")
+    assert config_lib.config_path("memorization:small") == packaged + ":small"
+    assert config_lib.config_path("forgetting") == os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
+    assert config_lib.config_path("configs/base.py") == "configs/base.py"  # a path stays a path
+    assert config_lib.config_path("no_such_config") == "no_such_config"  # left for the flag parser to refuse
+    pytest.importorskip("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".",
+                           "-w", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+    names = zipfile.ZipFile(os.path.join(tmp_path, wheel)).namelist()
+    packaged = {os.path.basename(n) for n in names if n.startswith("memdyn/configs/")}
+    assert packaged == {f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")}

@@ -201,3 +201,9 @@ def test_clear_errors(tmp_path):
     os.remove(os.path.join(workdir, "eval.csv"))
     with pytest.raises(FileNotFoundError, match="eval.csv"):
         memorization.analyze_runs([workdir])
+
+
+def test_markdown_prints_whole_numbers_as_integers():
+    from memdyn.analysis.tables import to_markdown
+    table = to_markdown(pd.DataFrame({"params": [156.0], "T": [35.0], "M": [0.61234], "gap": [math.nan]}))
+    assert table.splitlines()[-1] == "| 156 | 35 | 0.6123 |  |"

@@ -166,3 +166,8 @@ def test_clipping_and_weight_decay_mask():
     big = {"kernel": np.full((2, 2), 100.0, np.float32), "bias": np.zeros((2,), np.float32)}
     clipped = optax.clip_by_global_norm(1.0).update(big, None)[0]
     assert float(optax.tree.norm(clipped)) == pytest.approx(1.0)
+
+
+def test_a_run_shorter_than_its_warmup_just_runs(tmp_path):
+    summary = lifecycle.train(tiny_config(num_steps=3, **{"optimizer.warmup_steps": 50}), str(tmp_path))
+    assert summary["step"] == 2 and summary["lr"] < 1e-3  # still warming up

@@ -389,6 +389,8 @@ def _plot_t_tau(table: pd.DataFrame, taus, png_path: str) -> None:
             ax.errorbar(points["params"], points[f"{c}_mean"], yerr=[low, high], color=f"C{i % 10}",
                         ls=LINESTYLES[g % len(LINESTYLES)], marker="o", ms=4, capsize=3, label=label)
             plotted = True
+    if not plotted:
+        ax.text(0.5, 0.5, "no size reached any τ in every seed", transform=ax.transAxes, ha="center", va="center")
     ax.set_xscale("log")
     ax.set(xlabel="parameters N", ylabel="T(N, τ) [epochs]",
            title="epochs until M ≥ τ (mean, 95% CI over seeds;\nsizes where a seed never got there are left out)")

@@ -10,7 +10,9 @@ import pandas as pd
 def to_markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.{digits}f}"
+            if math.isnan(value):
+                return ""
+            return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.{digits}f}"
         return str(value)
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
