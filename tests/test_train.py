@@ -171,3 +171,10 @@ def test_clipping_and_weight_decay_mask():
 def test_a_run_shorter_than_its_warmup_just_runs(tmp_path):
     summary = lifecycle.train(tiny_config(num_steps=3, **{"optimizer.warmup_steps": 50}), str(tmp_path))
     assert summary["step"] == 2 and summary["lr"] < 1e-3  # still warming up
+
+
+def test_token_counts_are_integers_in_every_file(trained_run):
+    records = writers.read_examples(os.path.join(trained_run, "eval_examples"))
+    assert pd.api.types.is_integer_dtype(records["num_tokens"])
+    assert pd.api.types.is_integer_dtype(writers.read_examples(os.path.join(trained_run, "examples"))["num_tokens"])
+    assert pd.api.types.is_integer_dtype(pd.read_csv(os.path.join(trained_run, "eval.csv"))["num_tokens"])
