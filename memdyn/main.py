@@ -1,7 +1,7 @@
 """memdyn command line: ``memdyn <command> [flags]``.
 
 Commands:
-  train  --config=configs/<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<dir>
+  train  --config=<file>.py[:arg] | --config=<name>[:arg] [--config.<field>=<value> ...] --workdir=<dir>
          Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
   train  ... --init_from=<workdir>[@step]
          Fork: start a new run from another run's checkpoint (e.g. with config.insert.* set).
@@ -54,6 +54,13 @@ from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
 COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
+SUMMARIES = {"train": "train a run, resume it, or fork one from another run's checkpoint",
+             "eval": "evaluate a set (and its k-extractability) at a checkpoint",
+             "rows": "print the examples a step trained",
+             "sweep": "train the cross product of config values, one workdir per run",
+             "export": "tidy CSVs of a run or a whole sweep",
+             "analyze": "memorization (M(f), T(N, tau)) or forgetting analyses, with CIs over seeds",
+             "vocab": "train a SentencePiece vocabulary offline"}
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged config by name "
@@ -243,8 +250,42 @@ def _packaged_configs(argv: list[str]) -> list[str]:
     return out
 
 
+def _command_blocks() -> dict[str, list[str]]:
+    """Each command's usage blocks (usage line + description) from this module's docstring."""
+    blocks: dict[str, list[str]] = {}
+    current = None
+    for line in __doc__.split("Commands:\n", 1)[1].splitlines():
+        words = line.split()
+        if line.startswith("  ") and not line.startswith("   ") and words and words[0] in COMMANDS:
+            current = blocks.setdefault(words[0], [])
+            current.append(line)
+        elif current is not None and line.strip():
+            current[-1] += "\n" + line
+    return blocks
+
+
+def _help_or_version(argv: list[str]) -> str | None:
+    """The text ``--help`` / ``--version`` (or no command at all) asks for; None when the command should run."""
+    from memdyn import __version__
+    asked = {"--help", "-h", "--helpshort"} & set(argv[1:])
+    if "--version" in argv[1:]:
+        return f"memdyn {__version__}"
+    blocks = _command_blocks()
+    if len(argv) > 1 and argv[1] in blocks and asked:
+        return f"usage of `memdyn {argv[1]}`:\n\n" + "\n".join(blocks[argv[1]])
+    if len(argv) == 1 or (asked and argv[1].startswith("-")):
+        lines = [f"  {name:<8} {SUMMARIES[name]}" for name in COMMANDS]
+        return ("usage: memdyn <command> [flags]   (memdyn <command> --help for a command's flags)\n\n"
+                "commands:\n" + "\n".join(lines))
+    return None
+
+
 def run() -> None:
     """Console-script entry point."""
+    text = _help_or_version(sys.argv)
+    if text is not None:
+        print(text)
+        sys.exit(0)
     app.run(main, argv=_packaged_configs(sys.argv))
 
 

@@ -38,6 +38,18 @@ def test_usage_errors():
     assert proc.returncode != 0 and "needs --workdir" in proc.stderr
 
 
+def test_help_per_command_and_version():
+    from memdyn import __version__
+    for args in ((), ("--help",)):
+        proc = run_memdyn(*args)
+        assert proc.returncode == 0 and all(f"\n  {c} " in proc.stdout for c in
+                                                     ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")), proc.stdout
+    proc = run_memdyn("eval", "--help")
+    assert proc.returncode == 0 and "--extract" in proc.stdout and "sweep" not in proc.stdout
+    proc = run_memdyn("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"memdyn {__version__}"
+
+
 def test_packaged_configs_by_name_and_in_the_wheel(tmp_path):
     """`--config=<name>[:arg]` finds a packaged config; the wheel ships configs/ as memdyn/configs."""
     import subprocess
