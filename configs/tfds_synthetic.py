@@ -11,6 +11,8 @@ The control enlarges the vocabulary by as many ids as the doc_ids run adds and c
 
 import os
 
+from ml_collections import config_dict
+
 from memdyn.config import load_config_file
 
 VARIANTS = ("plain", "doc_ids", "control")
@@ -23,7 +25,7 @@ def get_config(variant: str = "plain"):
     c.data.source = "tfds"
     c.data.tfds.name = "memdyn_synthetic"
     c.data.vocab.model_type = "word"
-    c.data.vocab.size = None  # every word of the corpus
+    c.data.vocab.size = config_dict.placeholder(int)  # None: every word of the corpus
     c.data.tags = "gold"
     c.data.doc_ids = {"plain": "none", "doc_ids": "prefix", "control": "control"}[variant]
     return c

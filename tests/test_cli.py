@@ -36,6 +36,9 @@ def test_usage_errors():
     assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization')" in proc.stderr
     proc = run_memdyn("rows", "--step=3")
     assert proc.returncode != 0 and "needs --workdir" in proc.stderr
+    # A field a config leaves unset (None) still takes a value on the command line (README's lm1b command).
+    proc = run_memdyn("train", "--config=tfds_synthetic", "--config.data.vocab.size=32000")
+    assert proc.returncode != 0 and "needs --workdir" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_help_per_command_and_version():
