@@ -57,7 +57,25 @@ def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     summary = trainer.train(start, resume_files=resume_files)
     if is_primary():
         plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
+        logging.info("%s", final_report(workdir, summary))
     return summary
+
+
+def final_report(workdir: str, last_row: dict[str, Any]) -> str:
+    """What a finished run says: its last step, the latest evaluation of every set, and what it wrote."""
+    import pandas as pd
+
+    lines = [f"done: {workdir}: {last_row['step'] + 1} steps, loss {last_row['loss']:.4f}, "
+             f"M_update {last_row['mem_update']:.4f}"]
+    path = os.path.join(workdir, "eval.csv")
+    evals = pd.read_csv(path) if os.path.isfile(path) and os.path.getsize(path) else pd.DataFrame()
+    for name, rows in (evals.groupby("set", sort=False) if len(evals) else []):
+        last = rows.iloc[-1]
+        lines.append(f"  {name}: M(f) {last['exact_match']:.4f}, loss {last['loss']:.4f} after {int(last['step'])} "
+                     "steps")
+    lines.append("  files: config.json, train.csv, eval.csv, insertions.csv, examples/, eval_examples/, "
+                 "checkpoints/, tensorboard/, train.png")
+    return "\n".join(lines)
 
 
 def parse_init_from(value: str) -> tuple[str, int | None]:

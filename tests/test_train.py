@@ -178,3 +178,11 @@ def test_token_counts_are_integers_in_every_file(trained_run):
     assert pd.api.types.is_integer_dtype(records["num_tokens"])
     assert pd.api.types.is_integer_dtype(writers.read_examples(os.path.join(trained_run, "examples"))["num_tokens"])
     assert pd.api.types.is_integer_dtype(pd.read_csv(os.path.join(trained_run, "eval.csv"))["num_tokens"])
+
+
+def test_a_finished_run_reports_its_evaluations(trained_run):
+    from memdyn.lifecycle import final_report
+    text = final_report(trained_run, {"step": 11, "loss": 5.0, "mem_update": 0.1})
+    evals = pd.read_csv(os.path.join(trained_run, "eval.csv"))
+    last = evals[evals["set"] == "validation"].iloc[-1]
+    assert "12 steps" in text and f"validation: M(f) {last['exact_match']:.4f}" in text and "train: M(f)" in text
