@@ -14,7 +14,8 @@ TINY = ["--config.model.size=nano", "--config.num_steps=4", "--config.batch_size
 
 
 def test_sweep_export_analyze(tmp_path):
-    sweep_dir, out = str(tmp_path / "sweep"), str(tmp_path / "out")
+    sweep_dir = str(tmp_path / "sweep")
+    out = os.path.join(sweep_dir, "export")  # inside the sweep, as README does: not taken for a run
     proc = run_memdyn("sweep", f"--workdir={sweep_dir}", *TINY, "--sweep=seed=0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["complete", "seed=0", "complete", "seed=1"]
