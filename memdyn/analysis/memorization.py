@@ -273,6 +273,8 @@ def analyze_runs(workdirs: list[str], taus=DEFAULT_TAUS, window: int = 5, out_di
     """
     loaded = [summarize_run(w, taus, window, m_from) for w in workdirs]
     summary = pd.DataFrame([row for _, row in loaded])
+    if len(summary):  # by size, not by directory name (which sorts "micro" before "nano")
+        summary = summary.sort_values(["params", "causal", "peak_lr", "seed"], kind="stable", ignore_index=True)
     if out_dir is not None:
         epochs = pd.concat([e for e, _ in loaded], ignore_index=True) if loaded else pd.DataFrame()
         table = by_size(summary, taus)
