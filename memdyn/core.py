@@ -8,7 +8,8 @@ the optimizer update and the memorization metrics of the same logits. Steps take
 beside the per-example metrics, so results line up with the rows they describe on every process.
 
 ``batch_metrics`` (on ``build_run``) are extra functions ``fn(batch, logits_BxLxV, targets_BxL, weights_BxL) ->
-dict`` (weights: the scored positions) evaluated inside every train and eval step on the same logits; their outputs join the step's metrics. A
+dict`` (weights: the scored positions) evaluated inside every train and eval step on the same logits; their
+outputs join the step's metrics. A
 per-token batch field covers the L input positions; a causal LM's targets are positions 1..L-1 (``[:, 1:]``).
 """
 
@@ -18,7 +19,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P

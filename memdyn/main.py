@@ -28,7 +28,7 @@ Commands:
   analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
          Forgetting curves of an inserted set against its sham-insertion control (the same fork without the
          inserted updates), the retained trace with 95% CIs over seeds: forgetting_curves.csv,
-         forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting.png.
+         forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting_trend.csv, forgetting.png.
   vocab  --config=<file>.py [--config.data.vocab.model_type=unigram|bpe|word --config.data.vocab.size=N]
          --out=<file>.model
          Train a SentencePiece vocabulary on the configured source's training split (tfds or text), offline;
@@ -53,6 +53,7 @@ from ml_collections import config_flags
 from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
+from memdyn.config import config_path
 COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
 SUMMARIES = {"train": "train a run, resume it, or fork one from another run's checkpoint",
              "eval": "evaluate a set (and its k-extractability) at a checkpoint",
@@ -63,8 +64,8 @@ SUMMARIES = {"train": "train a run, resume it, or fork one from another run's ch
              "vocab": "train a SentencePiece vocabulary offline"}
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged config by name "
-    "(base, memorization, forgetting, text, tfds_synthetic, seqio_task)[:arg].")
+    "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged "
+    "config by name (base, memorization, forgetting, text, tfds_synthetic, seqio_task)[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")
@@ -240,7 +241,6 @@ def main(argv: list[str]) -> None:
 
 def _packaged_configs(argv: list[str]) -> list[str]:
     """``--config=<name>[:arg]`` (or ``--config <name>``) of a packaged config becomes its file path."""
-    from memdyn.config import config_path
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):

@@ -69,8 +69,8 @@ class Trainer:
         self.stores = run.data.evaluable()
         for name in self.eval_sets:
             if name not in self.stores:
-                raise ValueError(f"tracked set {name!r} (config.eval.sets / eval.epoch_sets / insert.set) does not exist; "
-                                 f"this run's sets: {sorted(self.stores)}")
+                raise ValueError(f"tracked set {name!r} (config.eval.sets / eval.epoch_sets / insert.set) does not "
+                                 f"exist; this run's sets: {sorted(self.stores)}")
         if self.insert_steps and not c.insert.sham:
             n = run.data.sets[c.insert.set].num_examples
             with run.context():

@@ -293,7 +293,8 @@ def test_analyze_forgetting_command(reference, tmp_path):
     proc = run_memdyn("analyze", "forgetting", f"--workdir={reference}", f"--out={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = pd.read_csv(os.path.join(tmp_path, "forgetting_summary.csv"))
-    assert summary["insert_step"].tolist() == [5] and "retained" not in summary.columns  # no sham control among the runs
+    assert summary["insert_step"].tolist() == [5]
+    assert "retained" not in summary.columns  # no sham control among the runs
     curves = pd.read_csv(os.path.join(tmp_path, "forgetting_curves.csv"))
     assert curves["step"].min() == 5 and "control_exact_match" not in curves.columns
     evals = pd.read_csv(os.path.join(reference, "eval.csv"))

@@ -44,10 +44,10 @@ def test_usage_errors():
 
 def test_help_per_command_and_version():
     from memdyn import __version__
+    commands = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
     for args in ((), ("--help",)):
         proc = run_memdyn(*args)
-        assert proc.returncode == 0 and all(f"\n  {c} " in proc.stdout for c in
-                                                     ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")), proc.stdout
+        assert proc.returncode == 0 and all(f"\n  {c} " in proc.stdout for c in commands), proc.stdout
     proc = run_memdyn("eval", "--help")
     assert proc.returncode == 0 and "--extract" in proc.stdout and "sweep" not in proc.stdout
     proc = run_memdyn("--version")

@@ -157,7 +157,8 @@ def test_analyze_runs_writes_outputs(tmp_path):
     summary = memorization.analyze_runs([nano, micro], out_dir=str(out))
     assert summary["run"].tolist() == ["nano", "micro"]  # micro's run name comes from its directory
     assert memorization.analyze_runs([micro, nano])["run"].tolist() == ["nano", "micro"]  # by size, not by name
-    expected = {"m_from", "steps_per_epoch", "epochs_trained", "final_epoch", "final_m", "T_epochs_0.5", "T_epochs_0.7", "T_epochs_0.9",
+    expected = {"m_from", "steps_per_epoch", "epochs_trained", "final_epoch", "final_m",
+                "T_epochs_0.5", "T_epochs_0.7", "T_epochs_0.9",
                 "T_updates_0.5", "T_updates_0.7", "T_updates_0.9", "overfit_epoch", "m_before_overfit",
                 "size", "params", "seed", "causal", "peak_lr", "batch_size", "seq_len"}
     assert expected <= set(summary.columns)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from conftest import run_memdyn, tiny_config
-from memdyn import core, lifecycle, results, train, writers
+from memdyn import core, lifecycle, results, writers
 from memdyn.data import build
 from memdyn.data.order import PADDING_ROW, StepOrder
 
@@ -81,8 +81,8 @@ def test_after_k_epochs_every_example_was_trained_k_times(tmp_path):
     for k in (1, 2, 3):
         seen = records[records["step"] < k * spe]["example_id"].value_counts()
         assert len(seen) == data.train.num_examples and (seen == k).all()
-    train = pd.read_csv(os.path.join(workdir, "train.csv"))
-    assert train["examples_seen"].iloc[-1] == 3 * data.train.num_examples
+    frame = pd.read_csv(os.path.join(workdir, "train.csv"))
+    assert frame["examples_seen"].iloc[-1] == 3 * data.train.num_examples
 
 
 def test_train_writes_csv_records_and_config(trained_run):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import pkgutil
 from typing import Callable
 
@@ -42,6 +43,16 @@ def register(name: str, *, help: str, outputs: str):
         _REGISTRY[name] = Analysis(name, help, outputs, fn)
         return fn
     return decorate
+
+
+def read_csv(path: str) -> pd.DataFrame:
+    """A result CSV of a run; empty when created but never written to; FileNotFoundError naming it if absent."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def analyses() -> dict[str, Analysis]:

@@ -31,10 +31,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from ml_collections import config_dict
 
 from memdyn import insertion, runs
-from memdyn.analysis import Options, register
-from memdyn.runs import IDENTITY_COLUMNS
+from memdyn.analysis import Options, read_csv, register
 
 OUTPUTS = ("forgetting_curves.csv, forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting_trend.csv, "
            "forgetting.png")
@@ -42,15 +42,6 @@ FIT_FIELDS = ("asymptote", "asymptote_se", "amplitude", "amplitude_se", "tau", "
 CONDITION = ["size", "params", "insert_step", "repeats", "times", "every"]
 MIN_FIT_POINTS = 6
 LATE_FRACTION = 0.5
-
-
-def _read_csv(path: str) -> pd.DataFrame:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # created but never written to
-        return pd.DataFrame()
 
 
 def pair_key(config: dict) -> str:
@@ -154,11 +145,12 @@ def _load(workdir: str, set_name: str) -> dict:
     config = runs.read_config(workdir)
     if config is None:
         raise FileNotFoundError(f"{workdir}: no config.json")
-    evals = _read_csv(os.path.join(workdir, "eval.csv"))
+    evals = read_csv(os.path.join(workdir, "eval.csv"))
     if evals.empty:
         raise ValueError(f"{workdir}: eval.csv has no rows")
     insert = config["insert"]
-    steps = insertion.insertion_steps(_attrs(insert), config["num_steps"]) if insert["at_step"] is not None else []
+    steps = insertion.insertion_steps(config_dict.ConfigDict(insert), config["num_steps"]) \
+        if insert["at_step"] is not None else []
     try:
         curve = forgetting_curve(evals, steps, set_name)
     except ValueError as error:
@@ -169,18 +161,13 @@ def _load(workdir: str, set_name: str) -> dict:
             "sham": bool(insert.get("sham", False)), "key": pair_key(config)}
 
 
-class _attrs(dict):
-    """A config dict read back from JSON, with the attribute access ``insertion_steps`` uses."""
-    __getattr__ = dict.__getitem__
-
-
 def analyze_runs(workdirs: list[str], set_name: str = "special", out_dir: str | None = None,
                  late_fraction: float = LATE_FRACTION) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Curves and summaries of ``set_name`` for each run, insertion runs paired with their sham controls.
 
-    Returns (curves of all runs, summary with one row per run: identity columns, ``set``, ``sham``,
-    ``workdir``, ``control_run`` (the sham's workdir), the fields of ``summarize``). With ``out_dir`` also writes forgetting_conditions.csv/.md
-    (``conditions``) and forgetting.png.
+    Returns (curves of all runs, summary with one row per run: identity columns, ``workdir``, ``set``, ``sham``,
+    ``control_run`` (the sham's workdir), the fields of ``summarize``). With ``out_dir`` also writes
+    forgetting_conditions.csv/.md (``conditions``), forgetting_trend.csv (``size_trend``) and forgetting.png.
     """
     loaded = [_load(w, set_name) for w in workdirs]
     shams = {}

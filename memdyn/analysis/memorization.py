@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 
 from memdyn import runs
-from memdyn.analysis import Options, register
-from memdyn.analysis.forgetting import _read_csv
+from memdyn.analysis import Options, read_csv, register
 from memdyn.runs import IDENTITY_COLUMNS
 
 DEFAULT_TAUS = (0.5, 0.7, 0.9)
@@ -111,7 +110,7 @@ def _identity(workdir: str, train: pd.DataFrame) -> dict:
 
 
 def _load_train(workdir: str) -> pd.DataFrame:
-    train = _read_csv(os.path.join(workdir, "train.csv"))
+    train = read_csv(os.path.join(workdir, "train.csv"))
     if train.empty:
         raise ValueError(f"{workdir}: train.csv has no rows")
     return train.sort_values("step", kind="stable", ignore_index=True)
@@ -139,7 +138,7 @@ def _epoch_frame(workdir: str, train: pd.DataFrame, m_from: str = "auto") -> pd.
     spe = steps_per_epoch(train)
     frame = pd.DataFrame(columns=EPOCH_COLUMNS)
     if m_from != "in_step":
-        frame = train_eval_memorization(_read_csv(os.path.join(workdir, "eval.csv")), spe)
+        frame = train_eval_memorization(read_csv(os.path.join(workdir, "eval.csv")), spe)
         if frame.empty and m_from == "train_eval":
             raise ValueError(f"{workdir}: eval.csv has no evaluation of the training set at an epoch end (train "
                              "with config.eval.epoch_sets holding 'train'), or use the in-step estimate")
@@ -223,7 +222,7 @@ def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5,
                   m_from: str = "auto") -> tuple[pd.DataFrame, dict]:
     """One run's epoch frame and summary row (see ``analyze_runs``)."""
     train = _load_train(workdir)
-    evals = _read_csv(os.path.join(workdir, "eval.csv"))
+    evals = read_csv(os.path.join(workdir, "eval.csv"))
     epochs = _epoch_frame(workdir, train, m_from)
     spe = steps_per_epoch(train)
     complete = epochs[epochs["complete"].astype(bool)].sort_values("epoch")
