@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.dtype = "float32"  # compute dtype of activations; parameters stay float32
     for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
                         ("max_len", int), ("positions", str), ("rotary_fraction", float),
-                        ("tie_embeddings", bool)):
+                        ("tie_embeddings", bool), ("mlp", str)):  # mlp: gelu | swiglu (MemSinks' model)
         c.model[field] = config_dict.placeholder(kind)
 
     c.optimizer = config_dict.ConfigDict()
@@ -95,6 +95,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # in-step estimate from the per-example records.
     c.eval.epoch_sets = ("train",)
     c.eval.every_epochs = 1
+    # MemSinks runs: every evaluation of a set is repeated in each of these modes, written as "<set>@<mode>"
+    # (train | all | dropout | exclude; see memdyn/memsinks.py). The set itself is evaluated with the training masks.
+    c.eval.memsinks_modes = ()
 
     c.checkpoint = config_dict.ConfigDict()
     c.checkpoint.every = 200  # steps between checkpoints; the last step and SIGTERM always save
@@ -111,6 +114,18 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.insert.times = 1  # ... this many insertions in all
     c.insert.eval_every = 10  # evaluate the inserted set every n steps after the first insertion
     c.insert.sham = False  # the control arm: the same schedule and evaluations, without the inserted updates
+
+    # MemSinks (Ghosal et al. 2025): sink units in the MLPs (memdyn/memsinks.py). method: none | sinks (sequence-tied
+    # sink masks) | shared (Section 4's baseline: one shared sink, repeated rows update only it).
+    c.memsinks = config_dict.ConfigDict()
+    c.memsinks.method = "none"
+    c.memsinks.p_gen = 0.7  # the first int(d_ff * p_gen) hidden units are general, the rest the sink pool
+    c.memsinks.p_mem = 0.3  # probability that a sequence's mask switches a pool unit on
+    c.memsinks.mask = "paper"  # paper (the authors' published hash, bit for bit) | random (a clean 32-bit hash)
+    c.memsinks.id_width = 64  # paper masks: ids as int64 values (64) or as int32 that wrap in s * 2**16 (32)
+    c.memsinks.ids = "sequence"  # sequence (a hash of its tokens) | placebo (drawn afresh per update and row)
+    c.memsinks.layers = ()  # layers whose MLP has sinks; empty: every layer
+    c.memsinks.exclude_set = config_dict.placeholder(str)  # mode "exclude": the set whose sequences' units go
 
     c.init_from = config_dict.placeholder(str)  # "<workdir>[@step]": start from another run's checkpoint
 

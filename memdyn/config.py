@@ -48,6 +48,14 @@ def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.C
     if seq_len > shape.max_len:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} is longer than the position table "
                          f"(config.model.max_len={shape.max_len})")
+    sink_units = (config.memsinks.p_gen * shape.d_ff, shape.d_ff - int(config.memsinks.p_gen * shape.d_ff))
+    if config.memsinks.method != "none" and (int(sink_units[0]) < 1 or sink_units[1] < 1):
+        raise ValueError(f"config.memsinks.p_gen={config.memsinks.p_gen} leaves no general or no sink unit of "
+                         f"the {shape.d_ff} hidden units")
+    for layer in config.memsinks.layers:
+        if not isinstance(layer, int) or not 0 <= layer < shape.num_layers:
+            raise ValueError(f"config.memsinks.layers: {layer!r} is not a layer of this {shape.num_layers}-layer "
+                             "model")
     resolved = config_dict.ConfigDict(config.to_dict())
     with resolved.unlocked():
         for field in _SHAPE_FIELDS:
@@ -88,6 +96,7 @@ def validate(config: config_dict.ConfigDict) -> None:
     if opt.warmup_steps > config.num_steps:  # a smoke test of a few steps should just run
         logging.warning("config.optimizer.warmup_steps=%d is longer than the run (num_steps=%d): the learning "
                         "rate never reaches config.optimizer.lr=%g", opt.warmup_steps, config.num_steps, opt.lr)
+    _validate_memsinks(config)
     if config.data.source not in SOURCES:
         raise ValueError(f"config.data.source={config.data.source!r}: expected one of {SOURCES}")
     if config.data.source == "store" and not config.data.store:
@@ -95,6 +104,32 @@ def validate(config: config_dict.ConfigDict) -> None:
     if config.data.seq_len < 2:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} must be at least 2")
     _validate_source(config.data)
+
+
+def _validate_memsinks(config: config_dict.ConfigDict) -> None:
+    from memdyn import memsinks
+    m = config.memsinks
+    for field, allowed in (("method", memsinks.METHODS), ("mask", memsinks.MASK_KINDS),
+                           ("id_width", memsinks.ID_WIDTHS), ("ids", memsinks.IDS)):
+        if m[field] not in allowed:
+            raise ValueError(f"config.memsinks.{field}={m[field]!r}: expected one of {allowed}")
+    if not 0.0 < m.p_gen < 1.0:
+        raise ValueError(f"config.memsinks.p_gen={m.p_gen} must be in (0, 1)")
+    if not 0.0 < m.p_mem <= 1.0:
+        raise ValueError(f"config.memsinks.p_mem={m.p_mem} must be in (0, 1]")
+    for mode in config.eval.memsinks_modes:
+        if mode not in memsinks.EVAL_MODES:
+            raise ValueError(f"config.eval.memsinks_modes: {mode!r} is not one of {memsinks.EVAL_MODES}")
+    if config.eval.memsinks_modes and m.method == "none":
+        raise ValueError("config.eval.memsinks_modes needs a MemSinks run (config.memsinks.method='sinks' or "
+                         "'shared')")
+    if m.method == "shared" and set(config.eval.memsinks_modes) - {"train", "all", "dropout"}:
+        raise ValueError("config.memsinks.method='shared' has modes train, all and dropout only; "
+                         f"config.eval.memsinks_modes={tuple(config.eval.memsinks_modes)}")
+    if "exclude" in config.eval.memsinks_modes and not m.exclude_set:
+        raise ValueError("config.eval.memsinks_modes has 'exclude': set config.memsinks.exclude_set=<a set name>")
+    if m.method == "shared" and m.ids == "placebo":
+        raise ValueError("config.memsinks.ids='placebo' needs sequence-tied sinks (config.memsinks.method='sinks')")
 
 
 def _validate_source(data: config_dict.ConfigDict) -> None:

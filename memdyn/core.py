@@ -19,6 +19,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -26,6 +27,7 @@ from ml_collections import config_dict
 
 from memdyn import checkpoint
 from memdyn import config as config_lib
+from memdyn import memsinks
 from memdyn import metrics as metrics_lib
 from memdyn import objective, sharding
 from memdyn.data import run_data
@@ -103,7 +105,7 @@ class _Contexts:
 
 def build_model(shape: ModelShape, config: config_dict.ConfigDict) -> Transformer:
     return Transformer(shape, causal=config.model.causal, rngs=nnx.Rngs(params=config.seed),
-                       dtype=config.model.dtype)
+                       dtype=config.model.dtype, gated_layers=tuple(config.memsinks.layers))
 
 
 def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
@@ -152,11 +154,14 @@ def init_state(run: Run) -> tuple[Any, Any]:
     return params, opt_state
 
 
-def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., dict[str, jax.Array]]:
+def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str = "train",
+                 excluded_ids=None) -> Callable[..., dict[str, jax.Array]]:
     """forward(params, batch, step) -> token metrics of the run's objective (see metrics.token_metrics), the
     batch's ``example_ids_B`` and ``doc_ids_B``, and the run's batch metrics.
 
     ``memorization_metrics=False`` returns the loss alone (the baseline of the metric-overhead benchmark).
+    A MemSinks run (``config.memsinks``) gates the MLPs in ``memsinks_mode`` (``memdyn.memsinks``: "train" is
+    the training mask; ``excluded_ids`` go with "exclude").
     """
     config = run.config
     masking = objective.MaskingConfig(pad_id=run.data.pad_id, mask_id=run.data.mask_id,
@@ -164,14 +169,22 @@ def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., d
                                       scored=config.model.mlm_scored)
     base_key = jax.random.key(config.seed)
 
-    def forward(params, batch: Batch, step, mlp_gate_BxLxF=None):
+    sinks = memsinks.from_config(config)
+
+    def forward(params, batch: Batch, step):
         tokens_BxL = batch["tokens_BxL"]
         if config.model.causal:
             t = objective.causal_lm(tokens_BxL, masking.pad_id)
         else:  # masks are a pure function of (seed, step): resume and re-evaluation see the same masks
             t = objective.masked_lm(tokens_BxL, jax.random.fold_in(base_key, step), run.shape.vocab_size, masking)
+        seq_ids_BxL = batch.get("seq_ids_BxL")  # the feeder's batches have them; a hand-made batch may not
+        if seq_ids_BxL is not None:
+            seq_ids_BxL = seq_ids_BxL[:, :t.inputs_BxL.shape[1]]
+        gate_BxLxF, grad_gate_BxLxF = _mlp_gates(sinks, config.memsinks, batch, seq_ids_BxL, step, memsinks_mode,
+                                                 excluded_ids)
         model = nnx.merge(run.graphdef, nnx.State(params))
-        logits = model(t.inputs_BxL, valid_BxL=t.inputs_BxL != masking.pad_id, mlp_gate_BxLxF=mlp_gate_BxLxF)
+        logits = model(t.inputs_BxL, valid_BxL=t.inputs_BxL != masking.pad_id, mlp_gate_BxLxF=gate_BxLxF,
+                       segment_ids_BxL=seq_ids_BxL, mlp_grad_gate_BxLxF=grad_gate_BxLxF)
         if not memorization_metrics:
             return {"loss": metrics_lib.mean_loss(logits, t.targets_BxL, t.loss_weights_BxL)}
         out = metrics_lib.token_metrics(logits, t.targets_BxL, t.loss_weights_BxL, t.score_weights_BxL)
@@ -180,6 +193,29 @@ def make_forward(run: Run, memorization_metrics: bool = True) -> Callable[..., d
         return dict(out, example_ids_B=batch["example_ids_B"], doc_ids_B=batch["doc_ids_B"])
 
     return forward
+
+
+def _mlp_gates(sinks: memsinks.Sinks | None, cfg: config_dict.ConfigDict, batch: Batch, seq_ids_BxL, step,
+               mode: str, excluded_ids):
+    """(gate, gradient gate) of the MLP hidden units, [B, L, F] each or None, sharded like the hidden units."""
+    if sinks is None:
+        return None, None
+    if seq_ids_BxL is None:
+        raise ValueError("a MemSinks run needs the batch's seq_ids_BxL (batches from memdyn.data.feeder have them)")
+    names = ("batch", "length", "act_mlp")
+    if cfg.ids == "placebo":  # the same pool and density, ids drawn afresh for every (update, row)
+        ids_B = memsinks.placebo_ids(step, seq_ids_BxL.shape[0])
+        seq_ids_BxL = jnp.broadcast_to(ids_B[:, None], seq_ids_BxL.shape)
+    gate = sinks.gate(seq_ids_BxL, mode, excluded_ids)
+    gate = None if gate is None else sharding.constrain(gate, names)
+    if sinks.method != "shared" or mode != "train":
+        return gate, None
+    # Section 4's gradient masking: repeated rows (dup_counts > 1) update only the pool, the others only the
+    # general units.
+    repeated_Bx1x1 = (batch["dup_counts_B"] > 1)[:, None, None]
+    in_pool_F = jnp.arange(sinks.d_ff) >= sinks.general
+    grad_gate = jnp.broadcast_to(repeated_Bx1x1 == in_pool_F, seq_ids_BxL.shape + (sinks.d_ff,))
+    return gate, sharding.constrain(grad_gate.astype(jnp.float32), names)
 
 
 def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
@@ -206,7 +242,10 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
                    donate_argnums=(0, 1))
 
 
-def make_eval_step(run: Run) -> Callable:
-    """Jitted forward for evaluation: (params, batch, mask_index) -> token metrics, nothing donated."""
-    return jax.jit(make_forward(run), in_shardings=(run.param_shardings, run.batch_sharding, run.replicated),
+def make_eval_step(run: Run, memsinks_mode: str = "train", excluded_ids=None) -> Callable:
+    """Jitted forward for evaluation: (params, batch, mask_index) -> token metrics, nothing donated.
+
+    ``memsinks_mode`` / ``excluded_ids``: the MLP gates of a MemSinks run (see ``make_forward``)."""
+    return jax.jit(make_forward(run, memsinks_mode=memsinks_mode, excluded_ids=excluded_ids),
+                   in_shardings=(run.param_shardings, run.batch_sharding, run.replicated),
                    out_shardings=run.replicated)

@@ -1,8 +1,8 @@
 """One Transformer for causal and masked language modelling (Flax NNX).
 
-Pre-LayerNorm blocks with multi-head attention and a GELU MLP; learned or rotary positions; tied or untied
-embeddings. The MLP takes an optional per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks'
-sequence-tied masks). Every parameter carries logical axis names (see ``memdyn.sharding``).
+Pre-LayerNorm blocks with multi-head attention and a GELU or SwiGLU MLP; learned or rotary positions; tied or
+untied embeddings. The MLP takes an optional per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks'
+sequence-tied masks, see ``memdyn.memsinks``), and attention optional per-token segment ids (packed documents). Every parameter carries logical axis names (see ``memdyn.sharding``).
 
 Causal models also decode incrementally with a KV cache (``Transformer.prefill`` then ``decode_step``), doing
 the same per-query arithmetic as the full pass; ``memdyn.extract`` builds greedy decoding on it.
@@ -117,19 +117,46 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, d_model: int, d_ff: int, *, rngs: nnx.Rngs):
-        self.in_kernel = _param(rngs, (d_model, d_ff), ("embed", "mlp"))
-        self.in_bias = _param(rngs, (d_ff,), ("mlp",), init="zeros")
-        self.out_kernel = _param(rngs, (d_ff, d_model), ("mlp", "embed"))
-        self.out_bias = _param(rngs, (d_model,), ("embed",), init="zeros")
+    """GELU MLP (``W_out · gelu(W_in x + b_in) + b_out``) or SwiGLU (``W_out · (silu(W_in x) * W_up x)``, no
+    biases: the MemSinks authors' model).
 
-    def __call__(self, x_BxLxD: jax.Array, gate_BxLxF: jax.Array | None = None) -> jax.Array:
+    ``gate_BxLxF`` multiplies the hidden units before the output projection (MemSinks' sink masks and their
+    evaluation modes). ``grad_gate_BxLxF`` (1/0) keeps the forward value but lets only units marked 1 pass
+    gradient, to the MLP's weights and to its input (the shared-sink baseline's gradient masking).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, kind: str = "gelu", *, rngs: nnx.Rngs):
+        self.kind = kind
+        # Creation order fixes each parameter's random key: the GELU order is the one every earlier run used.
+        self.in_kernel = _param(rngs, (d_model, d_ff), ("embed", "mlp"))
+        if kind == "swiglu":
+            self.up_kernel = _param(rngs, (d_model, d_ff), ("embed", "mlp"))
+        else:
+            self.in_bias = _param(rngs, (d_ff,), ("mlp",), init="zeros")
+        self.out_kernel = _param(rngs, (d_ff, d_model), ("mlp", "embed"))
+        if kind != "swiglu":
+            self.out_bias = _param(rngs, (d_model,), ("embed",), init="zeros")
+
+    def __call__(self, x_BxLxD: jax.Array, gate_BxLxF: jax.Array | None = None,
+                 grad_gate_BxLxF: jax.Array | None = None) -> jax.Array:
         dtype = x_BxLxD.dtype
-        h_BxLxF = x_BxLxD @ self.in_kernel[...].astype(dtype) + self.in_bias[...].astype(dtype)
-        h_BxLxF = sharding.constrain(jax.nn.gelu(h_BxLxF, approximate=False), ("batch", "length", "act_mlp"))
-        if gate_BxLxF is not None:  # MemSinks: hidden units of other sequences' sinks are switched off
-            h_BxLxF = h_BxLxF * gate_BxLxF.astype(dtype)
-        return h_BxLxF @ self.out_kernel[...].astype(dtype) + self.out_bias[...].astype(dtype)
+        names = ("batch", "length", "act_mlp")
+        if self.kind == "swiglu":
+            pre_BxLxF = sharding.constrain(x_BxLxD @ self.in_kernel[...].astype(dtype), names)
+            up_BxLxF = sharding.constrain(x_BxLxD @ self.up_kernel[...].astype(dtype), names)
+            h_BxLxF = jax.nn.silu(pre_BxLxF) * up_BxLxF
+        else:
+            h_BxLxF = x_BxLxD @ self.in_kernel[...].astype(dtype) + self.in_bias[...].astype(dtype)
+            h_BxLxF = sharding.constrain(jax.nn.gelu(h_BxLxF, approximate=False), names)
+        if gate_BxLxF is not None:  # MemSinks: the sink units of other sequences are switched off
+            h_BxLxF = h_BxLxF * sharding.constrain(gate_BxLxF.astype(dtype), names)
+        out_kernel = self.out_kernel[...].astype(dtype)
+        if grad_gate_BxLxF is None:
+            out = h_BxLxF @ out_kernel
+        else:
+            g = sharding.constrain(grad_gate_BxLxF.astype(dtype), names)
+            out = (h_BxLxF * g) @ out_kernel + jax.lax.stop_gradient((h_BxLxF * (1 - g)) @ out_kernel)
+        return out if self.kind == "swiglu" else out + self.out_bias[...].astype(dtype)
 
 
 class Block(nnx.Module):
@@ -137,17 +164,18 @@ class Block(nnx.Module):
         self.attention_norm = LayerNorm(shape.d_model, rngs=rngs)
         self.attention = Attention(shape, rngs=rngs)
         self.mlp_norm = LayerNorm(shape.d_model, rngs=rngs)
-        self.mlp = MLP(shape.d_model, shape.d_ff, rngs=rngs)
+        self.mlp = MLP(shape.d_model, shape.d_ff, shape.mlp, rngs=rngs)
 
     def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None):
         return self.with_kv(x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF)[0]
 
-    def with_kv(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None, cache_kv=None, start=0):
+    def with_kv(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None, cache_kv=None, start=0,
+                grad_gate_BxLxF=None):
         """Block output and the attention's keys/values (see ``Attention.with_kv`` for ``cache_kv``)."""
         attended_BxLxD, kv = self.attention.with_kv(self.attention_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL,
                                                     cache_kv, start)
         x_BxLxD = x_BxLxD + attended_BxLxD
-        x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD), gate_BxLxF)
+        x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD), gate_BxLxF, grad_gate_BxLxF)
         return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed")), kv
 
 
@@ -168,10 +196,17 @@ class KVCache:
 class Transformer(nnx.Module):
     """Causal LM (``causal=True``) or masked LM (bidirectional attention)."""
 
-    def __init__(self, shape: ModelShape, *, causal: bool, rngs: nnx.Rngs, dtype: str = "float32"):
+    def __init__(self, shape: ModelShape, *, causal: bool, rngs: nnx.Rngs, dtype: str = "float32",
+                 gated_layers: tuple[int, ...] = ()):
+        """``gated_layers``: the layers whose MLP takes the MLP gates (MemSinks' sinks); empty: every layer."""
         shape.validate()
+        for layer in gated_layers:
+            if not 0 <= layer < shape.num_layers:
+                raise ValueError(f"config.memsinks.layers: layer {layer} does not exist (the model has "
+                                 f"{shape.num_layers} layers)")
         self.shape = shape
         self.causal = causal
+        self.gated_layers = tuple(gated_layers) or tuple(range(shape.num_layers))
         self.dtype = jnp.dtype(dtype)
         self.embed = _param(rngs, (shape.vocab_size, shape.d_model), ("vocab", "embed"))
         if shape.positions == "learned":
@@ -185,9 +220,14 @@ class Transformer(nnx.Module):
             self.unembed = _param(rngs, (shape.d_model, shape.vocab_size), ("embed", "vocab"))
 
     def __call__(self, tokens_BxL: jax.Array, *, valid_BxL: jax.Array | None = None,
-                 mlp_gate_BxLxF: jax.Array | None = None) -> jax.Array:
-        """Logits [B, L, V] in float32. ``valid_BxL`` marks real (non-padding) tokens; padded keys are masked."""
-        return self._forward(tokens_BxL, valid_BxL, mlp_gate_BxLxF)[0]
+                 mlp_gate_BxLxF: jax.Array | None = None, segment_ids_BxL: jax.Array | None = None,
+                 mlp_grad_gate_BxLxF: jax.Array | None = None) -> jax.Array:
+        """Logits [B, L, V] in float32. ``valid_BxL`` marks real (non-padding) tokens; padded keys are masked.
+
+        ``segment_ids_BxL``: the document of each token when a row packs several; attention then stays within a
+        document (block-causal for a causal LM). The MLP gates act in ``gated_layers`` (see ``MLP``).
+        """
+        return self._forward(tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL, mlp_grad_gate_BxLxF)[0]
 
     def prefill(self, tokens_BxM: jax.Array, max_len: int, *, valid_BxM: jax.Array | None = None,
                 mlp_gate_BxF: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
@@ -233,7 +273,8 @@ class Transformer(nnx.Module):
         keys, values = [], []
         for i, name in enumerate(self.block_names):
             x_Bx1xD, (keys_BxSxHxK, values_BxSxHxK) = getattr(self, name).with_kv(
-                x_Bx1xD, mask_Bx1x1xS, positions_Bx1, gate_Bx1xF, (cache.keys[i], cache.values[i]), position)
+                x_Bx1xD, mask_Bx1x1xS, positions_Bx1, self._layer_gate(i, gate_Bx1xF),
+                (cache.keys[i], cache.values[i]), position)
             keys.append(keys_BxSxHxK)
             values.append(values_BxSxHxK)
         logits_BxV = self._unembed(x_Bx1xD)[:, 0]
@@ -257,7 +298,10 @@ class Transformer(nnx.Module):
         logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, unembed_DxV.astype(self.dtype))
         return sharding.constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
-    def _forward(self, tokens_BxL, valid_BxL, mlp_gate_BxLxF):
+    def _layer_gate(self, layer: int, gate):
+        return gate if layer in self.gated_layers else None
+
+    def _forward(self, tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL=None, mlp_grad_gate_BxLxF=None):
         """Full forward pass: logits [B, L, V] and every layer's keys and values, stacked [layers, B, L, H, K]
         (unused outputs cost nothing under jit)."""
         batch, length = tokens_BxL.shape
@@ -272,10 +316,13 @@ class Transformer(nnx.Module):
         mask_Bx1xLxS = valid_BxL[:, None, None, :]
         if self.causal:
             mask_Bx1xLxS = mask_Bx1xLxS & jnp.tril(jnp.ones((length, length), bool))[None, None]
+        if segment_ids_BxL is not None:  # packed documents never see each other
+            mask_Bx1xLxS = mask_Bx1xLxS & (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
         keys, values = [], []
-        for name in self.block_names:
+        for i, name in enumerate(self.block_names):
             x_BxLxD, (keys_BxLxHxK, values_BxLxHxK) = getattr(self, name).with_kv(
-                x_BxLxD, mask_Bx1xLxS, positions_BxL, mlp_gate_BxLxF)
+                x_BxLxD, mask_Bx1xLxS, positions_BxL, self._layer_gate(i, mlp_gate_BxLxF),
+                grad_gate_BxLxF=self._layer_gate(i, mlp_grad_gate_BxLxF))
             keys.append(keys_BxLxHxK)
             values.append(values_BxLxHxK)
         return self._unembed(x_BxLxD), jnp.stack(keys), jnp.stack(values)

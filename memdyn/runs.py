@@ -66,7 +66,16 @@ def read_config(workdir: str) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        return _with_later_fields(json.load(f))
+
+
+def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """A config stored before a field existed gets the field's default, which is what that run did."""
+    stored.setdefault("model", {}).setdefault("mlp", "gelu")
+    stored.setdefault("eval", {}).setdefault("memsinks_modes", [])
+    stored.setdefault("memsinks", {"method": "none", "p_gen": 0.7, "p_mem": 0.3, "mask": "paper", "id_width": 64,
+                                   "ids": "sequence", "layers": [], "exclude_set": None})
+    return stored
 
 
 def load_config(workdir: str, flag: str = "--workdir") -> config_dict.ConfigDict:

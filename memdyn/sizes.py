@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 
 
+MLP_KINDS = ("gelu", "swiglu")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
     num_layers: int
@@ -22,6 +25,7 @@ class ModelShape:
     positions: str = "learned"  # "learned" | "rotary"
     rotary_fraction: float = 1.0  # fraction of each head's dimensions that rotary embeddings rotate
     tie_embeddings: bool = True
+    mlp: str = "gelu"  # "gelu" (W_out · gelu(W_in x + b)) | "swiglu" (W_out · (silu(W_gate x) * W_up x), no biases)
 
     @property
     def head_dim(self) -> int:
@@ -36,6 +40,8 @@ class ModelShape:
                              f"config.model.num_heads={self.num_heads}")
         if self.positions not in ("learned", "rotary"):
             raise ValueError(f"config.model.positions={self.positions!r}: expected 'learned' or 'rotary'")
+        if self.mlp not in MLP_KINDS:
+            raise ValueError(f"config.model.mlp={self.mlp!r}: expected one of {MLP_KINDS}")
         if not 0.0 < self.rotary_fraction <= 1.0:
             raise ValueError(f"config.model.rotary_fraction={self.rotary_fraction} must be in (0, 1]")
 
@@ -87,7 +93,7 @@ def count_params(shape: ModelShape) -> int:
     """Parameters of memdyn's Transformer with this shape, by formula."""
     d, f, v = shape.d_model, shape.d_ff, shape.vocab_size
     attention = 4 * (d * d + d)  # q, k, v, o kernels and biases
-    mlp = d * f + f + f * d + d
+    mlp = 3 * d * f if shape.mlp == "swiglu" else d * f + f + f * d + d
     layer_norms = 2 * 2 * d
     per_layer = attention + mlp + layer_norms
     embeddings = v * d * (1 if shape.tie_embeddings else 2)
@@ -103,5 +109,6 @@ def train_flops_per_token(shape: ModelShape, seq_len: int) -> float:
     excluded. Attention adds 6·L·(2·seq_len·d_model) for QKᵀ and AV (12·L·T·D).
     """
     d, f, v = shape.d_model, shape.d_ff, shape.vocab_size
-    matmul_params = shape.num_layers * (4 * d * d + 2 * d * f) + v * d
+    mlp_matrices = 3 if shape.mlp == "swiglu" else 2
+    matmul_params = shape.num_layers * (4 * d * d + mlp_matrices * d * f) + v * d
     return 6.0 * matmul_params + 12.0 * shape.num_layers * seq_len * d

@@ -71,7 +71,7 @@ def test_train_insert_evaluate_and_extract_receive_the_whole_batch(tmp_path):
     expected = read_rows(store, rows, data.pad_id)
     np.testing.assert_array_equal(result["example_ids_B"], expected["example_ids_B"])
     np.testing.assert_array_equal(result["doc_ids_B"], expected["doc_ids_B"])
-    assert set(batch) == {"tokens_BxL", "example_ids_B", "doc_ids_B", "tags_BxL"}
+    assert set(batch) == {"tokens_BxL", "example_ids_B", "doc_ids_B", "tags_BxL", "seq_ids_BxL", "dup_counts_B"}
 
 
 def train_params(run, workdir):

@@ -6,6 +6,11 @@ A batch is a dict of global arrays whose leading dimension B is sharded over the
   example_ids_B  int32  the example's id (what per-example records refer to); -1 marks a padding row
   doc_ids_B      int32  the document the example was cut from; -1 in padding rows
   tags_BxL       int8   per-token tags (parts of speech), when the store has them; 0 in padding rows
+  seq_ids_BxL    int32  the sequence id of every token (MemSinks' sink masks; segments of block-causal attention):
+                        the store's ``seq_ids`` when it packs several documents per row, otherwise a hash of the
+                        row's tokens (``sequence_ids``), so every copy of a sequence gets the same id; 0 in padding
+  dup_counts_B   int32  how many training rows hold the same tokens (the store's ``dup_counts``); 0 in padding
+                        rows and in stores without counts (tracked sets), so every batch has the same fields
 
 Every field has B leading; a new per-example or per-token field is one more entry of ``STORE_FIELDS``. Normal
 training steps, inserted updates, tracked-set evaluation, ``memdyn eval`` and extraction all get their batches
@@ -14,6 +19,8 @@ from ``Feeder.batch``. Each process reads from the store only the rows its own d
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import jax
 import numpy as np
@@ -24,7 +31,8 @@ from memdyn.data.store import ExampleStore
 Batch = dict[str, jax.Array]
 # store array -> (batch field, device dtype, value in padding rows)
 STORE_FIELDS = {"tokens": ("tokens_BxL", np.int32, None), "example_ids": ("example_ids_B", np.int32, -1),
-                "doc_ids": ("doc_ids_B", np.int32, -1), "tags": ("tags_BxL", np.int8, 0)}
+                "doc_ids": ("doc_ids_B", np.int32, -1), "tags": ("tags_BxL", np.int8, 0),
+                "seq_ids": ("seq_ids_BxL", np.int32, 0), "dup_counts": ("dup_counts_B", np.int32, 0)}
 _INT32 = np.iinfo(np.int32)
 
 
@@ -68,6 +76,10 @@ def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str,
     """Host arrays of the batch fields for store rows ``rows_b`` (``PADDING_ROW`` for padding), device dtypes."""
     real = rows_b != PADDING_ROW
     read = store.rows(rows_b[real])
+    if "seq_ids" not in read:
+        read["seq_ids"] = np.repeat(sequence_ids(read["tokens"], pad_id)[:, None], read["tokens"].shape[1], axis=1)
+    if "dup_counts" not in read:
+        read["dup_counts"] = np.zeros(len(read["tokens"]), np.int32)
     out = {}
     for name, (field, dtype, fill) in STORE_FIELDS.items():
         if name not in read:
@@ -81,6 +93,20 @@ def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str,
         padded[real] = values
         out[field] = padded
     return out
+
+
+def sequence_ids(tokens_NxL: np.ndarray, pad_id: int) -> np.ndarray:
+    """The id of each row's sequence: a hash of its real (non-pad) tokens, int32 in [1, 2**31) [N].
+
+    Equal sequences get equal ids wherever they occur (every copy in training, a tracked set's copy), so a
+    sequence's MemSinks mask is a function of its tokens alone. Never 0 (id 0 switches the whole sink pool on).
+    """
+    ids = np.empty(len(tokens_NxL), np.int32)
+    for i, row in enumerate(np.asarray(tokens_NxL)):
+        real = np.ascontiguousarray(row[row != pad_id], dtype="<i4")
+        value = int.from_bytes(hashlib.blake2b(real.tobytes(), digest_size=4).digest(), "little") & 0x7FFFFFFF
+        ids[i] = value or 1
+    return ids
 
 
 def process_batch_positions(sharding: jax.sharding.Sharding, batch_size: int) -> np.ndarray:

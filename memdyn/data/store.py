@@ -53,12 +53,15 @@ class ExampleStore:
         return int(self.tokens.shape[1])
 
     def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Examples at row ``indices`` [B]: tokens [B, L], example_ids [B], doc_ids [B] (and tags [B, L])."""
+        """Examples at row ``indices`` [B]: tokens [B, L], example_ids [B], doc_ids [B] (and tags [B, L],
+        dup_counts [B] when stored)."""
         indices = np.asarray(indices)
         out = {"tokens": np.asarray(self.tokens[indices]), "example_ids": np.asarray(self.example_ids[indices]),
                "doc_ids": np.asarray(self.doc_ids[indices])}
         if self.tags is not None:
             out["tags"] = np.asarray(self.tags[indices])
+        if self.dup_counts is not None:
+            out["dup_counts"] = np.asarray(self.dup_counts[indices])
         return out
 
     def token_counts(self, pad_id: int) -> np.ndarray:
