@@ -218,6 +218,16 @@ def _mlp_gates(sinks: memsinks.Sinks | None, cfg: config_dict.ConfigDict, batch:
     return gate, sharding.constrain(grad_gate.astype(jnp.float32), names)
 
 
+def sequence_gates(run: Run, batch: Batch, mode: str = "train", excluded_ids=None) -> jax.Array | None:
+    """Per-sequence MLP gates [B, F] of a MemSinks run in ``mode`` (None: no gate), for extraction, where a
+    row's gate is the same at every position."""
+    sinks = memsinks.from_config(run.config)
+    if sinks is None:
+        return None
+    gate_Bx1xF, _ = _mlp_gates(sinks, run.config.memsinks, batch, batch["seq_ids_BxL"][:, :1], 0, mode, excluded_ids)
+    return None if gate_Bx1xF is None else gate_Bx1xF[:, 0]
+
+
 def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
     """The jitted step: (params, opt_state, batch, update) -> (params, opt_state, metrics). State is donated.
 

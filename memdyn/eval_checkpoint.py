@@ -1,6 +1,6 @@
 """``memdyn eval``: a tracked set (or the training set) evaluated at a saved checkpoint.
 
-Writes, under <workdir>/evals/:
+Writes, under <workdir>/evals/ (``<set>@<mode>`` in place of ``<set>`` for a MemSinks mode other than train):
   <set>-<step>.csv          per example: example_id, exact_match, loss, num_tokens (M(f) and loss per example)
   <set>-<step>-extract.csv  with --extract (causal LMs): example_id, score, memorized, prefix_match — Biderman et
                             al.'s k-extractability with a prompt of M tokens and N greedy tokens; examples with
@@ -17,12 +17,16 @@ import jax
 import numpy as np
 import pandas as pd
 
-from memdyn import checkpoint, core, evaluate, extract, runs
+from memdyn import checkpoint, core, evaluate, extract, memsinks, runs
 from memdyn.data import run_data
 
 
 def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *, extract_k: bool = False,
-                        prompt_len: int = 32, num_new: int = 32) -> dict[str, Any]:
+                        prompt_len: int = 32, num_new: int = 32, memsinks_mode: str = "train",
+                        exclude_set: str | None = None, exclude_count: int | None = None) -> dict[str, Any]:
+    """``memsinks_mode`` (MemSinks runs): the MLP gates to evaluate with; mode ``exclude`` switches off the pool
+    units of the first ``exclude_count`` (default: all) sequences of ``exclude_set`` and reports the fraction of
+    the pool they cover."""
     config = runs.load_config(workdir)
     data = run_data.open_run_data(workdir, config)
     stores = data.evaluable()
@@ -34,6 +38,7 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     if extract_k and store.seq_len < prompt_len + num_new:
         raise ValueError(f"--extract needs examples of at least prompt_len + num_new = {prompt_len + num_new} "
                          f"tokens; this run's examples have {store.seq_len}")
+    excluded = _excluded_ids(config, data, memsinks_mode, exclude_set, exclude_count)
     run = core.build_run(config, data)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
@@ -46,14 +51,20 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     finally:
         ckpt.close()
     out_dir = os.path.join(workdir, "evals")
+    label = set_name if memsinks_mode == "train" else f"{set_name}@{memsinks_mode}"
     with run.context():
-        aggregates, per_example = evaluate.evaluate(core.make_eval_step(run), restored.params, run.feeder, store,
-                                                    config.batch_size, set_name, restored.step).result()
-    aggregates = {"set": set_name, "step": restored.step, **aggregates}
-    _write_csv(pd.DataFrame(per_example), os.path.join(out_dir, f"{set_name}-{restored.step}.csv"))
+        eval_step = core.make_eval_step(run, memsinks_mode, excluded)
+        aggregates, per_example = evaluate.evaluate(eval_step, restored.params, run.feeder, store,
+                                                    config.batch_size, label, restored.step).result()
+    aggregates = {"set": label, "step": restored.step, **aggregates}
+    if excluded is not None:
+        sinks = memsinks.from_config(run.config)
+        aggregates.update(excluded_ids=len(excluded),
+                          pool_fraction_excluded=float(np.mean(np.asarray(sinks.excluded_units(excluded)))))
+    _write_csv(pd.DataFrame(per_example), os.path.join(out_dir, f"{label}-{restored.step}.csv"))
     if extract_k:
-        frame = _extractability(run, restored.params, store, prompt_len, num_new)
-        _write_csv(frame, os.path.join(out_dir, f"{set_name}-{restored.step}-extract.csv"))
+        frame = _extractability(run, restored.params, store, prompt_len, num_new, memsinks_mode, excluded)
+        _write_csv(frame, os.path.join(out_dir, f"{label}-{restored.step}-extract.csv"))
         aggregates.update(extract_examples=len(frame), memorized_fraction=float(frame["memorized"].mean()),
                           mean_score=float(frame["score"].mean()))
     return aggregates
@@ -63,13 +74,36 @@ def _write_csv(frame: pd.DataFrame, path: str) -> None:
     runs.atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
-def _extractability(run: core.Run, params, store, prompt_len: int, num_new: int) -> pd.DataFrame:
-    """k-extractability of every example with >= M + N real tokens, in batches from the feeder."""
+def _excluded_ids(config, data, mode: str, exclude_set: str | None, exclude_count: int | None):
+    if config.memsinks.method == "none" and mode != "train":
+        raise ValueError(f"--memsinks_mode={mode!r} needs a MemSinks run; this run has config.memsinks.method='none'")
+    if mode != "exclude":
+        if exclude_set or exclude_count is not None:
+            raise ValueError("--exclude_set/--exclude_count go with --memsinks_mode=exclude")
+        return None
+    if not exclude_set:
+        raise ValueError("--memsinks_mode=exclude needs --exclude_set=<set whose sequences' sink units go>")
+    ids = memsinks.set_ids(data, exclude_set)
+    if exclude_count is not None:
+        if not 1 <= exclude_count <= len(ids):
+            raise ValueError(f"--exclude_count={exclude_count} must be in [1, {len(ids)}] (examples of "
+                             f"{exclude_set!r})")
+        ids = ids[:exclude_count]
+    return ids
+
+
+def _extractability(run: core.Run, params, store, prompt_len: int, num_new: int, mode: str = "train",
+                    excluded=None) -> pd.DataFrame:
+    """k-extractability of every example with >= M + N real tokens, in batches from the feeder (MLP gates of a
+    MemSinks run in ``mode``)."""
     # Examples are right-padded: the first M + N tokens are all real exactly when there are M + N of them.
     full_ids = np.asarray(store.example_ids)[store.token_counts(run.data.pad_id) >= prompt_len + num_new]
     with run.context():
-        outputs = [extract.extractability(run.graphdef, params, run.feeder.batch(store, rows), prompt_len, num_new)
-                   for rows in run.feeder.set_rows(store, run.config.batch_size)]
+        outputs = []
+        for rows in run.feeder.set_rows(store, run.config.batch_size):
+            batch = run.feeder.batch(store, rows)
+            outputs.append(extract.extractability(run.graphdef, params, batch, prompt_len, num_new,
+                                                  mlp_gate_BxF=core.sequence_gates(run, batch, mode, excluded)))
     frames = []
     for result in jax.device_get(outputs):
         ids = result["example_ids_B"].astype(np.int64)

@@ -11,6 +11,7 @@ Commands:
          (process 0 listens on <host:port>), or with --distributed alone by auto-detection (TPU pods, SLURM,
          Open MPI). Every process trains; only process 0 writes the data stores and result files.
   eval   --workdir=<dir> --set=<name> [--step=<S>] [--extract [--prompt_len=32 --num_new=32]]
+         [--memsinks_mode=train|all|dropout|exclude [--exclude_set=<set> --exclude_count=<n>]]
          Evaluate a set (validation, special, train, ...) at checkpoint S (default: the latest): per-example
          M(f) and loss in evals/<set>-<S>.csv; with --extract Biderman's k-extractability per example
          (example_id,score,memorized,prefix_match) in evals/<set>-<S>-extract.csv.
@@ -84,6 +85,13 @@ _M_FROM = flags.DEFINE_enum("m_from", "auto", ["auto", "train_eval", "in_step"],
 _EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`: prompt tokens M.")
 _NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`: greedy tokens N scored.")
+_MEMSINKS_MODE = flags.DEFINE_enum("memsinks_mode", "train", ["train", "all", "dropout", "exclude"],
+                                   "`eval` of a MemSinks run: the MLP gates (train: each sequence's own mask; "
+                                   "all: pool x p_mem; dropout: sinks dropped; exclude: --exclude_set's units off).")
+_EXCLUDE_SET = flags.DEFINE_string("exclude_set", None, "`eval --memsinks_mode=exclude`: the set whose sequences' "
+                                   "sink units are switched off.")
+_EXCLUDE_COUNT = flags.DEFINE_integer("exclude_count", None, "`eval --memsinks_mode=exclude`: only the first n "
+                                      "sequences of --exclude_set.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
                                  "<workdir>[@step] (the latest when no step); same as --config.init_from.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "`train` multi-host: <host:port> of process 0's "
@@ -169,7 +177,8 @@ def cmd_eval() -> None:
     from memdyn import eval_checkpoint
     aggregates = eval_checkpoint.evaluate_checkpoint(
         _require(_WORKDIR, "eval"), _require(_SET, "eval"), _STEP.value, extract_k=_EXTRACT.value,
-        prompt_len=_PROMPT_LEN.value, num_new=_NUM_NEW.value)
+        prompt_len=_PROMPT_LEN.value, num_new=_NUM_NEW.value, memsinks_mode=_MEMSINKS_MODE.value,
+        exclude_set=_EXCLUDE_SET.value, exclude_count=_EXCLUDE_COUNT.value)
     print("\n".join(f"{k}: {v}" for k, v in aggregates.items()))
 
 

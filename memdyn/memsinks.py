@@ -214,7 +214,7 @@ class Sinks:
                                  "'sinks'); the shared sink has modes train, all, dropout")
             gate_F = is_general_F.astype(jnp.float32)
         elif mode == "train":
-            return jnp.where(is_general_F, 1.0, self._unit_mask(seq_ids_BxL[..., None])).astype(jnp.float32)
+            return jnp.where(is_general_F, 1.0, self._unit_mask(seq_ids_BxL)).astype(jnp.float32)
         elif mode == "all":
             gate_F = jnp.where(is_general_F, 1.0, self.p_mem)
         elif mode == "dropout":
@@ -228,14 +228,15 @@ class Sinks:
             raise ValueError(f"memsinks mode {mode!r}: expected one of {EVAL_MODES}")
         return jnp.broadcast_to(gate_F.astype(jnp.float32), tuple(seq_ids_BxL.shape) + (self.d_ff,))
 
-    def _unit_mask(self, ids_Bx1):
-        """Pool masks laid out over all F units (general units' entries are meaningless), elementwise in F."""
+    def _unit_mask(self, seq_ids_BxL):
+        """[B, L, F] pool masks laid out over all F units (general units' entries are meaningless), computed
+        elementwise in F from a per-unit constant."""
         unit_F = np.maximum(np.arange(self.d_ff) - self.general, 0)
         if self.mask == "paper":
-            hi, lo = _ids_as_words(ids_Bx1, self.id_width)
+            hi, lo = _ids_as_words(seq_ids_BxL, self.id_width)
             return _paper_pool_mask(hi, lo, jnp.asarray(paper_constants(self.pool)[unit_F]), self.p_mem)
         if self.mask == "random":
-            return random_mask(ids_Bx1[..., 0], 0, self.p_mem, units=jnp.asarray(unit_F, jnp.uint32))
+            return random_mask(seq_ids_BxL, 0, self.p_mem, units=jnp.asarray(unit_F, jnp.uint32))
         raise ValueError(f"config.memsinks.mask={self.mask!r}: expected one of {MASK_KINDS}")
 
     def excluded_units(self, excluded_ids) -> jax.Array:
@@ -251,3 +252,15 @@ def from_config(config) -> Sinks | None:
         return None
     return Sinks(d_ff=config.model.d_ff, p_gen=m.p_gen, p_mem=m.p_mem, method=m.method, mask=m.mask,
                  id_width=m.id_width)
+
+
+def set_ids(data, set_name: str) -> np.ndarray:
+    """The sequence ids (int32 [N]) of every example of one of the run's sets (``RunData.evaluable``)."""
+    from memdyn.data.feeder import sequence_ids
+    stores = data.evaluable()
+    if set_name not in stores:
+        raise ValueError(f"config.memsinks.exclude_set={set_name!r} is not a set of this run; sets: {sorted(stores)}")
+    store = stores[set_name]
+    if store.seq_ids is not None:
+        raise ValueError(f"set {set_name!r} packs several sequences per row; exclude its ids explicitly")
+    return sequence_ids(np.asarray(store.tokens), data.pad_id)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from memdyn import checkpoint, insertion
+from memdyn import checkpoint, insertion, memsinks
 from memdyn import config as config_lib
 from memdyn import evaluate as evaluate_lib
 from memdyn import sharding
@@ -60,6 +60,9 @@ class Trainer:
         c = run.config
         self.step_fn = make_train_step(run)
         self.eval_step = make_eval_step(run)
+        # MemSinks: every evaluation is repeated in these modes, written as "<set>@<mode>"
+        excluded = memsinks.set_ids(run.data, c.memsinks.exclude_set) if c.memsinks.exclude_set else None
+        self.mode_steps = {mode: make_eval_step(run, mode, excluded) for mode in c.eval.memsinks_modes}
         self.insert_steps = insertion.insertion_steps(c.insert, c.num_steps)
         # The inserted set is evaluated together with the control set (same distribution, never inserted).
         self.tracked = [c.insert.set] + (["control"] if "control" in run.data.sets else []) \
@@ -106,16 +109,16 @@ class Trainer:
             with run.context():
                 pending: list = []
                 if not resuming:
-                    pending += [self._evaluate(params, name, counters, self._label(counters.step))
-                                for name in self._evaluated_after(counters.step, counters)]
+                    for name in self._evaluated_after(counters.step, counters):
+                        pending += self._evaluate(params, name, counters, self._label(counters.step))
                 for step in range(counters.step, c.num_steps):
                     items = []
                     if step in self.insert_steps:
                         params, opt_state, items = self._insert(params, opt_state, step, counters)
                     params, opt_state, item = self._train_step(params, opt_state, step, counters)
                     items.append(item)
-                    items += [self._evaluate(params, name, counters, self._label(counters.step))
-                              for name in self._evaluated_after(counters.step, counters)]
+                    for name in self._evaluated_after(counters.step, counters):
+                        items += self._evaluate(params, name, counters, self._label(counters.step))
                     self._drain(pending)  # results of the previous step, fetched after this one is dispatched
                     pending = items
                     preempted = self._preempted  # read once: a SIGTERM arriving later counts from the next step
@@ -156,8 +159,8 @@ class Trainer:
         after them. A sham insertion (``insert.sham``) evaluates the same, without the updates."""
         c, run = self.run.config, self.run
         evaluated = self._evaluated_after(step, counters)
-        items = [self._evaluate(params, name, counters, at_insertion="before")
-                 for name in self.tracked if name not in evaluated]
+        items = [item for name in self.tracked if name not in evaluated
+                 for item in self._evaluate(params, name, counters, at_insertion="before")]
         store = run.data.sets[c.insert.set]
         for repeat in range(0 if c.insert.sham else c.insert.repeats):
             for b, rows in enumerate(self.insert_rows):
@@ -167,14 +170,17 @@ class Trainer:
                                              batch=b), m))
                 counters.update += 1
                 counters.inserted_updates += 1
-        items += [self._evaluate(params, name, counters, at_insertion="after") for name in self.tracked]
+        for name in self.tracked:
+            items += self._evaluate(params, name, counters, at_insertion="after")
         return params, opt_state, items
 
-    def _evaluate(self, params, name: str, counters: Counters, at_insertion: str = ""):
+    def _evaluate(self, params, name: str, counters: Counters, at_insertion: str = "") -> list:
+        """The evaluation of set ``name`` and, in a MemSinks run, of ``name@<mode>`` for every eval mode."""
         run = self.run
         extra = dict(update=counters.update, inserted_updates=counters.inserted_updates, at_insertion=at_insertion)
-        return ("eval", evaluate_lib.evaluate(self.eval_step, params, run.feeder, self.stores[name],
-                                              run.config.batch_size, name, counters.step, **extra), None)
+        steps = {name: self.eval_step, **{f"{name}@{mode}": fn for mode, fn in self.mode_steps.items()}}
+        return [("eval", evaluate_lib.evaluate(fn, params, run.feeder, self.stores[name], run.config.batch_size,
+                                               label, counters.step, **extra), None) for label, fn in steps.items()]
 
     def _label(self, steps_done: int) -> str:
         """``at_insertion`` of the scheduled evaluations after ``steps_done`` steps: they precede any insertion

@@ -6,6 +6,8 @@ A store directory holds
   doc_ids.npy      int64 [N]      id of the document the example was cut from (copies share it)
   tags.npy         int8  [N, L]   optional per-token tags (parts of speech; names in manifest "tag_names")
   dup_counts.npy   int32 [N]      optional: how many rows of the store hold the same tokens (1: unique)
+  seq_ids.npy      int32 [N, L]   optional: the sequence of every token, for rows packing several documents
+                                  (without it a row is one sequence, whose id the feeder hashes from its tokens)
   manifest.json    what was stored: source, vocabulary, counts, content hash
 It is written to a temporary directory and renamed into place, so a store is either complete or absent.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-_ARRAYS = ("tokens", "example_ids", "doc_ids", "tags", "dup_counts")
+_ARRAYS = ("tokens", "example_ids", "doc_ids", "tags", "dup_counts", "seq_ids")
 
 
 class ExampleStore:
@@ -41,6 +43,8 @@ class ExampleStore:
         self.tags = np.load(tags_path, mmap_mode="r") if os.path.exists(tags_path) else None
         counts_path = os.path.join(path, "dup_counts.npy")
         self.dup_counts = np.load(counts_path, mmap_mode="r") if os.path.exists(counts_path) else None
+        seq_ids_path = os.path.join(path, "seq_ids.npy")
+        self.seq_ids = np.load(seq_ids_path, mmap_mode="r") if os.path.exists(seq_ids_path) else None
         if self.tokens.ndim != 2 or self.tokens.shape[0] == 0:
             raise ValueError(f"example store {path!r} is empty (tokens shape {self.tokens.shape})")
 
@@ -62,6 +66,8 @@ class ExampleStore:
             out["tags"] = np.asarray(self.tags[indices])
         if self.dup_counts is not None:
             out["dup_counts"] = np.asarray(self.dup_counts[indices])
+        if self.seq_ids is not None:
+            out["seq_ids"] = np.asarray(self.seq_ids[indices])
         return out
 
     def token_counts(self, pad_id: int) -> np.ndarray:
@@ -77,7 +83,8 @@ class ExampleStore:
 
 
 def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_ids: np.ndarray,
-                tags: np.ndarray | None = None, dup_counts: np.ndarray | None = None, manifest: dict[str, Any] | None = None) -> ExampleStore:
+                tags: np.ndarray | None = None, dup_counts: np.ndarray | None = None,
+                seq_ids: np.ndarray | None = None, manifest: dict[str, Any] | None = None) -> ExampleStore:
     """Writes a store atomically (temporary directory, then rename) and opens it."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     if tokens.ndim != 2 or tokens.shape[0] == 0:
@@ -88,6 +95,10 @@ def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_i
         arrays["tags"] = np.asarray(tags, np.int8)
     if dup_counts is not None:
         arrays["dup_counts"] = np.asarray(dup_counts, np.int32)
+    if seq_ids is not None:
+        if np.shape(seq_ids) != tokens.shape:
+            raise ValueError(f"seq_ids of store {path!r} have shape {np.shape(seq_ids)}, tokens {tokens.shape}")
+        arrays["seq_ids"] = np.asarray(seq_ids, np.int32)
     for name, array in arrays.items():
         if array.shape[0] != tokens.shape[0]:
             raise ValueError(f"{name} has {array.shape[0]} rows but tokens has {tokens.shape[0]}")

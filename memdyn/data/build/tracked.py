@@ -32,8 +32,8 @@ def plant(train: Examples, tracked, *, vocab_size: int, num_special: int, eos_id
     n = len(train)
 
     if tracked.duplicated_docs:
-        if tracked.duplicate_count < 2:
-            raise ValueError(f"config.data.tracked.duplicate_count={tracked.duplicate_count} must be at least 2")
+        if tracked.duplicate_count < 1:  # 1: the documents are tracked but not repeated (a deduplication control)
+            raise ValueError(f"config.data.tracked.duplicate_count={tracked.duplicate_count} must be at least 1")
         doc_ids = np.unique(train.doc_ids)
         if tracked.duplicated_docs > len(doc_ids):
             raise ValueError(f"config.data.tracked.duplicated_docs={tracked.duplicated_docs} exceeds the "
