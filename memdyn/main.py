@@ -30,6 +30,10 @@ Commands:
          Forgetting curves of an inserted set against its sham-insertion control (the same fork without the
          inserted updates), the retained trace with 95% CIs over seeds: forgetting_curves.csv,
          forgetting_summary.csv, forgetting_conditions.csv/.md, forgetting_trend.csv, forgetting.png.
+  analyze memsinks (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
+         MemSinks runs (configs/memsinks.py) against standard training of the same seed: validation, repeated and
+         never-seen losses, the repeated-vs-never-seen gap closed, 95% CIs over seeds: memsinks_conditions.csv/.md,
+         memsinks_summary.csv, memsinks_curves.csv, memsinks_deletion.csv, memsinks.png.
   vocab  --config=<file>.py [--config.data.vocab.model_type=unigram|bpe|word --config.data.vocab.size=N]
          --out=<file>.model
          Train a SentencePiece vocabulary on the configured source's training split (tfds or text), offline;
@@ -61,12 +65,12 @@ SUMMARIES = {"train": "train a run, resume it, or fork one from another run's ch
              "rows": "print the examples a step trained",
              "sweep": "train the cross product of config values, one workdir per run",
              "export": "tidy CSVs of a run or a whole sweep",
-             "analyze": "memorization (M(f), T(N, tau)) or forgetting analyses, with CIs over seeds",
+             "analyze": "memorization (M(f), T(N, tau)), forgetting or memsinks analyses, with CIs over seeds",
              "vocab": "train a SentencePiece vocabulary offline"}
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged "
-    "config by name (base, memorization, forgetting, text, tfds_synthetic, seqio_task)[:arg].")
+    "config by name (base, memorization, forgetting, memsinks, text, tfds_synthetic, seqio_task)[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")

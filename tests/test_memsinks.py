@@ -251,6 +251,16 @@ def test_eval_modes_in_training_and_at_a_checkpoint(tmp_path):
     assert got["pool_fraction_excluded"] == pytest.approx(np.asarray(sinks.pool_mask(ids)).any(0).mean())
     frame = pd.read_csv(os.path.join(workdir, "evals", f"duplicates@exclude-{got['step']}.csv"))
     assert len(frame) == run_data.sets["duplicates"].num_examples
+    # extraction under a mode: each row decodes with its own per-sequence gate
+    got = eval_checkpoint.evaluate_checkpoint(workdir, "duplicates", extract_k=True, prompt_len=8, num_new=8,
+                                              memsinks_mode="dropout")
+    assert os.path.isfile(os.path.join(workdir, "evals", f"duplicates@dropout-{got['step']}-extract.csv"))
+    run = core.build_run(config, run_data)
+    with run.context():
+        batch = run.feeder.batch(run_data.sets["duplicates"], np.arange(4))
+        gates = np.asarray(core.sequence_gates(run, batch, "train"))
+    ids = np.asarray(batch["seq_ids_BxL"])[:, 0]
+    np.testing.assert_array_equal(gates[:, sinks.general:], np.asarray(sinks.pool_mask(ids)).astype(np.float32))
 
 
 def test_bad_memsinks_config_is_refused_by_name(tmp_path):

@@ -56,7 +56,7 @@ def load_curves(workdirs: list[str]) -> pd.DataFrame:
         evals = read_csv(os.path.join(workdir, "eval.csv"))
         if evals.empty:
             continue
-        evals = evals[evals["at_insertion"].fillna("") == ""]
+        evals = evals[evals["at_insertion"].isna() | (evals["at_insertion"].astype(str) == "")]
         parts = evals["set"].str.partition("@")
         evals = evals.assign(base=parts[0], mode=parts[2])
         evals = evals[evals["base"].isin(list(SETS)) & evals["mode"].isin(list(VARIANTS))]
