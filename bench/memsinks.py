@@ -6,7 +6,8 @@ the mask computation alone, side by side in one run.
 The MemSinks step computes the paper's masks ([B, L, d_ff], from the per-token sequence ids, inside the jitted
 step) and multiplies every MLP's hidden units by them; the dense step is the same model and batch with
 ``config.memsinks.method='none'``. Steps are interleaved so that drift of the machine hits both alike. "mask alone"
-is the jitted gate computation for one batch, as a fraction of the dense step.
+is the jitted gate computation for one batch (one [B, 1, d_ff] mask per row, as the step computes it when rows
+hold one sequence each), as a fraction of the dense step.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def bench_size(size: str, batch: int, seq: int, steps: int, data_dir: str) -> di
             times[method].append(t)
     sinks = memsinks.from_config(runs["sinks"].config)
     gate = jax.jit(lambda ids: sinks.gate(ids, "train"))
-    ids = batch_data["seq_ids_BxL"][:, :seq]
+    ids = batch_data["seq_ids_BxL"][:, :1]  # what the step computes: one mask per row (rows hold one sequence)
     jax.block_until_ready(gate(ids))
     mask_times = []
     for _ in range(3):

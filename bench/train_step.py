@@ -24,7 +24,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.peak import measure_matmul_peak  # noqa: E402
-from bench.torch_peer import torch_train_tokens_per_sec  # noqa: E402
 from memdyn import config as config_lib, core, sizes  # noqa: E402
 from memdyn.data import build  # noqa: E402
 
@@ -71,6 +70,8 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
     shape = run.shape
     tokens_per_step = batch * seq
     flops = sizes.train_flops_per_token(shape, seq) * tokens_per_step / step_with
+    from bench.torch_peer import torch_train_tokens_per_sec  # torch only when the peer runs
+
     peer = torch_train_tokens_per_sec(num_layers=shape.num_layers, d_model=shape.d_model,
                                       num_heads=shape.num_heads, d_ff=shape.d_ff, vocab_size=shape.vocab_size,
                                       seq_len=seq, batch_size=batch, steps=steps, warmup=3,

@@ -7,9 +7,9 @@ deletion in the MemSinks runs, then analyzes it:
 Each condition is a sweep over the seeds in ``<out>/<condition>/seed=<s>`` (``--parallel`` seeds at once, each a
 ``memdyn train`` process). ``--repeats`` sets how often each repeated sequence occurs per epoch (not for
 ``dedup``). In every MemSinks run the sink units of the first k repeated sequences (k in ``--deletions``) are
-excluded at the last checkpoint (``memdyn eval --memsinks_mode=exclude``): ``deletion.csv`` holds the loss of the
-excluded sequences, of the other repeated sequences and of validation data, and the fraction of the pool the
-excluded ids cover, beside the same quantities with the sinks kept and dropped. ``memdyn analyze memsinks`` is
+excluded at the last checkpoint (``memdyn eval --memsinks_mode=exclude``): ``deletion.csv`` holds the loss of
+those k sequences, of the other repeated sequences and of validation data, and the fraction of the pool the k
+ids cover, beside the same split of the same losses with the sinks kept (mode train), at p_mem (all) and dropped. ``memdyn analyze memsinks`` is
 called at the end. Complete runs are skipped, interrupted ones resume.
 """
 
@@ -32,19 +32,31 @@ CONDITIONS = ("standard", "memsinks", "shared", "dedup", "placebo")
 
 
 def measure_deletion(workdir: str, counts: list[int]) -> pd.DataFrame:
-    """Losses with the sinks kept, dropped, and with the units of the first k repeated sequences excluded."""
+    """For each k: the loss of the first k repeated sequences (``excluded``), of the other repeated sequences and
+    of validation data with those k sequences' sink units excluded, and in the modes train (sinks kept), all and
+    dropout (every sink dropped) for comparison; plus the fraction of the pool the k ids cover."""
+    evaluated = {}
+
+    def losses(mode: str, k: int = 0):
+        key = (mode, k if mode == "exclude" else 0)
+        if key not in evaluated:
+            extra = dict(exclude_set="duplicates", exclude_count=k) if mode == "exclude" else {}
+            repeated = eval_checkpoint.evaluate_checkpoint(workdir, "duplicates", memsinks_mode=mode, **extra)
+            validation = eval_checkpoint.evaluate_checkpoint(workdir, "validation", memsinks_mode=mode, **extra)
+            per_example = pd.read_csv(os.path.join(workdir, "evals", f"{repeated['set']}-{repeated['step']}.csv"))
+            evaluated[key] = repeated, validation, per_example
+        return evaluated[key]
+
     rows = []
-    for mode, k in [("train", 0), ("dropout", 0)] + [("exclude", k) for k in counts]:
-        extra = dict(exclude_set="duplicates", exclude_count=k) if mode == "exclude" else {}
-        repeated = eval_checkpoint.evaluate_checkpoint(workdir, "duplicates", memsinks_mode=mode, **extra)
-        validation = eval_checkpoint.evaluate_checkpoint(workdir, "validation", memsinks_mode=mode, **extra)
-        per_example = pd.read_csv(os.path.join(workdir, "evals", f"{repeated['set']}-{repeated['step']}.csv"))
-        excluded = np.arange(len(per_example)) < k  # the set's first k rows, in store order
-        mean = lambda part: float(np.average(part["loss"], weights=part["num_tokens"])) if len(part) else np.nan  # noqa: E731
-        rows.append(dict(mode=mode, excluded_ids=k, step=repeated["step"],
-                         pool_fraction_excluded=repeated.get("pool_fraction_excluded", 0.0),
-                         excluded_loss=mean(per_example[excluded]), other_repeated_loss=mean(per_example[~excluded]),
-                         repeated_loss=repeated["loss"], validation_loss=validation["loss"]))
+    for k in counts:
+        for mode in ("train", "all", "dropout", "exclude"):
+            repeated, validation, per_example = losses(mode, k)
+            excluded = np.arange(len(per_example)) < k  # the set's first k rows, in store order
+            mean = lambda part: float(np.average(part["loss"], weights=part["num_tokens"]))  # noqa: E731
+            rows.append(dict(mode=mode, excluded_ids=k, step=repeated["step"],
+                             pool_fraction_excluded=repeated.get("pool_fraction_excluded", 0.0),
+                             excluded_loss=mean(per_example[excluded]),
+                             other_repeated_loss=mean(per_example[~excluded]), validation_loss=validation["loss"]))
     return pd.DataFrame(rows)
 
 

@@ -170,6 +170,9 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
     base_key = jax.random.key(config.seed)
 
     sinks = memsinks.from_config(config)
+    # Rows hold one sequence each unless a store gives per-token ids: then one gate per row [B, 1, F] suffices and
+    # broadcasts over L inside the MLP's multiply (never materialized at [B, L, F]).
+    one_sequence_per_row = all(store.seq_ids is None for store in run.data.evaluable().values())
 
     def forward(params, batch: Batch, step):
         tokens_BxL = batch["tokens_BxL"]
@@ -180,7 +183,8 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
         seq_ids_BxL = batch.get("seq_ids_BxL")  # the feeder's batches have them; a hand-made batch may not
         if seq_ids_BxL is not None:
             seq_ids_BxL = seq_ids_BxL[:, :t.inputs_BxL.shape[1]]
-        gate_BxLxF, grad_gate_BxLxF = _mlp_gates(sinks, config.memsinks, batch, seq_ids_BxL, step, memsinks_mode,
+        gate_ids = seq_ids_BxL[:, :1] if one_sequence_per_row and seq_ids_BxL is not None else seq_ids_BxL
+        gate_BxLxF, grad_gate_BxLxF = _mlp_gates(sinks, config.memsinks, batch, gate_ids, step, memsinks_mode,
                                                  excluded_ids)
         model = nnx.merge(run.graphdef, nnx.State(params))
         logits = model(t.inputs_BxL, valid_BxL=t.inputs_BxL != masking.pad_id, mlp_gate_BxLxF=gate_BxLxF,
@@ -197,7 +201,8 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
 
 def _mlp_gates(sinks: memsinks.Sinks | None, cfg: config_dict.ConfigDict, batch: Batch, seq_ids_BxL, step,
                mode: str, excluded_ids):
-    """(gate, gradient gate) of the MLP hidden units, [B, L, F] each or None, sharded like the hidden units."""
+    """(gate, gradient gate) of the MLP hidden units, [B, L, F] each (or [B, 1, F] from ids [B, 1]) or None,
+    sharded like the hidden units."""
     if sinks is None:
         return None, None
     if seq_ids_BxL is None:

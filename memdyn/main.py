@@ -33,7 +33,7 @@ Commands:
   analyze memsinks (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
          MemSinks runs (configs/memsinks.py) against standard training of the same seed: validation, repeated and
          never-seen losses, the repeated-vs-never-seen gap closed, 95% CIs over seeds: memsinks_conditions.csv/.md,
-         memsinks_summary.csv, memsinks_curves.csv, memsinks_deletion.csv, memsinks.png.
+         memsinks_comparisons.csv, memsinks_summary.csv, memsinks_curves.csv, memsinks_deletion.csv, memsinks.png.
   vocab  --config=<file>.py [--config.data.vocab.model_type=unigram|bpe|word --config.data.vocab.size=N]
          --out=<file>.model
          Train a SentencePiece vocabulary on the configured source's training split (tfds or text), offline;

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memdyn import sharding
+
 PAPER_A = 1588635695
 PAPER_P = 4294967291  # the largest prime below 2**32; 2**32 = P + 5
 MASK_KINDS = ("paper", "random")
@@ -232,12 +234,17 @@ class Sinks:
         """[B, L, F] pool masks laid out over all F units (general units' entries are meaningless), computed
         elementwise in F from a per-unit constant."""
         unit_F = np.maximum(np.arange(self.d_ff) - self.general, 0)
+        # the per-unit constant carries the hidden axis's sharding, so each device computes its own units
         if self.mask == "paper":
             hi, lo = _ids_as_words(seq_ids_BxL, self.id_width)
-            return _paper_pool_mask(hi, lo, jnp.asarray(paper_constants(self.pool)[unit_F]), self.p_mem)
-        if self.mask == "random":
-            return random_mask(seq_ids_BxL, 0, self.p_mem, units=jnp.asarray(unit_F, jnp.uint32))
-        raise ValueError(f"config.memsinks.mask={self.mask!r}: expected one of {MASK_KINDS}")
+            constants_F = sharding.constrain(jnp.asarray(paper_constants(self.pool)[unit_F]), ("act_mlp",))
+            mask = _paper_pool_mask(hi, lo, constants_F, self.p_mem)
+        elif self.mask == "random":
+            units_F = sharding.constrain(jnp.asarray(unit_F, jnp.uint32), ("act_mlp",))
+            mask = random_mask(seq_ids_BxL, 0, self.p_mem, units=units_F)
+        else:
+            raise ValueError(f"config.memsinks.mask={self.mask!r}: expected one of {MASK_KINDS}")
+        return sharding.constrain(mask, ("batch", "length", "act_mlp"))
 
     def excluded_units(self, excluded_ids) -> jax.Array:
         """[U] bool: pool units that any of ``excluded_ids`` [E] switches on in training."""

@@ -279,7 +279,7 @@ def test_bad_memsinks_config_is_refused_by_name(tmp_path):
 
 
 _SHARDED = r'''
-import json, tempfile, sys
+import json, re, tempfile, sys
 sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import tiny_config
@@ -306,9 +306,9 @@ for mesh in [(1, 1, 1), (1, 1, 4), (2, 1, 4)]:
             params, opt_state, m = step_fn(params, opt_state, batch, np.int32(step))
             losses.append(float(m["loss"]))
     d_ff = run.shape.d_ff
-    # per-device [B, L, F] arrays of the mask computation (u32 words): the whole F on one device or a slice
-    full = [line for line in hlo.splitlines() if f"u32[{8 // mesh[0]},31,{d_ff}]" in line]
-    sliced = [line for line in hlo.splitlines() if f",{d_ff // mesh[2]}]" in line and "u32[" in line]
+    # per-device [B, 1, F] arrays of the mask computation (u32 words): the whole F on one device or a slice
+    full = re.findall(rf"u32\[\d+,1,{d_ff}\]", hlo)
+    sliced = re.findall(rf"u32\[\d+,1,{d_ff // mesh[2]}\]", hlo)
     out[str(mesh)] = {"losses": losses, "full_f_u32": len(full), "sliced_u32": len(sliced)}
 print("RESULT" + json.dumps(out))
 '''

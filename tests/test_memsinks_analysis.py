@@ -59,6 +59,10 @@ def test_gap_closed_and_validation_delta_are_paired_by_seed(tmp_path):
     standard = table[table.condition == "standard"].iloc[0]
     assert standard["gap_closed_mean"] == 0 and standard["n_seeds"] == 3
     assert set(table.condition) == {"standard", "memsinks", "dedup"}
+    # paired by seed: MemSinks dropped against standard, on validation loss
+    comparisons = pd.read_csv(tmp_path / "out" / "memsinks_comparisons.csv")
+    row = comparisons[(comparisons.b == "standard:kept") & (comparisons.metric == "validation")].iloc[0]
+    assert row["difference_mean"] == pytest.approx(np.mean(deltas)) and row["n_seeds"] == 3
     for name in ("memsinks_curves.csv", "memsinks_summary.csv", "memsinks_conditions.csv", "memsinks_conditions.md",
                  "memsinks.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0

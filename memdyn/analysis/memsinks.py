@@ -16,8 +16,9 @@ same seed (the same data order):
   own_gap     = L_v(never-seen) - L_v(repeated)       (what the variant still knows of the repeated sequences)
 
 at the last evaluation, as means with 95% t-intervals over seeds. Writes memsinks_curves.csv (every evaluation),
-memsinks_summary.csv (per run and variant), memsinks_conditions.csv/.md (over seeds), memsinks_deletion.csv
-(when deletion files exist) and memsinks.png.
+memsinks_summary.csv (per run and variant), memsinks_conditions.csv/.md (over seeds), memsinks_comparisons.csv
+(paired differences between variants, seed by seed: MemSinks dropped against the placebo, dedup, standard and
+shared-sink runs), memsinks_deletion.csv (when deletion files exist) and memsinks.png.
 """
 
 from __future__ import annotations
@@ -95,6 +96,30 @@ def conditions(summary: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("order").drop(columns="order").reset_index(drop=True)
 
 
+COMPARISONS = [  # (a, b, metric): a − b per seed
+    (("memsinks", "dropped"), ("placebo", "dropped"), "gap_closed"),
+    (("memsinks", "dropped"), ("placebo", "dropped"), "validation"),
+    (("memsinks", "dropped"), ("dedup", "kept"), "validation"),
+    (("memsinks", "dropped"), ("standard", "kept"), "validation"),
+    (("memsinks", "dropped"), ("shared", "dropped"), "validation"),
+]
+
+
+def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
+    """Paired differences between two variants, seed by seed, with 95% t intervals (seeds present in both)."""
+    rows = []
+    for (ca, va), (cb, vb), metric in COMPARISONS:
+        a = summary[(summary["condition"] == ca) & (summary["variant"] == va)].set_index("seed")[metric]
+        b = summary[(summary["condition"] == cb) & (summary["variant"] == vb)].set_index("seed")[metric]
+        seeds = a.index.intersection(b.index)
+        if len(seeds) == 0:
+            continue
+        mean, low, high, n = t_interval((a[seeds] - b[seeds]).values)
+        rows.append(dict(a=f"{ca}:{va}", b=f"{cb}:{vb}", metric=metric, difference_mean=mean,
+                         difference_ci_low=low, difference_ci_high=high, n_seeds=n))
+    return pd.DataFrame(rows)
+
+
 def conditions_markdown(table: pd.DataFrame) -> str:
     lines = ["| condition | variant | seeds | validation loss | repeated loss | never-seen loss | gap closed | "
              "val loss − standard |", "|---|---|---|---|---|---|---|---|"]
@@ -132,6 +157,7 @@ def analyze_runs(workdirs: list[str], out_dir: str | None = None) -> tuple[pd.Da
         write(curves.drop(columns="workdir"), "memsinks_curves.csv")
         write(summary.drop(columns="workdir"), "memsinks_summary.csv")
         write(table, "memsinks_conditions.csv")
+        write(comparisons(summary), "memsinks_comparisons.csv")
         runs.atomic_write_text(os.path.join(out_dir, "memsinks_conditions.md"), conditions_markdown(table) + "\n")
         deleted = deletion(workdirs)
         if not deleted.empty:
@@ -142,8 +168,8 @@ def analyze_runs(workdirs: list[str], out_dir: str | None = None) -> tuple[pd.Da
 
 @register("memsinks", help="MemSinks vs standard, shared-sink, dedup and placebo training: validation, repeated "
                            "and never-seen losses, the gap closed with sinks dropped, 95% CIs over seeds",
-          outputs="memsinks_curves.csv, memsinks_summary.csv, memsinks_conditions.csv/.md, memsinks_deletion.csv, "
-                  "memsinks.png")
+          outputs="memsinks_curves.csv, memsinks_summary.csv, memsinks_conditions.csv/.md, memsinks_comparisons.csv, "
+                  "memsinks_deletion.csv, memsinks.png")
 def run(options: Options) -> pd.DataFrame:
     table = analyze_runs(options.workdirs, options.out_dir)[1]
     return table[["condition", "variant", "n_seeds", "validation_mean", "repeated_mean", "never_seen_mean",
@@ -152,7 +178,7 @@ def run(options: Options) -> pd.DataFrame:
 
 _SHOWN = [("standard", "kept", "standard"), ("dedup", "kept", "dedup"), ("memsinks", "kept", "MemSinks, sinks kept"),
           ("memsinks", "dropped", "MemSinks, sinks dropped"), ("placebo", "dropped", "placebo, sinks dropped"),
-          ("shared", "dropped", "shared sink, dropped")]
+          ("shared", "kept", "shared sink, kept (its dropped losses are in the table)")]
 
 
 def _plot(curves: pd.DataFrame, png_path: str) -> None:
@@ -172,7 +198,7 @@ def _plot(curves: pd.DataFrame, png_path: str) -> None:
         for ax, (column, _) in zip(axes, panels):
             points = [(step, *t_interval(g[column])) for step, g in part.groupby("step")]
             step, mean, low, high, _ = (np.array(v) for v in zip(*points))
-            ls = "--" if variant == "kept" and cond != "standard" else "-"
+            ls = "--" if variant == "kept" and cond not in ("standard", "dedup") else "-"
             ax.plot(step, mean, color=f"C{i}", ls=ls, lw=1.3, label=f"{label} ({seeds} seed{'s' * (seeds > 1)})")
             if seeds > 1:
                 ax.fill_between(step, low, high, color=f"C{i}", alpha=0.18, lw=0)
