@@ -6,11 +6,12 @@ and off the others, so repetitions of one sequence train the same few sink units
 dropped. Every function here is pure jnp on uint32/int32 (JAX runs without 64-bit integers) and elementwise over
 the hidden axis: under ``sharding.constrain(..., 'act_mlp')`` each device computes only its slice of the gate.
 
-Masks (``ids_to_mask``):
+Masks (``pool_mask``, ``config.memsinks.mask``):
   paper   the authors' published hash, bit for bit: ``c_j = (a**j) mod P`` with the power wrapping in int64,
           ``m = (s * 2**16 * c_j) mod P`` with int64 products that wrap, unit active iff ``float32(m) / float32(P)
           < p_mem``; ``mod`` is the non-negative remainder. 64-bit products are emulated with 16-bit limbs.
-  random  a clean alternative: unit active iff a 32-bit avalanche hash of (id, unit) / 2**32 < p_mem.
+  random  a clean alternative: unit active iff the top 24 bits of a 32-bit avalanche hash of (id, unit), / 2**24,
+          are < p_mem.
 
 Gates over all F units (``gate``), for a mode:
   train         general units 1, pool units the sequence's mask (also the paper's "activate_seq")
