@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/memsinks")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--repeats", type=int, default=None, help="occurrences of each repeated sequence per epoch")
+    parser.add_argument("--repeats", type=int, default=None, help="occurrences of each repeated sequence per epoch "
+                        "(the run length stays config.num_steps unless --num_steps is given)")
     parser.add_argument("--num_steps", type=int, default=None)
     parser.add_argument("--parallel", type=int, default=3, help="seeds trained at once (processes)")
     parser.add_argument("--deletions", default="1,4", help="numbers of repeated sequences whose sinks are excluded")
