@@ -5,7 +5,8 @@ Writes, under <workdir>/evals/ (``<set>@<mode>`` in place of ``<set>`` for a Mem
   <set>-<step>-extract.csv  with --extract (causal LMs): example_id, score, memorized, prefix_match — Biderman et
                             al.'s k-extractability with a prompt of M tokens and N greedy tokens; examples with
                             fewer than M + N real tokens are left out (their continuation would be padding)
-and returns the aggregates (exact_match, loss, perplexity, extractable fraction).
+and returns the aggregates (exact_match, loss, perplexity; with --extract the examples scored, the examples left
+out for being shorter than prompt + continuation, the extractable fraction and the mean score).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     if extract_k:
         frame = _extractability(run, restored.params, store, prompt_len, num_new, memsinks_mode, excluded)
         _write_csv(frame, os.path.join(out_dir, f"{label}-{restored.step}-extract.csv"))
-        aggregates.update(extract_examples=len(frame), memorized_fraction=float(frame["memorized"].mean()),
-                          mean_score=float(frame["score"].mean()))
+        # Examples shorter than M + N real tokens have no continuation to score: say how many were left out.
+        aggregates.update(extract_examples=len(frame), extract_left_out=store.num_examples - len(frame),
+                          memorized_fraction=float(frame["memorized"].mean()), mean_score=float(frame["score"].mean()))
     return aggregates
 
 

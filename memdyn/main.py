@@ -68,9 +68,27 @@ SUMMARIES = {"train": "train a run, resume it, or fork one from another run's ch
              "analyze": "memorization (M(f), T(N, tau)), forgetting or memsinks analyses, with CIs over seeds",
              "vocab": "train a SentencePiece vocabulary offline"}
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged "
-    "config by name (base, memorization, forgetting, memsinks, text, tfds_synthetic, seqio_task)[:arg].")
+
+
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+    """One line naming the mistyped ``--config.<field>`` (ml_collections raises with a did-you-mean hint)."""
+    while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(...))
+        error = error.args[0]
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    key, _, hint = text.partition("\n")
+    key = key.strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                 key in a.split("=", 1)[0].split(".")), f"--config.…{key}")
+    return f"memdyn: error: {flag}: unknown config field {key!r}" + (f" ({hint.strip()})" if hint else "")
+
+
+try:  # config_flags reads the --config.<field> overrides of sys.argv here, when the flag is defined
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", os.path.join(_CONFIG_DIR, "base.py"), "Experiment config: a file <path>.py[:arg] or a packaged "
+        "config by name (base, memorization, forgetting, memsinks, text, tfds_synthetic, seqio_task)[:arg].")
+except (AttributeError, KeyError) as _error:
+    print(_unknown_field_message(_error, sys.argv), file=sys.stderr)
+    sys.exit(2)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: config, CSVs, records, checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Training step (0-based update index) for `rows`.")
 _TEXT = flags.DEFINE_bool("text", False, "`rows`: also print each example's decoded text.")

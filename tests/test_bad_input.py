@@ -24,6 +24,13 @@ def _fails(tmp_path, *flags):
 
 def test_unknown_config_field(tmp_path):
     assert "no_such_field" in _fails(tmp_path, "--config.model.no_such_field=3")
+    # a mistyped field: one line naming the flag, with the did-you-mean hint, and exit status 2 (no traceback)
+    proc = run_memdyn("train", f"--workdir={tmp_path / 'typo'}", "--config.model.sizee=tiny")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("memdyn")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert lines == ["memdyn: error: --config.model.sizee: unknown config field 'sizee' "
+                     "(Did you mean \"size\" instead of \"sizee\"?)"]
+    assert not os.path.exists(tmp_path / "typo")
 
 
 def test_unknown_size_preset(tmp_path):

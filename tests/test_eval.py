@@ -31,6 +31,14 @@ def test_extract_writes_biderman_style_csv(run_dir):
     frame = pd.read_csv(os.path.join(run_dir, "evals", "train-8-extract.csv"))
     assert list(frame.columns) == ["example_id", "score", "memorized", "prefix_match"]
     assert len(frame) == aggregates["extract_examples"] > 0
+    # the examples shorter than prompt + continuation are counted as left out, recomputed from the store
+    import numpy as np
+    from memdyn.data import run_data
+    from memdyn import runs
+    data = run_data.open_run_data(run_dir, runs.load_config(run_dir))
+    short = int((data.train.token_counts(data.pad_id) < 16).sum())
+    assert aggregates["extract_left_out"] == short == data.train.num_examples - len(frame)
+    assert short > 0 and np.isin(frame["example_id"], np.asarray(data.train.example_ids)).all()
     assert ((frame["score"] >= 0) & (frame["score"] <= 1)).all()
     assert (frame["memorized"] == (frame["prefix_match"] == 8)).all()
     assert (frame["prefix_match"] <= frame["score"] * 8 + 1e-9).all()  # leading matches are matches
