@@ -16,17 +16,19 @@ from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import config_dict
 
-from memdyn import checkpoint, plots, runs
+from memdyn import checkpoint, plots, runs, summary
 from memdyn import config as config_lib
 from memdyn.core import Run, build_run
 from memdyn.data import build, run_data
 from memdyn.train import Trainer, is_primary
 
 
-def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: config_dict.ConfigDict, workdir: str, dry_run: bool = False) -> dict[str, Any]:
     """``memdyn train``: validate, prepare data, build the run (all before compute), then train or resume.
 
     Returns the last train.csv row (``{"step": ..., "complete": True}`` for a run that was already complete).
+    ``dry_run``: stop after printing the run's summary (``memdyn.summary``), with nothing trained or written but
+    the data stores; returns ``{"dry_run": True, "summary": <text>}``.
     """
     config_lib.validate(config)
     stored = runs.read_config(workdir)
@@ -34,6 +36,10 @@ def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
         runs.check_compatible(stored, config, f"--workdir={workdir!r}")
     data = _prepare_data(config, workdir)  # after every process has read the stored config.json
     run = build_run(config, data)
+    text = summary.describe(run, config)
+    if dry_run:
+        print(text)
+        return {"dry_run": True, "summary": text}
     trainer = Trainer(run, workdir)
     start, resume_files = None, False
     if stored is not None:
@@ -51,14 +57,12 @@ def train(config: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
         logging.info("forked from %s at checkpoint %d", run.config.init_from, start.step)
     if is_primary():
         runs.write_config(run.config, workdir)
-    logging.info("model %s: %s params, %d layers x d_model %d; mesh %s; %d examples, %d steps/epoch",
-                 run.config.model.size, f"{run.config.model.params:,}", run.shape.num_layers, run.shape.d_model,
-                 dict(run.mesh.shape), data.train.num_examples, run.order.steps_per_epoch)
-    summary = trainer.train(start, resume_files=resume_files)
+    logging.info("%s", text)
+    last_row = trainer.train(start, resume_files=resume_files)
     if is_primary():
         plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
-        logging.info("%s", final_report(workdir, summary))
-    return summary
+        logging.info("%s", final_report(workdir, last_row))
+    return last_row
 
 
 def final_report(workdir: str, last_row: dict[str, Any]) -> str:

@@ -3,6 +3,9 @@
 Commands:
   train  --config=<file>.py[:arg] | --config=<name>[:arg] [--config.<field>=<value> ...] --workdir=<dir>
          Train a model; writes config.json, train.csv, examples/ (per-example records), tensorboard/.
+  train  ... --dry_run
+         Validate, build (or reuse) the data and print the run's summary: parameters, FLOPs per token, mesh and
+         shardings, steps per epoch, config fields that differ from base.py, memory per device; train nothing.
   train  ... --init_from=<workdir>[@step]
          Fork: start a new run from another run's checkpoint (e.g. with config.insert.* set).
   train  ... --coordinator=<host:port> --num_processes=N --process_id=i   (or ... --distributed)
@@ -114,6 +117,8 @@ _EXCLUDE_SET = flags.DEFINE_string("exclude_set", None, "`eval --memsinks_mode=e
                                    "sink units are switched off.")
 _EXCLUDE_COUNT = flags.DEFINE_integer("exclude_count", None, "`eval --memsinks_mode=exclude`: only the first n "
                                       "sequences of --exclude_set.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "`train`: validate, build (or reuse) the data, print the run's "
+                              "summary (parameters, FLOPs, mesh, steps per epoch, memory per device), train nothing.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
                                  "<workdir>[@step] (the latest when no step); same as --config.init_from.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "`train` multi-host: <host:port> of process 0's "
@@ -162,7 +167,7 @@ def cmd_train() -> None:
     if _INIT_FROM.value:
         with config.unlocked():
             config.init_from = _INIT_FROM.value
-    lifecycle.train(config, _require(_WORKDIR, "train"))
+    lifecycle.train(config, _require(_WORKDIR, "train"), dry_run=_DRY_RUN.value)
 
 
 def cmd_rows() -> None:

@@ -74,3 +74,30 @@ def test_packaged_configs_by_name_and_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(os.path.join(tmp_path, wheel)).namelist()
     packaged = {os.path.basename(n) for n in names if n.startswith("memdyn/configs/")}
     assert packaged == {f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")}
+
+
+def test_train_dry_run_prints_the_run_and_trains_nothing(tmp_path):
+    import json
+    import re
+
+    from memdyn import config as config_lib, sizes
+    workdir = tmp_path / "dry"
+    flags = ["--config.model.size=nano", "--config.batch_size=8", "--config.data.seq_len=32",
+             "--config.data.synthetic.num_train_docs=40", "--config.data.synthetic.vocab_size=256",
+             "--config.model.mlp=swiglu"]
+    proc = run_memdyn("train", f"--workdir={workdir}", "--dry_run", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    # the data is built (a dry run checks it), so the vocabulary and the example count are known independently
+    manifest = json.loads((workdir / "data" / "train" / "manifest.json").read_text())
+    config = config_lib.load_config_file(os.path.join(config_lib.CONFIG_DIR, "base.py"))
+    config = config_lib.apply_overrides(config, {"model.size": "nano", "data.seq_len": 32, "model.mlp": "swiglu"})
+    params = sizes.count_params(config_lib.model_shape(config, manifest["vocab_size"]))
+    assert f"{params:,} parameters" in out
+    assert f"parameters {4 * params / 2**20:,.1f} MiB" in out  # float32 parameters on the one device
+    steps = -(-manifest["num_examples"] // 8)
+    assert f"{manifest['num_examples']:,} training examples" in out and f"{steps} steps per epoch" in out
+    assert "(swiglu)" in out and "model.mlp: 'swiglu' (base: None)" in out
+    assert re.search(r"activations ≈ [\d.,]+ MiB", out)
+    assert not (workdir / "train.csv").exists() and not (workdir / "checkpoints").exists()
+    assert not (workdir / "config.json").exists()
