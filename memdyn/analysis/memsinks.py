@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from memdyn import runs
 from memdyn.analysis import Options, read_csv, register
@@ -80,6 +81,10 @@ def summarize(curves: pd.DataFrame) -> pd.DataFrame:
     """Per run and variant at its last evaluation, with the paired quantities against standard training."""
     last = curves.loc[curves.groupby(["workdir", "variant"])["step"].idxmax()].copy()
     standard = last[(last["condition"] == "standard") & (last["variant"] == "kept")].set_index("seed")
+    unpaired = sorted(set(last["seed"]) - set(standard.index))
+    if unpaired:
+        logging.warning("no standard run for seed(s) %s: their gap closed and validation differences are NaN "
+                        "(run configs/memsinks.py:standard with the same seeds)", unpaired)
     ref = standard.reindex(last["seed"])
     last["gap_closed"] = ((last["repeated"].values - ref["repeated"].values)
                           / (ref["never_seen"].values - ref["repeated"].values))
