@@ -22,6 +22,7 @@ Commands:
          --sweep=<field>=<v1>,<v2>[,...] [--sweep=...] [--parallel=<k>]
          Train the cross product of the --sweep values, one workdir per run (<sweep dir>/<field>=<v>,...);
          complete runs are skipped, interrupted ones resume; sweep.json lists the runs and their status.
+         With --dry_run: validate every run and list it (complete / partial / new), train and write nothing.
   export (--workdir=<dir> | --sweep=<dir>) --out=<dir>
          Tidy CSVs (train, eval, insertions, examples, eval_examples) of a run, or of all the runs of a sweep
          concatenated with the swept fields as columns.
@@ -118,7 +119,8 @@ _EXCLUDE_SET = flags.DEFINE_string("exclude_set", None, "`eval --memsinks_mode=e
 _EXCLUDE_COUNT = flags.DEFINE_integer("exclude_count", None, "`eval --memsinks_mode=exclude`: only the first n "
                                       "sequences of --exclude_set.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "`train`: validate, build (or reuse) the data, print the run's "
-                              "summary (parameters, FLOPs, mesh, steps per epoch, memory per device), train nothing.")
+                              "summary (parameters, FLOPs, mesh, steps per epoch, memory per device), train nothing. "
+                              "`sweep`: validate every run and list it with its status, train nothing.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "`train`: start from another run's checkpoint, "
                                  "<workdir>[@step] (the latest when no step); same as --config.init_from.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "`train` multi-host: <host:port> of process 0's "
@@ -222,6 +224,13 @@ def cmd_sweep() -> None:
         raise app.UsageError("`memdyn sweep` needs at least one --sweep=<field>=<v1>,<v2>,...")
     path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
     overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    if _DRY_RUN.value:
+        planned = sweep.plan_sweep(path, arg or None, _require(_WORKDIR, "sweep"), _SWEEP.value, overrides)
+        for run in planned:
+            print(f"{run['status']:>9}  {run['name']}  ({run['config'].num_steps} steps, model "
+                  f"{run['config'].model.size}, seed {run['config'].seed})")
+        print(f"{len(planned)} runs, all valid; nothing trained (`memdyn train --dry_run` details one run)")
+        return
     runs = sweep.run_sweep(path, arg or None, _require(_WORKDIR, "sweep"), _SWEEP.value,
                            base_overrides=overrides, parallel=_PARALLEL.value)
     for run in runs:

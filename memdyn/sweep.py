@@ -141,6 +141,20 @@ def _read_runs(path: str) -> list[dict[str, Any]]:
         return json.load(f).get("runs", [])
 
 
+def plan_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],
+               base_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``sweep --dry_run``: every run of the sweep, validated, with its status (complete, partial: a workdir with
+    an unfinished run, or new) and its config; nothing is written."""
+    base = config_lib.load_config_file(os.path.abspath(config_path), config_arg)
+    runs = _plan(base, os.path.abspath(sweep_dir), specs, dict(base_overrides or {}))
+    for run in runs:
+        if runs_lib.is_complete(run["workdir"], run["config"].num_steps):
+            run["status"] = "complete"
+        else:
+            run["status"] = "partial" if runs_lib.read_config(run["workdir"]) is not None else "new"
+    return runs
+
+
 def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],
               base_overrides: dict[str, Any] | None = None, parallel: int = 1) -> list[dict[str, Any]]:
     """Trains every combination of ``specs`` in ``sweep_dir/<run_name>``; returns sweep.json's runs of this call.

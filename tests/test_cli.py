@@ -101,3 +101,18 @@ def test_train_dry_run_prints_the_run_and_trains_nothing(tmp_path):
     assert re.search(r"activations ≈ [\d.,]+ MiB", out)
     assert not (workdir / "train.csv").exists() and not (workdir / "checkpoints").exists()
     assert not (workdir / "config.json").exists()
+
+
+def test_sweep_dry_run_lists_and_validates_every_run_and_writes_nothing(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    flags = ["--config.model.size=nano", "--config.num_steps=2", "--config.data.synthetic.num_train_docs=40"]
+    proc = run_memdyn("sweep", f"--workdir={sweep_dir}", "--sweep=seed=0,1", "--sweep=optimizer.lr=1e-3,3e-3",
+                      "--dry_run", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("new")]
+    assert sorted(line[1] for line in lines) == sorted(
+        f"seed={s},optimizer.lr={lr}" for s in (0, 1) for lr in ("0.001", "0.003"))
+    assert "4 runs, all valid" in proc.stdout
+    assert not sweep_dir.exists()
+    proc = run_memdyn("sweep", f"--workdir={sweep_dir}", "--sweep=optimizer.lr=1e-3,-1", "--dry_run", *flags)
+    assert proc.returncode == 2 and "optimizer.lr=-1" in proc.stderr and not sweep_dir.exists()
