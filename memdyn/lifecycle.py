@@ -9,6 +9,7 @@ the same check ``memdyn sweep`` makes). With several processes, process 0 builds
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -34,13 +35,19 @@ def train(config: config_dict.ConfigDict, workdir: str, dry_run: bool = False) -
     stored = runs.read_config(workdir)
     if stored is not None:
         runs.check_compatible(stored, config, f"--workdir={workdir!r}")
-    data = _prepare_data(config, workdir)  # after every process has read the stored config.json
-    run = build_run(config, data)
-    text = summary.describe(run, config)
-    if dry_run:
-        print(text)
-        return {"dry_run": True, "summary": text}
-    trainer = Trainer(run, workdir)
+    created = not os.path.exists(workdir)
+    try:
+        data = _prepare_data(config, workdir)  # after every process has read the stored config.json
+        run = build_run(config, data)
+        text = summary.describe(run, config)
+        if dry_run:
+            print(text)
+            return {"dry_run": True, "summary": text}
+        trainer = Trainer(run, workdir)
+    except Exception:
+        if created and is_primary():  # a run that never started leaves no directory behind
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     start, resume_files = None, False
     if stored is not None:
         with run.context():

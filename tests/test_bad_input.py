@@ -19,6 +19,7 @@ def _fails(tmp_path, *flags):
     proc = run_memdyn("train", f"--workdir={workdir}", *TINY_FLAGS, *flags)
     assert proc.returncode != 0
     assert not os.path.exists(os.path.join(workdir, "train.csv")), "failed after compute started"
+    assert not os.path.exists(workdir), "a run that never started left its directory behind"
     return proc.stderr
 
 
