@@ -282,6 +282,13 @@ def main(argv: list[str]) -> None:
             raise
         print(f"memdyn {argv[1]}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        from memdyn.train import Preempted
+        if not isinstance(e, Preempted):
+            raise
+        # SIGTERM: the checkpoint is saved; say so in one line and exit as a terminated process does (128 + 15)
+        print(f"memdyn {argv[1]}: {e}", file=sys.stderr)
+        sys.exit(143)
 
 
 def _packaged_configs(argv: list[str]) -> list[str]:
