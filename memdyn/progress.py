@@ -7,6 +7,7 @@ import math
 from typing import Any, Mapping
 
 from absl import logging
+import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
 from clu import metric_writers, periodic_actions
 
 

@@ -21,6 +21,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
 from clu import metric_writers
 
 from memdyn import runs

@@ -116,3 +116,16 @@ def test_sweep_dry_run_lists_and_validates_every_run_and_writes_nothing(tmp_path
     assert not sweep_dir.exists()
     proc = run_memdyn("sweep", f"--workdir={sweep_dir}", "--sweep=optimizer.lr=1e-3,-1", "--dry_run", *flags)
     assert proc.returncode == 2 and "optimizer.lr=-1" in proc.stderr and not sweep_dir.exists()
+
+
+def test_tensorflow_runs_on_the_cpu_without_cuda_probe_errors():
+    from conftest import run_python
+    probe = "import tensorflow as tf; tf.constant(1); print('GPUS', tf.config.get_visible_devices('GPU'))"
+    quiet = run_python("import os, memdyn.tensorflow_cpu; " + probe
+                       + "; print('ENV', os.environ.get('TF_CPP_MIN_LOG_LEVEL'))")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "GPUS []" in quiet.stdout and "cuInit" not in quiet.stderr
+    assert "ENV 2" in quiet.stdout  # the caller's logging level is restored (run_python sets 2)
+    plain = run_python(probe)  # the control: without memdyn's module, on a machine without CUDA
+    if "cuInit" not in plain.stderr:
+        pytest.skip("TensorFlow prints no CUDA probe error on this machine: nothing to compare against")

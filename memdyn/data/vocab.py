@@ -79,6 +79,7 @@ def load_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabul
     """The seqio vocabulary of a SentencePiece model file, enlarged by ``extra_ids`` ids at its end."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SentencePiece model {path!r} does not exist (config.data.vocab.path)")
+    import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
     import seqio  # imports TensorFlow: only where a SentencePiece vocabulary is used
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     try:

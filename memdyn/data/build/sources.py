@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
 import seqio
 from ml_collections import config_dict
 

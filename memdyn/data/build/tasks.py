@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
 import seqio
 import tensorflow as tf
 

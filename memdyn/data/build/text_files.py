@@ -21,6 +21,7 @@ import json
 import os
 
 import numpy as np
+import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
 import seqio
 import tensorflow as tf
 
