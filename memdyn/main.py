@@ -268,6 +268,7 @@ def main(argv: list[str]) -> None:
     positional = argv[3:] if argv[1] == "analyze" else argv[2:]
     if positional:
         raise app.UsageError(f"unexpected arguments {positional!r}")
+    _check_command_flags(argv[1], sys.argv[1:])
     logs.configure()
     init_distributed(argv[1])
     try:
@@ -314,6 +315,23 @@ def _command_blocks() -> dict[str, list[str]]:
         elif current is not None and line.strip():
             current[-1] += "\n" + line
     return blocks
+
+
+def _check_command_flags(command: str, args: list[str]) -> None:
+    """Refuses a memdyn flag that the command does not take (absl flags are global): the flags a command takes
+    are the ones its usage block in this module's docstring names."""
+    import re
+    allowed = set(re.findall(r"--([a-z_]+)", "\n".join(_command_blocks()[command])))
+    own = {flag.name for flag in flags.FLAGS.get_flags_for_module(__name__)} | {"config"}
+    for arg in args:
+        if not arg.startswith("-"):
+            continue
+        name = arg.lstrip("-").split("=", 1)[0].split(".", 1)[0]
+        if name.startswith("no") and name[2:] in own and name not in own:  # --noextract
+            name = name[2:]
+        if name in own and name not in allowed:
+            raise app.UsageError(f"--{name} is not a flag of `memdyn {command}` (its flags: "
+                                 f"{', '.join('--' + f for f in sorted(allowed))}; see `memdyn {command} --help`)")
 
 
 def _help_or_version(argv: list[str]) -> str | None:

@@ -129,3 +129,11 @@ def test_tensorflow_runs_on_the_cpu_without_cuda_probe_errors():
     plain = run_python(probe)  # the control: without memdyn's module, on a machine without CUDA
     if "cuInit" not in plain.stderr:
         pytest.skip("TensorFlow prints no CUDA probe error on this machine: nothing to compare against")
+
+
+def test_a_flag_of_another_command_is_refused_by_name():
+    proc = run_memdyn("eval", "--workdir=/nonexistent", "--set=validation", "--parallel=3")
+    assert proc.returncode != 0 and "--parallel is not a flag of `memdyn eval`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_memdyn("train", "--workdir=/nonexistent", "--noextract")
+    assert proc.returncode != 0 and "--extract is not a flag of `memdyn train`" in proc.stderr

@@ -213,4 +213,4 @@ def test_multi_host_flags_go_together():
     proc = run_memdyn("train", "--workdir=/tmp/unused", "--distributed", "--process_id=0")
     assert proc.returncode != 0 and "--distributed (auto-detection) excludes" in proc.stderr
     proc = run_memdyn("rows", "--workdir=/tmp/unused", "--step=0", "--distributed")
-    assert proc.returncode != 0 and "are for `memdyn train`" in proc.stderr
+    assert proc.returncode != 0 and "--distributed is not a flag of `memdyn rows`" in proc.stderr
