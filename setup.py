@@ -13,9 +13,10 @@ setup(
     description="Memorization dynamics of language models across scales, in JAX/Flax.",
     python_requires=">=3.11",  # jax 0.10 and flax 0.12 need 3.11
     license="Apache-2.0",
-    # configs/ ships inside the package as memdyn/configs, so `--config=<name>` works after any kind of install.
-    packages=find_packages(include=["memdyn", "memdyn.*"]) + ["memdyn.configs"],
-    package_dir={"memdyn.configs": "configs"},
+    # configs/ and launch/ ship inside the package as memdyn/configs and memdyn/launch, so `--config=<name>` and
+    # `python -m memdyn.launch.<study>` work after any kind of install.
+    packages=find_packages(include=["memdyn", "memdyn.*"]) + ["memdyn.configs", "memdyn.launch"],
+    package_dir={"memdyn.configs": "configs", "memdyn.launch": "launch"},
     # Lower bounds: the versions the test suite passes with (Python 3.11, 2026-11); upper bounds where an API
     # memdyn uses changes between minor versions.
     install_requires=[

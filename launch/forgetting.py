@@ -20,7 +20,9 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.py` in a checkout
+    sys.path.insert(0, _CHECKOUT)
 
 from memdyn import config as config_lib, lifecycle, logs, runs as runs_lib  # noqa: E402
 from memdyn.analysis import forgetting  # noqa: E402

@@ -19,7 +19,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.py` in a checkout
+    sys.path.insert(0, _CHECKOUT)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

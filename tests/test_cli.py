@@ -137,3 +137,13 @@ def test_a_flag_of_another_command_is_refused_by_name():
     assert "Traceback" not in proc.stderr
     proc = run_memdyn("train", "--workdir=/nonexistent", "--noextract")
     assert proc.returncode != 0 and "--extract is not a flag of `memdyn train`" in proc.stderr
+
+
+def test_launchers_run_as_modules_of_the_installed_package(tmp_path):
+    import subprocess
+    import sys
+    for study in ("forgetting", "memsinks"):
+        proc = subprocess.run([sys.executable, "-m", f"memdyn.launch.{study}", "--help"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith(f"usage: {study}.py") and "--out" in proc.stdout
