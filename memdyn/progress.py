@@ -1,5 +1,6 @@
 """Progress of a training run: clu's ``ReportProgress`` (steps/s and ETA, logged every few seconds), with the
-latest loss and M_update beside it and the measured rate kept for the ``steps_per_sec`` column of train.csv."""
+latest loss and M_update beside it and the measured rate kept for the ``steps_per_sec`` column of train.csv; and a
+line for every evaluation of a set (M(f) and loss) as it is recorded."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class Progress:
         self._writer = _RateWriter([tensorboard])
         self._report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=self._writer,
                                                        every_secs=every_secs)
+
+    def evaluated(self, step: int, name: str, exact_match: float, loss: float) -> None:
+        """One line per evaluation of a set, as it is recorded."""
+        logging.info("step %d: eval %s  M(f) %.4f  loss %.4f", step, name, exact_match, loss)
 
     def update(self, steps_done: int, loss: float, mem_update: float) -> float:
         """Call after each normal step; returns steps/s over the last reporting interval (NaN before the first)."""

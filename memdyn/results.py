@@ -93,6 +93,7 @@ class RunResults:
             pending.step, {"set": np.full(len(per_example["example_id"]), pending.name), **per_example})
         self.tensorboard.write_scalars(pending.step, {f"{pending.name}/exact_match": aggregates["exact_match"],
                                                       f"{pending.name}/loss": aggregates["loss"]})
+        self.progress.evaluated(pending.step, pending.name, aggregates["exact_match"], aggregates["loss"])
 
     def close(self) -> None:
         for writer in (*self.csv.values(), *self.records.values(), self.tensorboard):

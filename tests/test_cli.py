@@ -147,3 +147,19 @@ def test_launchers_run_as_modules_of_the_installed_package(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.startswith(f"usage: {study}.py") and "--out" in proc.stdout
+
+
+def test_training_logs_every_evaluation_as_it_is_recorded(tmp_path):
+    import re
+    workdir = tmp_path / "run"
+    proc = run_memdyn("train", f"--workdir={workdir}", "--config.model.size=nano", "--config.num_steps=4",
+                      "--config.batch_size=8", "--config.data.seq_len=32", "--config.data.synthetic.num_train_docs=40",
+                      "--config.data.synthetic.vocab_size=256", "--config.optimizer.warmup_steps=1",
+                      "--config.eval.every=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = re.findall(r"step (\d+): eval (\S+)  M\(f\) ([\d.]+)  loss ([\d.]+)", proc.stderr)
+    evals = pd.read_csv(workdir / "eval.csv")
+    assert len(logged) == len(evals) > 0
+    for (step, name, em, loss), row in zip(logged, evals.itertuples()):
+        assert (int(step), name) == (row.step, row.set)
+        assert abs(float(em) - row.exact_match) < 1e-4 and abs(float(loss) - row.loss) < 1e-4
