@@ -67,7 +67,8 @@ def train(config: config_dict.ConfigDict, workdir: str, dry_run: bool = False) -
     logging.info("%s", text)
     last_row = trainer.train(start, resume_files=resume_files)
     if is_primary():
-        plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"))
+        plots.plot_training(os.path.join(workdir, "train.csv"), os.path.join(workdir, "train.png"),
+                            eval_csv=os.path.join(workdir, "eval.csv"))
         logging.info("%s", final_report(workdir, last_row))
     return last_row
 

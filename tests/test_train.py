@@ -186,3 +186,23 @@ def test_a_finished_run_reports_its_evaluations(trained_run):
     evals = pd.read_csv(os.path.join(trained_run, "eval.csv"))
     last = evals[evals["set"] == "validation"].iloc[-1]
     assert "12 steps" in text and f"validation: M(f) {last['exact_match']:.4f}" in text and "train: M(f)" in text
+
+
+def test_train_png_draws_every_evaluated_set_but_not_modes_or_insertions(tmp_path):
+    import pandas as pd
+
+    from memdyn import plots
+    steps = np.arange(20)
+    pd.DataFrame({"step": steps, "epochs_done": (steps + 1) / 10, "loss": 5 - steps / 10, "mem_update": steps / 100,
+                  "size": "nano", "params": 1000, "seed": 0, "peak_lr": 1e-3}).to_csv(tmp_path / "train.csv")
+    rows = [("validation", 0, ""), ("validation", 10, ""), ("special", 10, "before"), ("validation@dropout", 10, ""),
+            ("duplicates", 20, "")]
+    pd.DataFrame([{"set": s, "step": t, "at_insertion": a, "loss": 4.0, "exact_match": 0.3} for s, t, a in rows]
+                 ).to_csv(tmp_path / "eval.csv", index=False)
+    labels = plots.plot_training(str(tmp_path / "train.csv"), str(tmp_path / "train.png"),
+                                 eval_csv=str(tmp_path / "eval.csv"))
+    assert labels == ["train (per update)", "validation", "duplicates", "M_update (rolling 5)", "M(f) validation",
+                      "M(f) duplicates"]
+    assert (tmp_path / "train.png").stat().st_size > 0
+    assert plots.plot_training(str(tmp_path / "train.csv"), str(tmp_path / "t2.png")) == [
+        "train (per update)", "M_update (rolling 5)"]  # without eval.csv: the training curves alone
