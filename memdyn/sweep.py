@@ -237,9 +237,9 @@ def _run_processes(todo: list[tuple[int, dict]], total: int, manifest: _Manifest
         while queue or running:
             while queue and len(running) < parallel:
                 i, run = queue.pop(0)
-                logging.info("run %d/%d: %s", i, total, run["name"])
                 flags = [format_flag(k, v) for k, v in {**base_overrides, **run["overrides"]}.items()]
                 log_path = os.path.join(log_dir, f"{run['name']}.log")
+                logging.info("run %d/%d: %s started (its log: %s)", i, total, run["name"], log_path)
                 with open(log_path, "w") as log:
                     proc = subprocess.Popen([*command, *flags, f"--workdir={run['workdir']}"], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -250,6 +250,9 @@ def _run_processes(todo: list[tuple[int, dict]], total: int, manifest: _Manifest
                 run, log_path = running.pop(proc)
                 _finish(run, proc.returncode, log_path)
                 manifest.save()
+                done = sum(r["status"] in ("complete", "failed") for _, r in todo)
+                logging.info("run %s: %s (%d of %d finished, %d running; its log: %s)", run["name"], run["status"],
+                             done, len(todo), len(running), log_path)
             time.sleep(0.2)
     except BaseException:
         _stop(running)

@@ -119,3 +119,16 @@ def test_export_run_writes_tidy_csvs(swept, tmp_path):
     examples = export.load(written["examples.csv"])
     assert list(examples.columns[:2]) == ["step", "example_id"] and len(examples) == 4 * 8
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_parallel_sweep_says_when_each_run_starts_and_ends_and_where_its_log_is(tmp_path, caplog, monkeypatch):
+    import logging
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    sweep_dir = str(tmp_path / "sweep")
+    with caplog.at_level(logging.INFO):
+        sweep.run_sweep(BASE, None, sweep_dir, ["seed=0"], {**TINY, "num_steps": 1}, parallel=2)
+    log_path = os.path.join(sweep_dir, "logs", "seed=0.log")
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"run 1/1: seed=0 started (its log: {log_path})" in messages
+    assert f"run seed=0: complete (1 of 1 finished, 0 running; its log: {log_path})" in messages
+    assert os.path.getsize(log_path) > 0
