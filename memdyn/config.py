@@ -48,8 +48,8 @@ def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.C
     if seq_len > shape.max_len:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} is longer than the position table "
                          f"(config.model.max_len={shape.max_len})")
-    sink_units = (config.memsinks.p_gen * shape.d_ff, shape.d_ff - int(config.memsinks.p_gen * shape.d_ff))
-    if config.memsinks.method != "none" and (int(sink_units[0]) < 1 or sink_units[1] < 1):
+    from memdyn import memsinks
+    if config.memsinks.method != "none" and min(memsinks.split_units(shape.d_ff, config.memsinks.p_gen)) < 1:
         raise ValueError(f"config.memsinks.p_gen={config.memsinks.p_gen} leaves no general or no sink unit of "
                          f"the {shape.d_ff} hidden units")
     for layer in config.memsinks.layers:

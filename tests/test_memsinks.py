@@ -325,3 +325,18 @@ def test_sharded_sink_masks_equal_one_device_and_stay_sliced():
         assert result[mesh]["full_f_u32"] == 0  # no device computes the whole hidden axis of the mask
         assert result[mesh]["sliced_u32"] > 0  # each computes its own slice
     assert result["(1, 1, 1)"]["full_f_u32"] > 0  # the pattern does find the unsharded mask computation
+
+
+def test_the_gate_acts_in_the_chosen_layers_only():
+    shape = ModelShape(num_layers=2, d_model=16, num_heads=2, d_ff=32, vocab_size=50, max_len=8)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(4, 50, (2, 8)).astype(np.int32))
+    off = jnp.zeros((2, 8, 32))
+    outputs = {}
+    for layers in ((), (0,), (1,), (0, 1)):
+        model = Transformer(shape, causal=True, rngs=nnx.Rngs(params=0), gated_layers=layers)
+        outputs[layers] = np.asarray(model(tokens, mlp_gate_BxLxF=off))
+    ungated = np.asarray(Transformer(shape, causal=True, rngs=nnx.Rngs(params=0))(tokens))
+    np.testing.assert_array_equal(outputs[()], outputs[(0, 1)])  # empty: every layer
+    for layers in ((0,), (1,), (0, 1)):
+        assert not np.allclose(outputs[layers], ungated)
+    assert not np.allclose(outputs[(0,)], outputs[(1,)]) and not np.allclose(outputs[(0,)], outputs[(0, 1)])
