@@ -16,7 +16,8 @@ TINY_FLAGS = ["--config.model.size=nano", "--config.num_steps=2", "--config.batc
 
 def _fails(tmp_path, *flags):
     workdir = str(tmp_path / "run")
-    proc = run_memdyn("train", f"--workdir={workdir}", *TINY_FLAGS, *flags)
+    config = [f for f in flags if f.startswith("--config=")]  # before any --config.<field>
+    proc = run_memdyn("train", f"--workdir={workdir}", *config, *TINY_FLAGS, *(f for f in flags if f not in config))
     assert proc.returncode != 0
     assert not os.path.exists(os.path.join(workdir, "train.csv")), "failed after compute started"
     assert not os.path.exists(workdir), "a run that never started left its directory behind"
@@ -51,6 +52,17 @@ def test_sequence_longer_than_position_table(tmp_path):
 def test_missing_dataset(tmp_path):
     err = _fails(tmp_path, "--config.data.source=store", f"--config.data.store={tmp_path}/nowhere")
     assert "nowhere" in err and "does not exist" in err
+
+
+def test_vocabulary_larger_than_the_text_supports(tmp_path):
+    """config.data.vocab.size is exact: 8000 on a small text corpus stops with the largest size it can fill."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    (corpus / "a.txt").write_text("\n".join(" ".join(words[(i + j) % 8] for j in range(20)) + "." for i in range(30)))
+    err = _fails(tmp_path, f"--config=text:{corpus}", "--config.data.vocab.size=8000")
+    assert "memdyn train: error: config.data.vocab.size=8000: the 30 documents it is trained on support a unigram " \
+           "vocabulary of at most" in err
 
 
 def test_unknown_schedule(tmp_path):

@@ -1,5 +1,7 @@
 """Pure pieces of the data pipeline: SentencePiece vocabularies, tag alignment, chunking, planted sets."""
 
+import collections
+
 import numpy as np
 import pytest
 import seqio
@@ -13,7 +15,7 @@ TEXTS = [f"The {a} cat sat on the {b} mat. It ran {c}, quickly! Did it?" for a i
 
 
 def test_sentencepiece_round_trip_and_special_ids(tmp_path):
-    path = vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type="unigram", vocab_size=60)
+    path = vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type="unigram", vocab_size=36)
     v = vocab.load_vocabulary(path)
     sp = v.tokenizer
     assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.piece_to_id("<mask>")) == (0, 1, 2, 3)
@@ -32,6 +34,27 @@ def test_word_vocabulary_is_one_token_per_word(tmp_path):
         assert len(v.encode(text)) == len(text.split())
     assert {"▁" + w for w in words | set(vocab.DOC_ID_WORDS)} <= set(vocab.pieces(v))
     assert len(v.encode("document ID")) == 2
+
+
+@pytest.mark.parametrize("model_type,size", [("unigram", 36), ("bpe", 60), ("word", 12)])
+def test_vocabulary_has_exactly_the_size_asked(tmp_path, model_type, size):
+    v = vocab.load_vocabulary(vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type=model_type,
+                                                     vocab_size=size))
+    assert v.vocab_size == size
+    if model_type == "word":  # the most frequent words are kept, the others read as unknown
+        counts = collections.Counter(w for t in TEXTS for w in t.split())
+        kept = {p[1:] for p in vocab.pieces(v)} & set(counts)
+        assert kept and min(counts[w] for w in kept) >= max(counts[w] for w in set(counts) - kept)
+        dropped = min(set(counts) - kept)
+        assert v.encode(dropped) == [vocab.UNK_ID]
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe", "word"])
+def test_a_size_the_text_cannot_fill_is_refused_with_the_largest_it_can(tmp_path, model_type):
+    with pytest.raises(ValueError, match=r"config.data.vocab.size=8000: the 72 documents it is trained on support a "
+                       rf"{model_type} vocabulary of at most (\d+) ids; set --config.data.vocab.size=\1 or less"):
+        vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type=model_type, vocab_size=8000)
+    assert not (tmp_path / "v.model").exists()
 
 
 def test_enlarged_vocabulary_adds_ids_and_keeps_the_encoding(tmp_path):
@@ -70,7 +93,7 @@ def test_align_tags_with_punctuation_as_its_own_word():
 
 def test_gold_tags_of_whitespace_words_align_through_the_tokenizer(tmp_path):
     import tensorflow as tf
-    path = vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type="unigram", vocab_size=40)
+    path = vocab.train_vocabulary(TEXTS, str(tmp_path / "v.model"), model_type="unigram", vocab_size=36)
     v = vocab.load_vocabulary(path)
     text = "The big cat sat on the quickly! mat."
     words = text.split()

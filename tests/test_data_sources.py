@@ -164,10 +164,11 @@ def test_memdyn_train_runs_on_a_directory_of_text_files(tmp_path):
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
     texts = _write_corpus(corpus_dir)
-    config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 80, "data.validation_docs": 6})
+    config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 72, "data.validation_docs": 6})
     workdir = str(tmp_path / "run")
     lifecycle.train(config, workdir)
     data = run_data.open_run_data(workdir, config)
+    assert data.vocab_size == 72  # exactly config.data.vocab.size
     # Documents come in sorted-file order with ids 0, 1, ...; the last 6 are held out.
     assert data.train.num_examples > 24 and set(np.unique(data.train.doc_ids)) == set(range(24))
     first_row = {int(d): i for i, d in reversed(list(enumerate(data.train.doc_ids)))}
@@ -251,7 +252,7 @@ def test_spacy_tags_align_with_subword_tokens(tmp_path):
             "Researchers in Paris measured 42 samples; nobody expected that."] * 6
     (tmp_path / "t.txt").write_text("\n".join(docs) + "\n")
     config = tiny_config(**{"data.source": "text", "data.text.paths": (str(tmp_path / "t.txt"),),
-                            "data.vocab.size": 70, "data.tags": "spacy", "data.validation_docs": 4,
+                            "data.vocab.size": 50, "data.tags": "spacy", "data.validation_docs": 4,
                             "data.special_docs": 1, "data.seq_len": 64})
     data = build.prepare(config, str(tmp_path / "w"))
     assert data.train.manifest["tag_names"] == list(tagging.SPACY_TAGS)
@@ -327,7 +328,7 @@ def test_materialization_is_deterministic(tmp_path):
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
     _write_corpus(corpus_dir)
-    config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 80, "data.validation_docs": 6,
+    config = _config("text.py", str(corpus_dir), **{"data.vocab.size": 72, "data.validation_docs": 6,
                                                      "data.tracked.canaries": 2, "data.tracked.canary_length": 5})
     first, second = (build.prepare(config, str(tmp_path / name)) for name in ("a", "b"))
     assert first.train.manifest["vocab_sha256"] == second.train.manifest["vocab_sha256"]

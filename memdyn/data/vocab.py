@@ -8,7 +8,10 @@ A user's seqio Task keeps its own vocabulary; its stores' manifests record its p
 
 SentencePiece vocabularies are trained offline on a source's training text and used through seqio. Model types:
 ``unigram`` and ``bpe`` for real text; ``word`` splits at whitespace only, so one word is one token
-(the synthetic corpus, whose parts of speech are tagged per word). A word vocabulary keeps every word it saw.
+(the synthetic corpus, whose parts of speech are tagged per word). ``config.data.vocab.size`` is the exact number
+of ids a trained vocabulary has, specials included; a size the training text cannot fill is refused with the
+largest it can. A word vocabulary of size None keeps every word it saw; of size n, the most frequent words that
+fit (the rest read as unknown).
 
 Enlargement (Tirumala et al., unique identifiers): ``extra_ids=K`` appends K ids after the learned pieces
 (seqio's extra ids). They are either the per-document identifier tokens, or, in the control, left unused.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -44,30 +48,37 @@ def train_vocabulary(texts: Iterable[str], path: str, *, model_type: str, vocab_
                      max_sentence_length: int = 1 << 16) -> str:
     """Trains a SentencePiece model on ``texts`` (one document each) and writes it atomically to ``path``.
 
-    ``vocab_size``: pieces in all, specials included; for ``word`` None keeps every word seen.
+    ``vocab_size``: ids in all, specials included, exactly; for ``word`` None keeps every word seen.
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"config.data.vocab.model_type={model_type!r}: expected one of {MODEL_TYPES}")
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError(f"no text to train the vocabulary {path!r} on")
+    num_docs = len(texts)
     symbols = [MASK_PIECE]
+    keep_all = model_type == "word" and vocab_size is None
     if model_type == "word":
         texts.append(" ".join(DOC_ID_WORDS))  # so that the identifier prefix is two words of the vocabulary
-        words = {w for t in texts for w in t.split()}
-        # Specials, <mask> and every distinct word: the trainer keeps them all (use_all_vocab).
-        vocab_size = vocab_size or (3 + len(symbols) + len(words))
+        if keep_all:  # specials, <mask> and every distinct word: the trainer keeps them all (use_all_vocab)
+            vocab_size = 3 + len(symbols) + len({w for t in texts for w in t.split()})
     elif not vocab_size:
         raise ValueError(f"config.data.vocab.size must be set for model_type={model_type!r}")
     model = io.BytesIO()
     try:
+        # hard_vocab_limit: the vocabulary has exactly vocab_size ids, or training fails and says how many fit.
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts), model_writer=model, model_type=model_type, vocab_size=vocab_size,
             pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, user_defined_symbols=symbols,
-            hard_vocab_limit=False, use_all_vocab=model_type == "word", character_coverage=1.0,
+            hard_vocab_limit=not keep_all, use_all_vocab=keep_all, character_coverage=1.0,
             normalization_rule_name="identity", max_sentence_length=max_sentence_length,
             num_threads=1, minloglevel=2)  # one thread: the same text gives the same model
     except RuntimeError as e:
+        most = re.search(r"Vocabulary size too high .*<= (\d+)", str(e))
+        if most:
+            raise ValueError(f"config.data.vocab.size={vocab_size}: the {num_docs} documents it is trained on "
+                             f"support a {model_type} vocabulary of at most {most.group(1)} ids; set "
+                             f"--config.data.vocab.size={most.group(1)} or less") from None
         raise ValueError(f"training the SentencePiece vocabulary {path!r} failed: {e}") from e
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
