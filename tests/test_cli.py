@@ -66,7 +66,6 @@ def test_packaged_configs_by_name_and_in_the_wheel(tmp_path):
     assert config_lib.config_path("forgetting") == os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
     assert config_lib.config_path("configs/base.py") == "configs/base.py"  # a path stays a path
     assert config_lib.config_path("no_such_config") == "no_such_config"  # left for the flag parser to refuse
-    pytest.importorskip("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".",
                            "-w", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
