@@ -2,7 +2,7 @@
 
 Writes, under <workdir>/evals/ (``<set>@<mode>`` in place of ``<set>`` for a MemSinks mode other than train):
   <set>-<step>.csv          per example: example_id, exact_match, loss, num_tokens (M(f) and loss per example)
-  <set>-<step>-extract.csv  with --extract (causal LMs): example_id, score, memorized, prefix_match — Biderman et
+  <set>-<step>-extract.csv  with --extract (causal LMs): example_id, score, memorized, prefix_match, loss — Biderman et
                             al.'s k-extractability with a prompt of M tokens and N greedy tokens; examples with
                             fewer than M + N real tokens are left out (their continuation would be padding)
 and returns the aggregates (exact_match, loss, perplexity; with --extract the examples scored, the examples left
@@ -41,16 +41,7 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
                          f"tokens; this run's examples have {store.seq_len}")
     excluded = _excluded_ids(config, data, memsinks_mode, exclude_set, exclude_count)
     run = core.build_run(config, data)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    try:
-        steps = ckpt.steps()
-        if not steps or (step is not None and step not in steps):
-            raise ValueError(f"--step={step}: no such checkpoint in {workdir!r}; available: {steps}")
-        with run.context():
-            restored = ckpt.restore(steps[-1] if step is None else step, run.abstract_params,
-                                    run.abstract_opt_state)
-    finally:
-        ckpt.close()
+    restored = restore(run, workdir, step)
     out_dir = os.path.join(workdir, "evals")
     label = set_name if memsinks_mode == "train" else f"{set_name}@{memsinks_mode}"
     with run.context():
@@ -70,6 +61,19 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
         aggregates.update(extract_examples=len(frame), extract_left_out=store.num_examples - len(frame),
                           memorized_fraction=float(frame["memorized"].mean()), mean_score=float(frame["score"].mean()))
     return aggregates
+
+
+def restore(run: core.Run, workdir: str, step: int | None):
+    """The run's checkpoint ``step`` (None: the latest), restored onto ``run``'s shardings."""
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        steps = ckpt.steps()
+        if not steps or (step is not None and step not in steps):
+            raise ValueError(f"--step={step}: no such checkpoint in {workdir!r}; available: {steps}")
+        with run.context():
+            return ckpt.restore(steps[-1] if step is None else step, run.abstract_params, run.abstract_opt_state)
+    finally:
+        ckpt.close()
 
 
 def _write_csv(frame: pd.DataFrame, path: str) -> None:
@@ -112,5 +116,5 @@ def _extractability(run: core.Run, params, store, prompt_len: int, num_new: int,
         keep = np.isin(ids, full_ids)  # padding rows (id -1) are never full
         frames.append(pd.DataFrame({"example_id": ids, "score": result["score"],
                                     "memorized": result["memorized"].astype(bool),
-                                    "prefix_match": result["prefix_match"]})[keep])
+                                    "prefix_match": result["prefix_match"], "loss": result["loss"]})[keep])
     return pd.concat(frames, ignore_index=True)

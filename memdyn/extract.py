@@ -28,6 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from memdyn.model import Transformer
@@ -109,9 +110,10 @@ def _greedy_decode_naive(graphdef, params, prompts_BxM, num_new, mlp_gate_BxF):
 def teacher_forced_extractability(graphdef: nnx.GraphDef, params, tokens_BxT: jax.Array, prompt_len: int = 32,
                                   num_new: int = 32, *, mlp_gate_BxF: jax.Array | None = None
                                   ) -> dict[str, jax.Array]:
-    """``memorized`` [B] (bool) and ``prefix_match`` [B] (int32) from one forward pass on tokens[:, :M+N-1] (jitted).
+    """``memorized`` [B] (bool), ``prefix_match`` [B] (int32) and ``loss`` [B] (float32) from one forward pass on
+    tokens[:, :M+N-1] (jitted).
 
-    prefix_match = the number of leading continuation positions whose teacher-forced argmax is the true token,
+    loss = the mean teacher-forced cross-entropy (nats) of the N continuation tokens. prefix_match = the number of leading continuation positions whose teacher-forced argmax is the true token,
     which equals the length of the greedy continuation's longest prefix agreeing with the truth; memorized =
     prefix_match == N (Biderman's score == 1).
     """
@@ -127,10 +129,12 @@ def _teacher_forced(graphdef, params, tokens_BxT, prompt_len, num_new, mlp_gate_
     gate_BxTxF = None if mlp_gate_BxF is None else jnp.broadcast_to(
         mlp_gate_BxF[:, None, :], inputs_BxT.shape + mlp_gate_BxF.shape[-1:])
     logits_BxTxV = model(inputs_BxT, mlp_gate_BxLxF=gate_BxTxF)
-    predicted_BxN = jnp.argmax(logits_BxTxV[:, prompt_len - 1:], axis=-1)
-    match_BxN = predicted_BxN == tokens_BxT[:, prompt_len:prompt_len + num_new]
+    continuation_logits_BxNxV = logits_BxTxV[:, prompt_len - 1:].astype(jnp.float32)
+    truth_BxN = tokens_BxT[:, prompt_len:prompt_len + num_new]
+    match_BxN = jnp.argmax(continuation_logits_BxNxV, axis=-1) == truth_BxN
     prefix_match_B = jnp.cumprod(match_BxN.astype(jnp.int32), axis=1).sum(axis=1)
-    return {"memorized": prefix_match_B == num_new, "prefix_match": prefix_match_B}
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(continuation_logits_BxNxV, truth_BxN).mean(axis=1)
+    return {"memorized": prefix_match_B == num_new, "prefix_match": prefix_match_B, "loss": loss_B}
 
 
 def extractability(graphdef: nnx.GraphDef, params, batch: dict[str, jax.Array], prompt_len: int = 32,

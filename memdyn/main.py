@@ -17,7 +17,15 @@ Commands:
          [--memsinks_mode=train|all|dropout|exclude [--exclude_set=<set> --exclude_count=<n>]]
          Evaluate a set (validation, special, train, ...) at checkpoint S (default: the latest): per-example
          M(f) and loss in evals/<set>-<S>.csv; with --extract Biderman's k-extractability per example
-         (example_id,score,memorized,prefix_match) in evals/<set>-<S>-extract.csv.
+         (example_id,score,memorized,prefix_match,loss) in evals/<set>-<S>-extract.csv.
+  extract --workdir=<dir> [--step=<S>] (--set=<name> | --tokens=<file>.npy | --indexed=<prefix> (--rows=a:b |
+         --steps=a:b [--rows_per_step=1024])) [--out=<file>.csv|.parquet] [--score] [--prompt_len=32 --num_new=32]
+         [--batch_size=<n>]
+         k-extractability of every sequence of a source at checkpoint S (default: the latest): a set of the run
+         (train: every training sequence), an int array [sequences, length] in a .npy file, or GPT-NeoX indexed
+         data (.idx/.bin; rows, or Pythia's 1024 rows per step). Per sequence: example_id, score (with --score:
+         greedy decoding; else NaN), memorized, prefix_match, loss (one teacher-forced pass). Default --out:
+         <workdir>/extract/<source>-<S>.csv. Written as it goes; run again with the same flags to resume.
   sweep  --config=<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<sweep dir>
          --sweep=<field>=<v1>,<v2>[,...] [--sweep=...] [--parallel=<k>]
          Train the cross product of the --sweep values, one workdir per run (<sweep dir>/<field>=<v>,...);
@@ -63,9 +71,10 @@ from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
 from memdyn.config import config_path
-COMMANDS = ("train", "eval", "rows", "sweep", "export", "analyze", "vocab")
+COMMANDS = ("train", "eval", "extract", "rows", "sweep", "export", "analyze", "vocab")
 SUMMARIES = {"train": "train a run, resume it, or fork one from another run's checkpoint",
              "eval": "evaluate a set (and its k-extractability) at a checkpoint",
+             "extract": "k-extractability of every sequence of a set, a .npy array or GPT-NeoX indexed data",
              "rows": "print the examples a step trained",
              "sweep": "train the cross product of config values, one workdir per run",
              "export": "tidy CSVs of a run or a whole sweep",
@@ -101,16 +110,24 @@ _SWEEP = flags.DEFINE_multi_string(
     "`export`/`analyze`: the directory of a sweep's runs.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "`sweep`: runs at a time (each in its own process when > 1).")
 _OUT = flags.DEFINE_string("out", None, "`export`/`analyze`: output directory (default: --workdir or --sweep); "
-                           "`vocab`: the SentencePiece model file to write.")
-_SET = flags.DEFINE_string("set", None, "`eval`: the set to evaluate (a tracked set or `train`); "
+                           "`vocab`: the SentencePiece model file to write; `extract`: the .csv/.parquet file.")
+_SET = flags.DEFINE_string("set", None, "`eval`, `extract`: the set to evaluate (a tracked set or `train`); "
                            "`analyze forgetting`: the inserted set (default special).")
 _M_FROM = flags.DEFINE_enum("m_from", "auto", ["auto", "train_eval", "in_step"],
                             "`analyze memorization`: M(f) from whole-training-set evaluations at epoch ends "
                             "(train_eval), from the per-example records of the train steps (in_step), or the "
                             "first when the run has them (auto).")
 _EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`: prompt tokens M.")
-_NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`: greedy tokens N scored.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`, `extract`: prompt tokens M.")
+_NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`, `extract`: greedy tokens N scored.")
+_TOKENS = flags.DEFINE_string("tokens", None, "`extract`: a .npy integer array [sequences, length] to score.")
+_INDEXED = flags.DEFINE_string("indexed", None, "`extract`: GPT-NeoX indexed data, the path without .idx/.bin.")
+_ROWS = flags.DEFINE_string("rows", None, "`extract --indexed`: sequences a:b (0-based, b excluded).")
+_STEPS = flags.DEFINE_string("steps", None, "`extract --indexed`: the rows of training steps a:b "
+                             "(--rows_per_step rows each).")
+_ROWS_PER_STEP = flags.DEFINE_integer("rows_per_step", 1024, "`extract --steps`: rows per step (Pythia: 1024).")
+_SCORE = flags.DEFINE_bool("score", False, "`extract`: also Biderman's fractional score by greedy decoding.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "`extract`: sequences per batch (default: the run's).")
 _MEMSINKS_MODE = flags.DEFINE_enum("memsinks_mode", "train", ["train", "all", "dropout", "exclude"],
                                    "`eval` of a MemSinks run: the MLP gates (train: each sequence's own mask; "
                                    "all: pool x p_mem; dropout: sinks dropped; exclude: --exclude_set's units off).")
@@ -211,6 +228,16 @@ def cmd_eval() -> None:
     print("\n".join(f"{k}: {v}" for k, v in aggregates.items()))
 
 
+def cmd_extract() -> None:
+    from memdyn import extract_job
+    totals = extract_job.run_extract(
+        _require(_WORKDIR, "extract"), _STEP.value, out=_OUT.value, set_name=_SET.value, tokens=_TOKENS.value,
+        indexed=_INDEXED.value, rows=_ROWS.value, steps=_STEPS.value, rows_per_step=_ROWS_PER_STEP.value,
+        prompt_len=_PROMPT_LEN.value, num_new=_NUM_NEW.value, score=_SCORE.value, batch_size=_BATCH_SIZE.value)
+    keys = ("out", "step", "scored", "left_out", "memorized_fraction", "mean_score", "mean_loss")
+    print("\n".join(f"{k}: {totals[k]}" for k in keys))
+
+
 def _run_or_sweep(command: str) -> tuple[str | None, str | None]:
     sweep_dir = _SWEEP.value[0] if _SWEEP.value else None
     if bool(_WORKDIR.value) == bool(sweep_dir) or len(_SWEEP.value) > 1:
@@ -275,7 +302,7 @@ def main(argv: list[str]) -> None:
         if argv[1] == "analyze":
             cmd_analyze(argv[2] if len(argv) > 2 else "")
         else:
-            {"train": cmd_train, "eval": cmd_eval, "rows": cmd_rows, "sweep": cmd_sweep,
+            {"train": cmd_train, "eval": cmd_eval, "extract": cmd_extract, "rows": cmd_rows, "sweep": cmd_sweep,
              "export": cmd_export, "vocab": cmd_vocab}[argv[1]]()
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # Bad input (a flag, a config value, a file): say what, without a traceback.

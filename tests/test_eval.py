@@ -29,7 +29,7 @@ def test_eval_at_a_checkpoint_equals_the_in_training_evaluation(run_dir):
 def test_extract_writes_biderman_style_csv(run_dir):
     aggregates = eval_checkpoint.evaluate_checkpoint(run_dir, "train", extract_k=True, prompt_len=8, num_new=8)
     frame = pd.read_csv(os.path.join(run_dir, "evals", "train-8-extract.csv"))
-    assert list(frame.columns) == ["example_id", "score", "memorized", "prefix_match"]
+    assert list(frame.columns) == ["example_id", "score", "memorized", "prefix_match", "loss"]
     assert len(frame) == aggregates["extract_examples"] > 0
     # the examples shorter than prompt + continuation are counted as left out, recomputed from the store
     import numpy as np
