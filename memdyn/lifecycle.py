@@ -85,8 +85,9 @@ def final_report(workdir: str, last_row: dict[str, Any]) -> str:
         last = rows.iloc[-1]
         lines.append(f"  {name}: M(f) {last['exact_match']:.4f}, loss {last['loss']:.4f} after {int(last['step'])} "
                      "steps")
-    lines.append("  files: config.json, train.csv, eval.csv, insertions.csv, examples/, eval_examples/, "
-                 "checkpoints/, tensorboard/, train.png")
+    written = sorted(name + ("/" if os.path.isdir(os.path.join(workdir, name)) else "")
+                     for name in os.listdir(workdir) if not name.startswith("."))
+    lines.append("  files: " + ", ".join(written))
     return "\n".join(lines)
 
 

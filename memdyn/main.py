@@ -46,6 +46,12 @@ Commands:
          MemSinks runs (configs/memsinks.py) against standard training of the same seed: validation, repeated and
          never-seen losses, the repeated-vs-never-seen gap closed, 95% CIs over seeds: memsinks_conditions.csv/.md,
          memsinks_comparisons.csv, memsinks_summary.csv, memsinks_curves.csv, memsinks_deletion.csv, memsinks.png.
+  analyze predict (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
+         Biderman et al.'s predictable memorization from the runs' `memdyn extract --set=train` files: per seed the
+         largest model's last checkpoint is the target; every other (run, checkpoint) predicts it: precision,
+         recall, compute 6·N·D, bootstrap 95% CIs over sequences and seeds, the equal-compute view, memorized
+         fractions, score distributions and memorization by duplication: predict_*.csv, predict_tables.md,
+         predict.png.
   vocab  --config=<file>.py [--config.data.vocab.model_type=unigram|bpe|word --config.data.vocab.size=N]
          --out=<file>.model
          Train a SentencePiece vocabulary on the configured source's training split (tfds or text), offline;
@@ -78,7 +84,7 @@ SUMMARIES = {"train": "train a run, resume it, or fork one from another run's ch
              "rows": "print the examples a step trained",
              "sweep": "train the cross product of config values, one workdir per run",
              "export": "tidy CSVs of a run or a whole sweep",
-             "analyze": "memorization (M(f), T(N, tau)), forgetting or memsinks analyses, with CIs over seeds",
+             "analyze": "memorization (M(f), T(N, tau)), forgetting, memsinks or predict analyses, with CIs over seeds",
              "vocab": "train a SentencePiece vocabulary offline"}
 
 

@@ -186,6 +186,8 @@ def test_a_finished_run_reports_its_evaluations(trained_run):
     evals = pd.read_csv(os.path.join(trained_run, "eval.csv"))
     last = evals[evals["set"] == "validation"].iloc[-1]
     assert "12 steps" in text and f"validation: M(f) {last['exact_match']:.4f}" in text and "train: M(f)" in text
+    listed = text.rsplit("files: ", 1)[1].split(", ")  # what is in the workdir, directories with a slash
+    assert "checkpoints/" in listed and "train.csv" in listed and len(listed) == len([n for n in os.listdir(trained_run) if not n.startswith(".")])
 
 
 def test_train_png_draws_every_evaluated_set_but_not_modes_or_insertions(tmp_path):
