@@ -8,7 +8,6 @@ import subprocess
 import sys
 import venv
 
-
 from conftest import REPO
 
 

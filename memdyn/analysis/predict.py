@@ -373,7 +373,8 @@ def _plot(result: dict[str, pd.DataFrame], png_path: str) -> None:
     scores = result["scores"]
     ax = axes[1, 0]
     for i, (size, part) in enumerate(scores.groupby("size", sort=False)):
-        ax.plot(part["score"], part["fraction_mean"], marker="o", ms=3, color=f"C{i}", label=size)
+        seen = part[part["fraction_mean"] > 0]  # a log axis: score values no sequence has are left out
+        ax.plot(seen["score"], seen["fraction_mean"], marker="o", ms=3, lw=1, color=f"C{i}", label=size)
     ax.set_yscale("log")
     ax.set(xlabel="score (fraction of the continuation reproduced)", ylabel="fraction of sequences",
            title="score distribution at the last checkpoint (mean over seeds)")
