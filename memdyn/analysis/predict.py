@@ -289,6 +289,11 @@ def _ci(row, column: str, digits: int = 3) -> str:
     return stats.format_ci(row[f"{column}_mean"], row[f"{column}_ci_low"], row[f"{column}_ci_high"], digits)
 
 
+def _undefined(value: float) -> str:
+    """A precision of a predictor that memorizes nothing is undefined, not zero."""
+    return "undefined" if not np.isfinite(value) else f"{value:.3f}"
+
+
 def markdown(result: dict[str, pd.DataFrame]) -> str:
     """The paper's two tables, the equi-compute view, memorized fractions and the duplicate breakdown."""
     predictors = result["predictors"]
@@ -305,7 +310,7 @@ def markdown(result: dict[str, pd.DataFrame]) -> str:
             extra: part[extra].astype(int),
             "fraction of target compute": part["compute_fraction_mean"].map(lambda v: f"{v:.3g}"),
             "memorized (mean)": part["n_predicted_mean"].map(lambda v: f"{v:.1f}"),
-            "precision": [_ci(r, "precision") for _, r in part.iterrows()],
+            "precision": [_ci(r, "precision") or "undefined" for _, r in part.iterrows()],
             "recall": [_ci(r, "recall") for _, r in part.iterrows()],
             "seeds": part["n_seeds"]})
         out += [f"### {title}", "", tables.to_markdown(table), ""]
@@ -317,7 +322,7 @@ def markdown(result: dict[str, pd.DataFrame]) -> str:
             if key in eq:
                 show[f"best {family} (recall, precision)"] = [
                     "" if not isinstance(r[key], str) else f"{r[key]} ({r[key + '_recall']:.3f}, "
-                    f"{r[key + '_precision']:.3f})" for _, r in eq.iterrows()]
+                    f"{_undefined(r[key + '_precision'])})" for _, r in eq.iterrows()]
         out += ["### Equal compute: the best predictor of each family using at most that compute", "",
                 tables.to_markdown(show), ""]
     memorized = result["memorized"]
