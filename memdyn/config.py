@@ -18,7 +18,7 @@ from ml_collections import config_dict
 from memdyn import objective, sizes
 
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
-SOURCES = ("synthetic", "tfds", "text", "seqio", "store")
+SOURCES = ("synthetic", "tfds", "text", "seqio", "store", "imported")  # imported: no data (memdyn import-hf)
 TAGGERS = ("none", "gold", "spacy")
 DOC_IDS = ("none", "prefix", "control")
 _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.name != "vocab_size")
@@ -28,7 +28,14 @@ def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelS
     """Preset shape with the config's explicit overrides applied."""
     m = config.model
     default_len = m.max_len if m.max_len is not None else config.data.seq_len
-    shape = sizes.preset_shape(m.size, vocab_size=vocab_size, max_len=default_len)
+    if m.size == sizes.CUSTOM:  # every field of the shape given (an imported model)
+        missing = [f for f in ("num_layers", "d_model", "num_heads", "d_ff") if m.get(f) is None]
+        if missing:
+            raise ValueError(f"config.model.size='custom' needs config.model.{missing[0]} (and every one of "
+                             f"{missing})")
+        shape = sizes.ModelShape(m.num_layers, m.d_model, m.num_heads, m.d_ff, vocab_size, default_len)
+    else:
+        shape = sizes.preset_shape(m.size, vocab_size=vocab_size, max_len=default_len)
     overrides = {f: m[f] for f in _SHAPE_FIELDS if m.get(f) is not None}
     if m.size not in sizes.PAPER_PRESETS:
         overrides["vocab_size"] = vocab_size
@@ -76,9 +83,9 @@ def validate(config: config_dict.ConfigDict) -> None:
     positive("num_steps", config.num_steps)
     positive("batch_size", config.batch_size)
     positive("log_every", config.log_every)
-    if config.model.size not in sizes.PRESET_NAMES:
+    if config.model.size not in sizes.PRESET_NAMES + (sizes.CUSTOM,):
         raise ValueError(f"config.model.size={config.model.size!r} is not a known size preset; known: "
-                         f"{', '.join(sizes.PRESET_NAMES)}")
+                         f"{', '.join(sizes.PRESET_NAMES)} (or 'custom' with every shape field given)")
     if config.model.mlm_scored not in objective.SCORED:
         raise ValueError(f"config.model.mlm_scored={config.model.mlm_scored!r}: expected one of {objective.SCORED}")
     for field in ("every", "every_epochs"):

@@ -72,7 +72,7 @@ class Run:
     shape: ModelShape
     mesh: jax.sharding.Mesh
     rules: tuple[tuple[str, Any], ...]
-    order: StepOrder
+    order: StepOrder | None  # None: a run without training data (an imported model)
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
     schedule: optax.Schedule
@@ -115,7 +115,7 @@ def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
     if not config.model.causal and data.mask_id is None:
         raise ValueError(f"config.model.causal=False needs a <mask> token, and the vocabulary of "
                          f"config.data.source={config.data.source!r} has none")
-    if data.train.seq_len != config.data.seq_len:
+    if data.train is not None and data.train.seq_len != config.data.seq_len:
         raise ValueError(f"config.data.seq_len={config.data.seq_len} but the example store "
                          f"{data.train.path!r} holds sequences of {data.train.seq_len} tokens")
     shape = config_lib.model_shape(config, data.vocab_size)
@@ -137,7 +137,9 @@ def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
         opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_shapes, param_shardings,
                                               transform_non_params=lambda _: replicated)
         batch_sharding = sharding.batch_sharding(mesh, 1)
-    order = StepOrder(data.train.num_examples, config.batch_size, config.data.order_seed)
+    # An imported model has no training data: no order, and a feeder for the sources extraction reads.
+    order = None if data.train is None else StepOrder(data.train.num_examples, config.batch_size,
+                                                      config.data.order_seed)
     return Run(config, data, shape, mesh, rules, order, graphdef, tx, schedule, param_shardings, opt_shardings,
                batch_sharding, replicated, checkpoint.abstract_like(abstract_params, param_shardings),
                checkpoint.abstract_like(opt_shapes, opt_shardings),

@@ -70,8 +70,10 @@ def restore(run: core.Run, workdir: str, step: int | None):
         steps = ckpt.steps()
         if not steps or (step is not None and step not in steps):
             raise ValueError(f"--step={step}: no such checkpoint in {workdir!r}; available: {steps}")
+        # An imported model's checkpoint holds parameters only (no optimizer state).
+        opt_state = {} if run.config.data.source == "imported" else run.abstract_opt_state
         with run.context():
-            return ckpt.restore(steps[-1] if step is None else step, run.abstract_params, run.abstract_opt_state)
+            return ckpt.restore(steps[-1] if step is None else step, run.abstract_params, opt_state)
     finally:
         ckpt.close()
 

@@ -26,6 +26,10 @@ Commands:
          data (.idx/.bin; rows, or Pythia's 1024 rows per step). Per sequence: example_id, score (with --score:
          greedy decoding; else NaN), memorized, prefix_match, loss (one teacher-forced pass). Default --out:
          <workdir>/extract/<source>-<S>.csv. Written as it goes; run again with the same flags to resume.
+  import-hf --hf_dir=<dir> --workdir=<dir> [--step=<S>]
+         Read a local Hugging Face GPT-NeoX checkpoint (Pythia: config.json + *.safetensors, nothing downloaded)
+         into a new workdir: config.json (model.size='custom', data.source='imported') and checkpoint S (default
+         0: give the checkpoint's training step), which `memdyn extract --tokens/--indexed` scores like any run.
   sweep  --config=<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<sweep dir>
          --sweep=<field>=<v1>,<v2>[,...] [--sweep=...] [--parallel=<k>]
          Train the cross product of the --sweep values, one workdir per run (<sweep dir>/<field>=<v>,...);
@@ -77,10 +81,11 @@ from memdyn import logs
 
 from memdyn.config import CONFIG_DIR as _CONFIG_DIR
 from memdyn.config import config_path
-COMMANDS = ("train", "eval", "extract", "rows", "sweep", "export", "analyze", "vocab")
+COMMANDS = ("train", "eval", "extract", "import-hf", "rows", "sweep", "export", "analyze", "vocab")
 SUMMARIES = {"train": "train a run, resume it, or fork one from another run's checkpoint",
              "eval": "evaluate a set (and its k-extractability) at a checkpoint",
              "extract": "k-extractability of every sequence of a set, a .npy array or GPT-NeoX indexed data",
+             "import-hf": "a local Hugging Face GPT-NeoX (Pythia) checkpoint as a memdyn workdir",
              "rows": "print the examples a step trained",
              "sweep": "train the cross product of config values, one workdir per run",
              "export": "tidy CSVs of a run or a whole sweep",
@@ -133,6 +138,7 @@ _STEPS = flags.DEFINE_string("steps", None, "`extract --indexed`: the rows of tr
                              "(--rows_per_step rows each).")
 _ROWS_PER_STEP = flags.DEFINE_integer("rows_per_step", 1024, "`extract --steps`: rows per step (Pythia: 1024).")
 _SCORE = flags.DEFINE_bool("score", False, "`extract`: also Biderman's fractional score by greedy decoding.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "`import-hf`: a local Hugging Face GPT-NeoX checkpoint directory.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "`extract`: sequences per batch (default: the run's).")
 _MEMSINKS_MODE = flags.DEFINE_enum("memsinks_mode", "train", ["train", "all", "dropout", "exclude"],
                                    "`eval` of a MemSinks run: the MLP gates (train: each sequence's own mask; "
@@ -244,6 +250,12 @@ def cmd_extract() -> None:
     print("\n".join(f"{k}: {totals[k]}" for k in keys))
 
 
+def cmd_import_hf() -> None:
+    from memdyn import import_hf
+    summary = import_hf.import_hf(_require(_HF_DIR, "import-hf"), _require(_WORKDIR, "import-hf"), _STEP.value or 0)
+    print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
 def _run_or_sweep(command: str) -> tuple[str | None, str | None]:
     sweep_dir = _SWEEP.value[0] if _SWEEP.value else None
     if bool(_WORKDIR.value) == bool(sweep_dir) or len(_SWEEP.value) > 1:
@@ -308,8 +320,8 @@ def main(argv: list[str]) -> None:
         if argv[1] == "analyze":
             cmd_analyze(argv[2] if len(argv) > 2 else "")
         else:
-            {"train": cmd_train, "eval": cmd_eval, "extract": cmd_extract, "rows": cmd_rows, "sweep": cmd_sweep,
-             "export": cmd_export, "vocab": cmd_vocab}[argv[1]]()
+            {"train": cmd_train, "eval": cmd_eval, "extract": cmd_extract, "import-hf": cmd_import_hf,
+             "rows": cmd_rows, "sweep": cmd_sweep, "export": cmd_export, "vocab": cmd_vocab}[argv[1]]()
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # Bad input (a flag, a config value, a file): say what, without a traceback.
         if os.environ.get("MEMDYN_TRACEBACK"):

@@ -1,7 +1,7 @@
 """One Transformer for causal and masked language modelling (Flax NNX).
 
-Pre-LayerNorm blocks with multi-head attention and a GELU or SwiGLU MLP; learned or rotary positions; tied or
-untied embeddings. The MLP takes an optional per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks'
+Pre-LayerNorm blocks with multi-head attention and a GELU or SwiGLU MLP, sequential or parallel residual
+(GPT-NeoX); learned or rotary positions; tied or untied embeddings. The MLP takes an optional per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks'
 sequence-tied masks, see ``memdyn.memsinks``), and attention optional per-token segment ids (packed documents). Every parameter carries logical axis names (see ``memdyn.sharding``).
 
 Causal models also decode incrementally with a KV cache (``Transformer.prefill`` then ``decode_step``), doing
@@ -39,7 +39,8 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], *, in
 
 
 class LayerNorm(nnx.Module):
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, eps: float = 1e-5, *, rngs: nnx.Rngs):
+        self.eps = eps
         self.scale = _param(rngs, (d_model,), ("embed",), init="ones")
         self.bias = _param(rngs, (d_model,), ("embed",), init="zeros")
 
@@ -47,16 +48,16 @@ class LayerNorm(nnx.Module):
         x = x_BxLxD.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...] + self.bias[...]).astype(x_BxLxD.dtype)
 
 
-def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float) -> jax.Array:
+def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding (GPT-NeoX layout: rotate halves) on the first ``fraction`` of head dims."""
     head_dim = x_BxLxHxK.shape[-1]
     rot_dim = max(2, int(head_dim * fraction)) // 2 * 2
     x_rot, x_pass = x_BxLxHxK[..., :rot_dim], x_BxLxHxK[..., rot_dim:]
-    inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, rot_dim, 2, dtype=jnp.float32) / rot_dim))
+    inv_freq = 1.0 / (base ** (jnp.arange(0, rot_dim, 2, dtype=jnp.float32) / rot_dim))
     angles_BxLxR = positions_BxL[..., None].astype(jnp.float32) * inv_freq
     angles = jnp.concatenate([angles_BxLxR, angles_BxLxR], axis=-1)[:, :, None, :]
     x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
@@ -97,8 +98,8 @@ class Attention(nnx.Module):
 
         q_BxLxHxK, k_BxSxHxK, v_BxSxHxK = project("query"), project("key"), project("value")
         if self.shape.positions == "rotary":
-            q_BxLxHxK = rotary(q_BxLxHxK, positions_BxL, self.shape.rotary_fraction)
-            k_BxSxHxK = rotary(k_BxSxHxK, positions_BxL, self.shape.rotary_fraction)
+            q_BxLxHxK = rotary(q_BxLxHxK, positions_BxL, self.shape.rotary_fraction, self.shape.rotary_base)
+            k_BxSxHxK = rotary(k_BxSxHxK, positions_BxL, self.shape.rotary_fraction, self.shape.rotary_base)
         if cache_kv is not None:
             keys_BxSxHxK, values_BxSxHxK = cache_kv
             k_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(keys_BxSxHxK, k_BxSxHxK.astype(keys_BxSxHxK.dtype),
@@ -161,9 +162,10 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
     def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs):
-        self.attention_norm = LayerNorm(shape.d_model, rngs=rngs)
+        self.parallel_residual = shape.parallel_residual
+        self.attention_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         self.attention = Attention(shape, rngs=rngs)
-        self.mlp_norm = LayerNorm(shape.d_model, rngs=rngs)
+        self.mlp_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         self.mlp = MLP(shape.d_model, shape.d_ff, shape.mlp, rngs=rngs)
 
     def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None):
@@ -174,8 +176,9 @@ class Block(nnx.Module):
         """Block output and the attention's keys/values (see ``Attention.with_kv`` for ``cache_kv``)."""
         attended_BxLxD, kv = self.attention.with_kv(self.attention_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL,
                                                     cache_kv, start)
-        x_BxLxD = x_BxLxD + attended_BxLxD
-        x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD), gate_BxLxF, grad_gate_BxLxF)
+        # Parallel residual (GPT-NeoX): the MLP reads the block's input, not the attention's output.
+        mlp_input_BxLxD = x_BxLxD if self.parallel_residual else x_BxLxD + attended_BxLxD
+        x_BxLxD = x_BxLxD + attended_BxLxD + self.mlp(self.mlp_norm(mlp_input_BxLxD), gate_BxLxF, grad_gate_BxLxF)
         return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed")), kv
 
 
@@ -215,7 +218,7 @@ class Transformer(nnx.Module):
         self.block_names = tuple(f"block_{i:02d}" for i in range(shape.num_layers))
         for name in self.block_names:
             setattr(self, name, Block(shape, rngs=rngs))
-        self.final_norm = LayerNorm(shape.d_model, rngs=rngs)
+        self.final_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         if not shape.tie_embeddings:
             self.unembed = _param(rngs, (shape.d_model, shape.vocab_size), ("embed", "vocab"))
 

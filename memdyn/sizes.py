@@ -26,6 +26,9 @@ class ModelShape:
     rotary_fraction: float = 1.0  # fraction of each head's dimensions that rotary embeddings rotate
     tie_embeddings: bool = True
     mlp: str = "gelu"  # "gelu" (W_out · gelu(W_in x + b)) | "swiglu" (W_out · (silu(W_gate x) * W_up x), no biases)
+    parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX, Pythia); else sequential pre-LN
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    rotary_base: float = 10000.0  # rotary embeddings' base (theta)
 
     @property
     def head_dim(self) -> int:
@@ -44,6 +47,10 @@ class ModelShape:
             raise ValueError(f"config.model.mlp={self.mlp!r}: expected one of {MLP_KINDS}")
         if not 0.0 < self.rotary_fraction <= 1.0:
             raise ValueError(f"config.model.rotary_fraction={self.rotary_fraction} must be in (0, 1]")
+        if not self.norm_eps > 0:
+            raise ValueError(f"config.model.norm_eps={self.norm_eps} must be positive")
+        if not self.rotary_base > 1:
+            raise ValueError(f"config.model.rotary_base={self.rotary_base} must be above 1")
 
 
 # name -> (num_layers, d_model, num_heads, d_ff, extra fields). Vocabulary and max_len of CPU presets come from
@@ -58,7 +65,7 @@ CPU_PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 
 _OPT = dict(vocab_size=50272, max_len=2050, positions="learned", tie_embeddings=True)
-_PYTHIA = dict(max_len=2048, positions="rotary", rotary_fraction=0.25, tie_embeddings=False)
+_PYTHIA = dict(max_len=2048, positions="rotary", rotary_fraction=0.25, tie_embeddings=False, parallel_residual=True)
 PAPER_PRESETS: dict[str, ModelShape] = {
     "opt-125m": ModelShape(12, 768, 12, 3072, **_OPT),
     "opt-355m": ModelShape(24, 1024, 16, 4096, **_OPT),
@@ -77,6 +84,7 @@ PAPER_PRESETS: dict[str, ModelShape] = {
 }
 
 PRESET_NAMES = tuple(CPU_PRESETS) + tuple(PAPER_PRESETS)
+CUSTOM = "custom"  # config.model.size of a shape given field by field (memdyn import-hf writes it)
 
 
 def preset_shape(name: str, *, vocab_size: int, max_len: int) -> ModelShape:

@@ -32,7 +32,7 @@ def test_sweep_export_analyze(tmp_path):
 
 def test_usage_errors():
     proc = run_memdyn("fly")
-    assert proc.returncode != 0 and "usage: memdyn <train|eval|extract|rows|sweep|export|analyze|vocab>" in proc.stderr
+    assert proc.returncode != 0 and "usage: memdyn <train|eval|extract|import-hf|rows|sweep|export|analyze|vocab>" in proc.stderr
     proc = run_memdyn("analyze", "nothing", "--workdir=/tmp")
     assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization', 'memsinks', 'predict')" in proc.stderr
     proc = run_memdyn("rows", "--step=3")
@@ -44,7 +44,7 @@ def test_usage_errors():
 
 def test_help_per_command_and_version():
     from memdyn import __version__
-    commands = ("train", "eval", "extract", "rows", "sweep", "export", "analyze", "vocab")
+    commands = ("train", "eval", "extract", "import-hf", "rows", "sweep", "export", "analyze", "vocab")
     for args in ((), ("--help",)):
         proc = run_memdyn(*args)
         assert proc.returncode == 0 and all(f"\n  {c} " in proc.stdout for c in commands), proc.stdout

@@ -16,7 +16,7 @@ from memdyn.data.store import ExampleStore
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-    train: ExampleStore
+    train: ExampleStore | None  # None: a model without training data (config.data.source='imported')
     sets: dict[str, ExampleStore]  # tracked sets by name ("validation", "special", ...)
     words: tuple[str, ...] | None  # id -> word, for a word-list vocabulary (the synthetic corpus)
     vocab_size: int
@@ -28,7 +28,7 @@ class RunData:
 
     def evaluable(self) -> dict[str, "ExampleStore"]:
         """Every store a run can evaluate by name: ``train`` (the whole training set) and the tracked sets."""
-        return {"train": self.train, **self.sets}
+        return {"train": self.train, **self.sets} if self.train is not None else dict(self.sets)
 
     def decode(self, token_ids: np.ndarray) -> str:
         ids = [int(t) for t in np.asarray(token_ids).reshape(-1) if t != self.pad_id]
@@ -37,6 +37,8 @@ class RunData:
 
 def open_run_data(workdir: str, config: config_dict.ConfigDict) -> RunData:
     """The data of a run whose stores exist (nothing is built)."""
+    if config.data.source == "imported":  # a model without data (memdyn import-hf): only what extract reads
+        return RunData(train=None, sets={}, words=None, vocab_size=int(config.model.vocab_size), mask_id=None)
     if config.data.source == "store":
         return _open_store(config.data.store)
     data_dir = os.path.join(workdir, "data")

@@ -36,6 +36,9 @@ _COMMON_FIELDS = ("source", "seq_len", "special_docs", "validation_docs", "doc_i
 
 def prepare(config: config_dict.ConfigDict, workdir: str) -> RunData:
     """The data of the run in ``workdir``, built on first use."""
+    if config.data.source == "imported":
+        raise ValueError("config.data.source='imported' is a model without training data (from memdyn "
+                         "import-hf): score sequences with `memdyn extract --tokens/--indexed`; it does not train")
     if config.data.source != "store":
         build(config, os.path.join(workdir, "data"))
     return open_run_data(workdir, config)
