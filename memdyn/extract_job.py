@@ -80,6 +80,7 @@ def run_extract(workdir: str, step: int | None = None, *, out: str | None = None
     first = _resume_point(parts_dir, job)
     chunk_rows = batch_size * chunk_batches
     num_chunks = -(-len(source.row_indices) // chunk_rows)
+    import memdyn.tensorflow_cpu  # noqa: F401  (before clu imports TensorFlow: CPU only, no CUDA probe noise)
     from clu import periodic_actions
     report = periodic_actions.ReportProgress(num_train_steps=len(source.row_indices), every_secs=5.0)
     if first:

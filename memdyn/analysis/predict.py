@@ -72,7 +72,7 @@ def load_models(workdirs: list[str]) -> pd.DataFrame:
             params = int(config["model"]["params"])
             rows.append({**runs.identity(config, workdir), "workdir": workdir, "step": step, "tokens": tokens,
                          "compute": 6.0 * params * tokens, "path": path, "prompt_len": job["prompt_len"],
-                         "num_new": job["num_new"], "scored_fraction": job.get("score", False)})
+                         "num_new": job["num_new"], "has_score": bool(job.get("score", False))})
     if not rows:
         raise ValueError("no run has k-extractability of its training set (`memdyn extract --set=train` writes "
                          "<run>/extract/train-<step>.csv)")

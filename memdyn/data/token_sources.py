@@ -90,7 +90,8 @@ def open_source(data, *, length: int, vocab_size: int, set_name: str | None = No
         if array.shape[1] < length:
             raise ValueError(f"--tokens={tokens!r}: sequences of {array.shape[1]} tokens, shorter than prompt_len "
                              f"+ num_new = {length}")
-        _check_ids(np.asarray(array[:, :length]), vocab_size, f"--tokens={tokens!r}")
+        for start in range(0, array.shape[0], 1 << 20):  # in blocks: the file may be larger than memory
+            _check_ids(np.asarray(array[start:start + (1 << 20), :length]), vocab_size, f"--tokens={tokens!r}")
         read = lambda ids: np.asarray(array[ids, :length], np.int32)  # noqa: E731
         ids = np.arange(array.shape[0], dtype=np.int64)
         return Source(TokenRows(tokens, ids, length, read), np.arange(len(ids)), 0,
