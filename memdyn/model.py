@@ -187,12 +187,13 @@ class Block(nnx.Module):
 class KVCache:
     """Keys and values of every layer for S slots, filled by ``Transformer.prefill`` / ``decode_step``.
 
-    N layers: ``keys`` and ``values`` are [N, B, S, H, K] (rotary already applied to keys); ``valid_BxS`` marks
-    the slots a query may attend to (real prompt tokens and tokens decoded so far).
+    ``keys`` and ``values`` hold one [B, S, H, K] array per layer (rotary already applied to keys): a decode step
+    writes one slot of each in place, where one stacked array would be copied whole at every step.
+    ``valid_BxS`` marks the slots a query may attend to (real prompt tokens and tokens decoded so far).
     """
 
-    keys: jax.Array
-    values: jax.Array
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
     valid_BxS: jax.Array
 
 
@@ -249,11 +250,12 @@ class Transformer(nnx.Module):
                              f"table (config.model.max_len={self.shape.max_len})")
         gate_BxMxF = None if mlp_gate_BxF is None else jnp.broadcast_to(
             mlp_gate_BxF[:, None, :], (batch, length, mlp_gate_BxF.shape[-1]))
-        logits_BxMxV, keys_NxBxMxHxK, values_NxBxMxHxK = self._forward(tokens_BxM, valid_BxM, gate_BxMxF)
+        logits_BxMxV, keys, values = self._forward(tokens_BxM, valid_BxM, gate_BxMxF)
         free = max_len - length
-        slots = ((0, 0), (0, 0), (0, free), (0, 0), (0, 0))
+        slots = ((0, 0), (0, free), (0, 0), (0, 0))
         valid_BxM = jnp.ones((batch, length), bool) if valid_BxM is None else valid_BxM.astype(bool)
-        cache = KVCache(keys=jnp.pad(keys_NxBxMxHxK, slots), values=jnp.pad(values_NxBxMxHxK, slots),
+        cache = KVCache(keys=tuple(jnp.pad(k_BxMxHxK, slots) for k_BxMxHxK in keys),
+                        values=tuple(jnp.pad(v_BxMxHxK, slots) for v_BxMxHxK in values),
                         valid_BxS=jnp.pad(valid_BxM, ((0, 0), (0, free))))  # empty slots are not valid keys
         return logits_BxMxV, cache
 
@@ -267,7 +269,7 @@ class Transformer(nnx.Module):
         """
         self._require_causal()
         batch = token_B.shape[0]
-        max_len = cache.keys.shape[2]
+        max_len = cache.keys[0].shape[1]
         positions_Bx1 = jnp.full((batch, 1), position)
         x_Bx1xD = self._embed(token_B[:, None], position)
         valid_BxS = jax.lax.dynamic_update_slice_in_dim(cache.valid_BxS, jnp.ones((batch, 1), bool), position, 1)
@@ -281,7 +283,7 @@ class Transformer(nnx.Module):
             keys.append(keys_BxSxHxK)
             values.append(values_BxSxHxK)
         logits_BxV = self._unembed(x_Bx1xD)[:, 0]
-        return logits_BxV, KVCache(keys=jnp.stack(keys), values=jnp.stack(values), valid_BxS=valid_BxS)
+        return logits_BxV, KVCache(keys=tuple(keys), values=tuple(values), valid_BxS=valid_BxS)
 
     def _require_causal(self) -> None:
         if not self.causal:
@@ -305,7 +307,7 @@ class Transformer(nnx.Module):
         return gate if layer in self.gated_layers else None
 
     def _forward(self, tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL=None, mlp_grad_gate_BxLxF=None):
-        """Full forward pass: logits [B, L, V] and every layer's keys and values, stacked [layers, B, L, H, K]
+        """Full forward pass: logits [B, L, V] and every layer's keys and values, one [B, L, H, K] array per layer
         (unused outputs cost nothing under jit)."""
         batch, length = tokens_BxL.shape
         if length > self.shape.max_len:
@@ -328,4 +330,4 @@ class Transformer(nnx.Module):
                 grad_gate_BxLxF=self._layer_gate(i, mlp_grad_gate_BxLxF))
             keys.append(keys_BxLxHxK)
             values.append(values_BxLxHxK)
-        return self._unembed(x_BxLxD), jnp.stack(keys), jnp.stack(values)
+        return self._unembed(x_BxLxD), keys, values

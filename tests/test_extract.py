@@ -67,7 +67,8 @@ def test_prefill_and_decode_steps_reproduce_the_full_forward(name):
     full, incremental, cache = full_and_incremental(params)
     real = np.asarray(valid)  # a padded query attends to nothing real: its output is arbitrary
     np.testing.assert_allclose(np.asarray(incremental)[real], np.asarray(full)[real], atol=1e-5)
-    assert cache.keys.shape == cache.values.shape == (2, 2, 12, 4, 8)  # [layers, B, S, H, K]
+    assert len(cache.keys) == len(cache.values) == 2  # one [B, S, H, K] array per layer
+    assert all(a.shape == (2, 12, 4, 8) for a in cache.keys + cache.values)
     assert cache.valid_BxS.tolist() == np.pad(valid, ((0, 0), (0, 2))).tolist()
 
 
