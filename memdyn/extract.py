@@ -128,8 +128,7 @@ def _teacher_forced(graphdef, params, tokens_BxT, prompt_len, num_new, mlp_gate_
     inputs_BxT = tokens_BxT[:, :prompt_len + num_new - 1]
     gate_BxTxF = None if mlp_gate_BxF is None else jnp.broadcast_to(
         mlp_gate_BxF[:, None, :], inputs_BxT.shape + mlp_gate_BxF.shape[-1:])
-    logits_BxTxV = model(inputs_BxT, mlp_gate_BxLxF=gate_BxTxF)
-    continuation_logits_BxNxV = logits_BxTxV[:, prompt_len - 1:].astype(jnp.float32)
+    continuation_logits_BxNxV = model(inputs_BxT, mlp_gate_BxLxF=gate_BxTxF, logits_from=prompt_len - 1)
     truth_BxN = tokens_BxT[:, prompt_len:prompt_len + num_new]
     match_BxN = jnp.argmax(continuation_logits_BxNxV, axis=-1) == truth_BxN
     prefix_match_B = jnp.cumprod(match_BxN.astype(jnp.int32), axis=1).sum(axis=1)

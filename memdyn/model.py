@@ -225,13 +225,16 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BxL: jax.Array, *, valid_BxL: jax.Array | None = None,
                  mlp_gate_BxLxF: jax.Array | None = None, segment_ids_BxL: jax.Array | None = None,
-                 mlp_grad_gate_BxLxF: jax.Array | None = None) -> jax.Array:
-        """Logits [B, L, V] in float32. ``valid_BxL`` marks real (non-padding) tokens; padded keys are masked.
+                 mlp_grad_gate_BxLxF: jax.Array | None = None, logits_from: int = 0) -> jax.Array:
+        """Logits [B, L - logits_from, V] in float32. ``valid_BxL`` marks real (non-padding) tokens; padded keys
+        are masked. ``logits_from`` (static): positions before it are context only and get no logits (the output
+        projection is the largest matmul of a small model, so extraction skips it on the prompt).
 
         ``segment_ids_BxL``: the document of each token when a row packs several; attention then stays within a
         document (block-causal for a causal LM). The MLP gates act in ``gated_layers`` (see ``MLP``).
         """
-        return self._forward(tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL, mlp_grad_gate_BxLxF)[0]
+        hidden_BxLxD = self._forward(tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL, mlp_grad_gate_BxLxF)[0]
+        return self._unembed(hidden_BxLxD[:, logits_from:])
 
     def prefill(self, tokens_BxM: jax.Array, max_len: int, *, valid_BxM: jax.Array | None = None,
                 mlp_gate_BxF: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
@@ -250,7 +253,8 @@ class Transformer(nnx.Module):
                              f"table (config.model.max_len={self.shape.max_len})")
         gate_BxMxF = None if mlp_gate_BxF is None else jnp.broadcast_to(
             mlp_gate_BxF[:, None, :], (batch, length, mlp_gate_BxF.shape[-1]))
-        logits_BxMxV, keys, values = self._forward(tokens_BxM, valid_BxM, gate_BxMxF)
+        hidden_BxMxD, keys, values = self._forward(tokens_BxM, valid_BxM, gate_BxMxF)
+        logits_BxMxV = self._unembed(hidden_BxMxD)
         free = max_len - length
         slots = ((0, 0), (0, free), (0, 0), (0, 0))
         valid_BxM = jnp.ones((batch, length), bool) if valid_BxM is None else valid_BxM.astype(bool)
@@ -307,8 +311,8 @@ class Transformer(nnx.Module):
         return gate if layer in self.gated_layers else None
 
     def _forward(self, tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL=None, mlp_grad_gate_BxLxF=None):
-        """Full forward pass: logits [B, L, V] and every layer's keys and values, one [B, L, H, K] array per layer
-        (unused outputs cost nothing under jit)."""
+        """Full forward pass: the last block's output [B, L, D] (before the final norm) and every layer's keys and
+        values, one [B, L, H, K] array per layer (unused outputs cost nothing under jit)."""
         batch, length = tokens_BxL.shape
         if length > self.shape.max_len:
             raise ValueError(f"sequence length {length} exceeds the position table (config.model.max_len="
@@ -330,4 +334,4 @@ class Transformer(nnx.Module):
                 grad_gate_BxLxF=self._layer_gate(i, mlp_grad_gate_BxLxF))
             keys.append(keys_BxLxHxK)
             values.append(values_BxLxHxK)
-        return self._unembed(x_BxLxD), keys, values
+        return x_BxLxD, keys, values
