@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # in-step estimate from the per-example records.
     c.eval.epoch_sets = ("train",)
     c.eval.every_epochs = 1
+    c.eval.pos = True  # per part of speech R(p) and R_mem(p) into pos.csv, when the data has tags (memdyn/pos.py)
     # MemSinks runs: every evaluation of a set is repeated in each of these modes, written as "<set>@<mode>"
     # (train | all | dropout | exclude; see memdyn/memsinks.py). The set itself is evaluated with the training masks.
     c.eval.memsinks_modes = ()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -30,6 +31,7 @@ from memdyn import config as config_lib
 from memdyn import memsinks
 from memdyn import metrics as metrics_lib
 from memdyn import objective, sharding
+from memdyn import pos as pos_lib
 from memdyn.data import run_data
 from memdyn.data.feeder import Batch, Feeder
 from memdyn.data.order import StepOrder
@@ -84,6 +86,8 @@ class Run:
     abstract_opt_state: Any
     feeder: Feeder
     batch_metrics: tuple[Callable[..., dict[str, jax.Array]], ...] = ()
+    tag_names: tuple[str, ...] = ()  # parts of speech counted per step and evaluation (empty: none; memdyn.pos)
+    token_tags_V: np.ndarray | None = None  # each token id's part of speech, for R(p)
 
     def context(self):
         """Mesh and logical rules must be active whenever a memdyn function is traced."""
@@ -140,10 +144,20 @@ def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
     # An imported model has no training data: no order, and a feeder for the sources extraction reads.
     order = None if data.train is None else StepOrder(data.train.num_examples, config.batch_size,
                                                       config.data.order_seed)
+    tag_names, token_tags_V = _parts_of_speech(config, data)
     return Run(config, data, shape, mesh, rules, order, graphdef, tx, schedule, param_shardings, opt_shardings,
                batch_sharding, replicated, checkpoint.abstract_like(abstract_params, param_shardings),
                checkpoint.abstract_like(opt_shapes, opt_shardings),
-               Feeder(batch_sharding, data.pad_id, data.train, order), tuple(batch_metrics))
+               Feeder(batch_sharding, data.pad_id, data.train, order), tuple(batch_metrics), tag_names, token_tags_V)
+
+
+def _parts_of_speech(config, data: run_data.RunData) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """The tag names and each token's tag when ``config.eval.pos`` and the training store has tags."""
+    train = data.train
+    names = tuple(train.manifest.get("tag_names", ())) if train is not None else ()
+    if not config.eval.get("pos", False) or train is None or train.tags is None or not names:
+        return (), None
+    return names, pos_lib.token_tags(train.tokens, train.tags, data.vocab_size, len(names))
 
 
 def init_state(run: Run) -> tuple[Any, Any]:
@@ -194,6 +208,10 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
         if not memorization_metrics:
             return {"loss": metrics_lib.mean_loss(logits, t.targets_BxL, t.loss_weights_BxL)}
         out = metrics_lib.token_metrics(logits, t.targets_BxL, t.loss_weights_BxL, t.score_weights_BxL)
+        if run.tag_names and "tags_BxL" in batch:
+            tags_BxL = batch["tags_BxL"][:, 1:] if config.model.causal else batch["tags_BxL"]  # the targets' tags
+            out.update(pos_lib.tag_counts(logits, t.targets_BxL, tags_BxL, t.score_weights_BxL,
+                                          jnp.asarray(run.token_tags_V), len(run.tag_names)))
         for batch_metric in run.batch_metrics:
             out.update(batch_metric(batch, logits, t.targets_BxL, t.score_weights_BxL))
         return dict(out, example_ids_B=batch["example_ids_B"], doc_ids_B=batch["doc_ids_B"])

@@ -30,10 +30,11 @@ class PendingEval:
     step: int
     extra: dict[str, Any]
     outputs: list[dict[str, jax.Array]]
+    _cache: list[dict[str, np.ndarray]] | None = dataclasses.field(default=None, repr=False)
 
     def result(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """(aggregates, per-example arrays) with M = exact-match fraction over all counted tokens of the set."""
-        fetched = jax.device_get(self.outputs)
+        fetched = self._fetched()
         real = [m["example_ids_B"] >= 0 for m in fetched]  # padding rows have id -1
         per_example = {column: np.concatenate([m[key][r] for m, r in zip(fetched, real)])
                        for column, key in PER_EXAMPLE.items()}
@@ -46,6 +47,17 @@ class PendingEval:
                       "perplexity": float(np.exp(min(loss, 80.0))), "num_examples": len(tokens),
                       "num_tokens": int(tokens.sum())}
         return aggregates, per_example
+
+    def pos_counts(self) -> dict[str, np.ndarray]:
+        """Per-tag counts (``memdyn.pos``) summed over the set's batches; empty when the step returns none."""
+        fetched = self._fetched()
+        keys = [k for k in fetched[0] if k.startswith("pos_")] if fetched else []
+        return {k: np.sum([m[k] for m in fetched], axis=0) for k in keys}
+
+    def _fetched(self) -> list[dict[str, np.ndarray]]:
+        if self._cache is None:
+            self._cache = jax.device_get(self.outputs)
+        return self._cache
 
 
 def evaluate(eval_step: Callable, params: Any, feeder: Feeder, store: ExampleStore, batch_size: int, name: str,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from ml_collections import config_dict
 
-from memdyn import runs, writers
+from memdyn import pos, runs, writers
 from memdyn.data.order import StepOrder
 from memdyn.evaluate import PendingEval
 from memdyn.progress import Progress
@@ -27,21 +27,25 @@ EVAL_CSV_COLUMNS = ("step", "update", "inserted_updates", "set", "at_insertion",
                     "num_examples", "num_tokens") + IDENTITY_COLUMNS
 INSERT_CSV_COLUMNS = ("step", "update", "set", "repeat", "batch", "loss", "exact_match", "lr",
                       "grad_norm") + IDENTITY_COLUMNS
+POS_CSV_COLUMNS = ("step", "update", "set", "tag", "positions", "right", "exact", "R", "R_mem") + IDENTITY_COLUMNS
 CSV_FILES = {"train.csv": TRAIN_CSV_COLUMNS, "eval.csv": EVAL_CSV_COLUMNS, "insertions.csv": INSERT_CSV_COLUMNS}
+POS_CSV = "pos.csv"  # written when the run counts parts of speech (memdyn.pos): set "update" is the step's batch
 RECORD_DIRS = ("examples", "eval_examples")
 TENSORBOARD = ("loss", "mem_update", "lr", "grad_norm")
 
 
 class RunResults:
     def __init__(self, workdir: str, config: config_dict.ConfigDict, order: StepOrder,
-                 positions: dict[str, Any] | None, *, write: bool):
-        """``positions``: a checkpoint's (None: a run that starts afresh, whose files are emptied)."""
-        self.config, self.order = config, order
+                 positions: dict[str, Any] | None, *, write: bool, tag_names: tuple[str, ...] = ()):
+        """``positions``: a checkpoint's (None: a run that starts afresh, whose files are emptied).
+        ``tag_names``: the parts of speech whose counts the steps return (pos.csv), or none."""
+        self.config, self.order, self.tag_names = config, order, tuple(tag_names)
         self.identity = runs.identity(config, workdir)
         join = lambda name: os.path.join(workdir, name)  # noqa: E731
         rows, parts = (positions or {}).get("csv_rows", {}), (positions or {}).get("parts", {})
+        files = {**CSV_FILES, **({POS_CSV: POS_CSV_COLUMNS} if self.tag_names else {})}
         self.csv = {name: writers.CsvWriter(join(name), columns, rows=rows.get(name, 0), write=write)
-                    for name, columns in CSV_FILES.items()}
+                    for name, columns in files.items()}
         self.records = {name: writers.RecordWriter(join(name), parts.get(name, []), write=write)
                         for name in RECORD_DIRS}
         self.tensorboard = writers.tensorboard_writer(join("tensorboard"), write=write)
@@ -83,17 +87,25 @@ class RunResults:
         self.last_row = {"step": step, **row}
         if step % c.log_every == 0 or step == c.num_steps - 1:
             self.csv["train.csv"].write_scalars(step, row)
+            self._write_pos(step, info["update"], "update", m)
             self.tensorboard.write_scalars(step, {k: row[k] for k in TENSORBOARD})
 
     def record_eval(self, pending: PendingEval) -> None:
         aggregates, per_example = pending.result()
         self.csv["eval.csv"].write_scalars(pending.step, {"set": pending.name, **pending.extra, **aggregates,
                                                           **self.identity})
+        self._write_pos(pending.step, pending.extra.get("update"), pending.name, pending.pos_counts())
         self.records["eval_examples"].write_summaries(
             pending.step, {"set": np.full(len(per_example["example_id"]), pending.name), **per_example})
         self.tensorboard.write_scalars(pending.step, {f"{pending.name}/exact_match": aggregates["exact_match"],
                                                       f"{pending.name}/loss": aggregates["loss"]})
         self.progress.evaluated(pending.step, pending.name, aggregates["exact_match"], aggregates["loss"])
+
+    def _write_pos(self, step: int, update, set_name: str, counts: dict[str, np.ndarray]) -> None:
+        if not self.tag_names or "pos_positions_T" not in counts:
+            return
+        for row in pos.rows(list(self.tag_names), counts):
+            self.csv[POS_CSV].write_scalars(step, {"update": update, "set": set_name, **row, **self.identity})
 
     def close(self) -> None:
         for writer in (*self.csv.values(), *self.records.values(), self.tensorboard):

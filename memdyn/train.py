@@ -102,7 +102,7 @@ class Trainer:
         if not resuming:
             counters.first_step = counters.step
         self.results = RunResults(self.workdir, c, run.order, start.meta if resuming else None,
-                                  write=is_primary())
+                                  write=is_primary(), tag_names=run.tag_names)
         in_main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
         previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
         try:

@@ -21,7 +21,7 @@ VOLATILE = ["steps_per_sec", "run"]  # wall-clock and directory name; everything
 
 def _frames(workdir):
     out = {}
-    for name in ("train.csv", "eval.csv", "insertions.csv"):
+    for name in ("train.csv", "eval.csv", "insertions.csv", "pos.csv"):
         path = os.path.join(workdir, name)
         out[name] = pd.read_csv(path).drop(columns=VOLATILE, errors="ignore")
     out["examples"] = writers.read_examples(os.path.join(workdir, "examples"))
@@ -270,7 +270,7 @@ def test_sigkill_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
     assert "resuming" in err and "from checkpoint" in err
     reference = _spawn_train(clean, *flags)
     assert reference.wait(timeout=600) == 0
-    for name in ("train.csv", "eval.csv"):
+    for name in ("train.csv", "eval.csv", "pos.csv"):
         a = pd.read_csv(os.path.join(killed, name)).drop(columns=VOLATILE, errors="ignore")
         b = pd.read_csv(os.path.join(clean, name)).drop(columns=VOLATILE, errors="ignore")
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
