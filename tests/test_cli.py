@@ -34,7 +34,7 @@ def test_usage_errors():
     proc = run_memdyn("fly")
     assert proc.returncode != 0 and "usage: memdyn <train|eval|extract|import-hf|rows|sweep|export|analyze|vocab>" in proc.stderr
     proc = run_memdyn("analyze", "nothing", "--workdir=/tmp")
-    assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization', 'memsinks', 'predict')" in proc.stderr
+    assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization', 'memsinks', 'pos', 'predict')" in proc.stderr
     proc = run_memdyn("rows", "--step=3")
     assert proc.returncode != 0 and "needs --workdir" in proc.stderr
     # A field a config leaves unset (None) still takes a value on the command line (README's lm1b command).
