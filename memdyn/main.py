@@ -50,6 +50,9 @@ Commands:
          MemSinks runs (configs/memsinks.py) against standard training of the same seed: validation, repeated and
          never-seen losses, the repeated-vs-never-seen gap closed, 95% CIs over seeds: memsinks_conditions.csv/.md,
          memsinks_comparisons.csv, memsinks_summary.csv, memsinks_curves.csv, memsinks_deletion.csv, memsinks.png.
+  analyze pos (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
+         Parts of speech (Tirumala et al.): R(p) and R_mem(p) per tag over epochs from the runs' pos.csv, 95% CIs
+         over seeds: pos_curves.csv, pos_by_size.csv, pos_final.csv/.md, pos.png.
   analyze predict (--workdir=<dir> | --sweep=<dir>) [--out=<dir>]
          Biderman et al.'s predictable memorization from the runs' `memdyn extract --set=train` files: per seed the
          largest model's last checkpoint is the target; every other (run, checkpoint) predicts it: precision,
@@ -89,7 +92,7 @@ SUMMARIES = {"train": "train a run, resume it, or fork one from another run's ch
              "rows": "print the examples a step trained",
              "sweep": "train the cross product of config values, one workdir per run",
              "export": "tidy CSVs of a run or a whole sweep",
-             "analyze": "memorization (M(f), T(N, tau)), forgetting, memsinks or predict analyses, with CIs over seeds",
+             "analyze": "memorization, forgetting, memsinks, pos or predict analyses, with CIs over seeds",
              "vocab": "train a SentencePiece vocabulary offline"}
 
 
