@@ -272,6 +272,14 @@ def test_spacy_tags_align_with_subword_tokens(tmp_path):
                 continue  # a lone "▁" belongs to the word after it
             word = next(t for t in spacy_doc if t.idx <= start < t.idx + len(t.text))
             assert tagging.SPACY_TAGS[tag] == word.pos_, (text, piece, word.text)
+    # a run on spaCy-tagged text counts parts of speech like one on the embedded corpus (memdyn.pos)
+    from memdyn import lifecycle
+    lifecycle.train(apply_overrides(config, {"num_steps": 2}), str(tmp_path / "w"))
+    pos = pd.read_csv(tmp_path / "w" / "pos.csv")
+    train = pd.read_csv(tmp_path / "w" / "train.csv")
+    assert set(pos["tag"]) <= set(tagging.SPACY_TAGS) and {"NOUN", "VERB"} <= set(pos["tag"])
+    updates = pos[pos["set"] == "update"].groupby("step")["positions"].sum()
+    assert updates.tolist() == train["num_tokens"].tolist()
 
 
 def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
