@@ -154,6 +154,11 @@ def _validate_source(data: config_dict.ConfigDict) -> None:
                                  f"synthetic corpus: source='tfds' with data.tfds.name='memdyn_synthetic')")
     if data.doc_ids not in DOC_IDS:
         raise ValueError(f"config.data.doc_ids={data.doc_ids!r}: expected one of {DOC_IDS}")
+    if (data.doc_ids == "prefix" and data.vocab.model_type == "word" and data.vocab.size is not None
+            and not data.vocab.path):
+        # a word vocabulary cut to the most frequent words may leave out "document" and "ID" (then <unk>)
+        raise ValueError(f"config.data.doc_ids='prefix' with a word vocabulary needs every word kept: leave "
+                         f"config.data.vocab.size unset (it is {data.vocab.size})")
     if data.vocab.extra_ids is not None and data.vocab.extra_ids < 0:
         raise ValueError(f"config.data.vocab.extra_ids={data.vocab.extra_ids} must be non-negative")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 from typing import Any
 
@@ -60,6 +61,9 @@ def run_extract(workdir: str, step: int | None = None, *, out: str | None = None
     batch_size = batch_size or config.batch_size
     if batch_size < 1 or chunk_batches < 1:
         raise ValueError(f"--batch_size={batch_size} and the chunk of {chunk_batches} batches must be positive")
+    if config.memsinks.method != "none" and not set_name:
+        raise ValueError("a MemSinks run scores with each sequence's sink mask, keyed by a hash of the whole stored "
+                         "row: score its own sets (--set); --tokens/--indexed rows have no such ids")
     data = run_data.open_run_data(workdir, config)
     source = token_sources.open_source(data, length=length, vocab_size=config.model.vocab_size, set_name=set_name,
                                        tokens=tokens, indexed=indexed, rows=rows, steps=steps,
@@ -69,9 +73,11 @@ def run_extract(workdir: str, step: int | None = None, *, out: str | None = None
     out = out or default_out(workdir, source.spec, restored.step)
     if not out.endswith(FORMATS):
         raise ValueError(f"--out={out!r}: expected a .csv or .parquet file")
+    counters = restored.meta.get("counters", {})  # an imported checkpoint has none
     job = {"workdir": os.path.abspath(workdir), "step": int(restored.step), "source": source.spec,
            "prompt_len": prompt_len, "num_new": num_new, "score": bool(score), "batch_size": batch_size,
-           "chunk_batches": chunk_batches, "sequences": int(len(source.row_indices)), "left_out": source.left_out}
+           "chunk_batches": chunk_batches, "sequences": int(len(source.row_indices)), "left_out": source.left_out,
+           "tokens_seen": counters.get("tokens_seen")}  # what the checkpoint trained on: D of compute 6·N·D
     done = _finished(out, job)
     if done is not None:
         logging.info("%s is complete already", out)
@@ -89,20 +95,21 @@ def run_extract(workdir: str, step: int | None = None, *, out: str | None = None
         for k in range(first, num_chunks):
             chunk = source.row_indices[k * chunk_rows:(k + 1) * chunk_rows]
             frame = _score_chunk(run, restored.params, source.rows, chunk, batch_size, prompt_len, num_new, score)
-            runs.atomic_write(os.path.join(parts_dir, f"part-{k:06d}.csv"),
+            runs.atomic_write(os.path.join(parts_dir, f"part-{k:09d}.csv"),
                               lambda tmp: frame.to_csv(tmp, index=False))
             report(min((k + 1) * chunk_rows, len(source.row_indices)))  # logs sequences/s and the ETA
-    parts = sorted(glob.glob(os.path.join(parts_dir, "part-*.csv")))
+    parts = [path for _, path in sorted(_part_numbers(parts_dir).items())]
     frame = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
-    if out.endswith(".parquet"):
-        runs.atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
-    else:
-        runs.atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
     totals = {**job, "out": os.path.abspath(out), "scored": len(frame),
               "memorized_fraction": float(frame["memorized"].mean()) if len(frame) else float("nan"),
               "mean_score": float(frame["score"].mean()) if score and len(frame) else float("nan"),
               "mean_loss": float(frame["loss"].mean()) if len(frame) else float("nan")}
+    # The sidecar first: a job killed before <out> is written finds its parts and writes it again.
     runs.atomic_write_json(out + ".json", totals)
+    if out.endswith(".parquet"):
+        runs.atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        runs.atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
     shutil.rmtree(parts_dir, ignore_errors=True)
     return totals
 
@@ -136,11 +143,22 @@ def _score_chunk(run: core.Run, params, rows, chunk: np.ndarray, batch_size: int
     return pd.concat(frames, ignore_index=True)
 
 
-_RESUMABLE = ("workdir", "step", "source", "prompt_len", "num_new", "score", "batch_size", "chunk_batches")
+_RESULT_FIELDS = ("workdir", "step", "source", "prompt_len", "num_new", "score")  # what the numbers depend on
+_RESUMABLE = _RESULT_FIELDS + ("batch_size", "chunk_batches")  # and how the parts were cut
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in _RESUMABLE if old.get(k) != new.get(k)]
+def _differences(old: dict, new: dict, fields=_RESUMABLE) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fields if old.get(k) != new.get(k)]
+
+
+def _part_numbers(parts_dir: str) -> dict[int, str]:
+    """The complete parts, by chunk number (numeric: names are not compared as strings)."""
+    found = {}
+    for path in glob.glob(os.path.join(parts_dir, "part-*.csv")):
+        match = re.fullmatch(r"part-(\d+)\.csv", os.path.basename(path))
+        if match:
+            found[int(match.group(1))] = path
+    return found
 
 
 def _finished(out: str, job: dict) -> dict | None:
@@ -153,7 +171,7 @@ def _finished(out: str, job: dict) -> dict | None:
                               "name another file or remove it")
     with open(sidecar) as f:
         done = json.load(f)
-    differences = _differences(done, job)
+    differences = _differences(done, job, _RESULT_FIELDS)
     if differences:
         raise FileExistsError(f"--out={out!r} holds another extraction ({'; '.join(differences)}); name another "
                               "file or remove it")
@@ -171,7 +189,7 @@ def _resume_point(parts_dir: str, job: dict) -> int:
                              f"({'; '.join(differences)}); run it with the same arguments or remove {parts_dir}")
     else:
         runs.atomic_write_json(job_path, job)
-    done = sorted(int(os.path.basename(p)[5:11]) for p in glob.glob(os.path.join(parts_dir, "part-*.csv")))
+    done = set(_part_numbers(parts_dir))
     first = 0
     while first in done:  # parts are written in order; resume after the last contiguous one
         first += 1

@@ -68,9 +68,15 @@ def shape_fields(hf: dict[str, Any]) -> dict[str, Any]:
             "norm_eps": float(hf.get("layer_norm_eps", 1e-5))}
 
 
+_FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # BF16: raw bits
+
+
 def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint's safetensors files (one file or shards), as float32 NumPy arrays."""
-    from safetensors.numpy import load_file
+    """Every tensor of the checkpoint's safetensors files (one file or shards), as float32 NumPy arrays.
+
+    The format is read directly (an 8-byte header length, a JSON header of dtype, shape and byte offsets, then the
+    data), so bfloat16 files, which safetensors' NumPy loader cannot type, read like the others.
+    """
     paths = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
     if not paths:
         found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(hf_dir, "*.bin")))
@@ -78,8 +84,20 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
                                 + (f" (found {found}: convert them to safetensors first)" if found else ""))
     weights = {}
     for path in paths:
-        for name, array in load_file(path).items():
-            weights[name] = np.asarray(array, np.float32)
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        data = np.memmap(path, np.uint8, "r", offset=8 + header_len)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _FLOATS:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; memdyn reads {sorted(_FLOATS)}")
+            start, stop = info["data_offsets"]
+            array = np.frombuffer(data[start:stop], _FLOATS[info["dtype"]]).reshape(info["shape"])
+            if info["dtype"] == "BF16":  # the top 16 bits of a float32
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            weights[name] = np.array(array, np.float32)
     return weights
 
 

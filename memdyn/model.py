@@ -8,7 +8,7 @@ Causal models also decode incrementally with a KV cache (``Transformer.prefill``
 the same per-query arithmetic as the full pass; ``memdyn.extract`` builds greedy decoding on it.
 
 Shape suffixes: B batch, L length, D d_model, H heads, K head_dim, F d_ff, V vocabulary, S key length, M prompt
-length, N layers (KV cache only).
+length.
 """
 
 from __future__ import annotations

@@ -65,6 +65,11 @@ def test_vocabulary_larger_than_the_text_supports(tmp_path):
            "vocabulary of at most" in err
 
 
+def test_document_ids_with_a_cut_word_vocabulary_are_refused(tmp_path):
+    err = _fails(tmp_path, "--config=tfds_synthetic:doc_ids", "--config.data.vocab.size=100")
+    assert "config.data.doc_ids='prefix' with a word vocabulary needs every word kept" in err
+
+
 def test_unknown_schedule(tmp_path):
     assert "config.optimizer.schedule='steep'" in _fails(tmp_path, "--config.optimizer.schedule=steep")
 

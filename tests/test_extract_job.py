@@ -168,3 +168,29 @@ def test_command_line(run_dir, tmp_path):
     assert len(pd.read_csv(out)) > 0
     proc = run_memdyn("extract", f"--workdir={run_dir}", "--set=validation", "--parallel=2")
     assert proc.returncode != 0 and "--parallel is not a flag of `memdyn extract`" in proc.stderr
+
+
+def test_the_checkpoint_tokens_are_recorded_and_a_job_killed_before_its_file_recovers(run_dir, tmp_path):
+    out = tmp_path / "t.csv"
+    totals = _extract(run_dir, out, set_name="validation")
+    train = pd.read_csv(os.path.join(run_dir, "train.csv"))
+    assert totals["tokens_seen"] == train[train["step"] == totals["step"] - 1]["tokens_seen"].item()
+    expected = out.read_bytes()
+    # killed after the sidecar, before the file and the removal of the parts: the next run writes the file
+    parts = str(out) + ".parts"
+    extract_job._resume_point(parts, {**{k: totals[k] for k in extract_job._RESUMABLE}})
+    pd.read_csv(out).to_csv(os.path.join(parts, "part-000000000.csv"), index=False)
+    out.unlink()
+    _extract(run_dir, out, set_name="validation")
+    assert out.read_bytes() == expected and not os.path.exists(parts)
+
+
+def test_indexed_files_that_cannot_be_read_are_named(tmp_path):
+    indexed.write_indexed(str(tmp_path / "d"), [np.arange(10)] * 3)
+    with open(tmp_path / "d.bin", "r+b") as f:
+        f.truncate(20)
+    with pytest.raises(ValueError, match="d.bin holds 20 bytes, its index says at least 60"):
+        indexed.IndexedDataset(str(tmp_path / "d"))
+    indexed.write_indexed(str(tmp_path / "e"), [])
+    with pytest.raises(ValueError, match="holds no sequence"):
+        indexed.IndexedDataset(str(tmp_path / "e"))

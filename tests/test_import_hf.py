@@ -94,3 +94,16 @@ def test_unsupported_configs_are_refused_by_field(tmp_path):
     from memdyn import lifecycle
     with pytest.raises(ValueError, match="does not train"):
         lifecycle.train(runs.load_config(str(tmp_path / "run")), str(tmp_path / "run2"))
+
+
+def test_bfloat16_and_float16_weights_read_as_float32(tmp_path):
+    for dtype in (torch.bfloat16, torch.float16):
+        hf = _save_neox(tmp_path / "f32")  # a fresh float32 model each time (.to() converts in place)
+        reference = {k: v.float().numpy().copy() for k, v in hf.state_dict().items()}
+        hf.to(dtype).save_pretrained(str(tmp_path / str(dtype)), safe_serialization=True)
+        weights = import_hf.read_weights(str(tmp_path / str(dtype)))
+        assert len(weights) == len(reference)
+        for name, array in weights.items():
+            key = {"embed_out.weight": "lm_head.weight"}.get(name, name)  # the file keeps GPT-NeoX's old name
+            expected = torch.from_numpy(reference[key]).to(dtype).float().numpy()
+            np.testing.assert_array_equal(array, expected, err_msg=name)

@@ -2,7 +2,8 @@
 runs' pos.csv (``memdyn.pos``).
 
 Per run, tag and evaluation of the training set (``set`` = ``train``, the whole training set after each epoch;
-a run without those evaluations uses the per-update rows, ``set`` = ``update``, summed over each epoch's steps):
+a run without those evaluations uses the per-update rows, ``set`` = ``update``, summed over each epoch's logged
+steps: every step with ``log_every`` = 1, a subsample otherwise):
 R(p) = right(p) / positions(p) and R_mem(p) = exact(p) / positions(p), against epochs. Tags with no position and
 the ``NONE`` tag (ends of documents, special tokens) are left out. Over seeds: the mean and 95% t interval per
 (size, tag, epoch), and at the last epoch the tags ranked by R_mem.

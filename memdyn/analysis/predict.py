@@ -6,12 +6,14 @@
   (run, checkpoint) of the same seed, scored on the same training sequences.
 - precision = |memorized by the predictor ∩ by the target| / |memorized by the predictor| (NaN when the
   predictor memorizes nothing); recall = |∩| / |memorized by the target|.
-- Compute C = 6·N·D: N the predictor's parameters, D the tokens it trained on up to the checkpoint
-  (``tokens_seen`` of train.csv); ``compute_fraction`` = C / C of the target.
+- Compute C = 6·N·D: N the predictor's parameters, D the tokens it trained on up to the checkpoint (the
+  checkpoint's ``tokens_seen``, which ``memdyn extract`` records; older extractions: train.csv's row of the
+  checkpoint's last step); ``compute_fraction`` = C / C of the target.
 - Families: ``target checkpoint`` (an earlier checkpoint of the target run), ``smaller, final`` (another size at
   its last checkpoint), ``smaller, intermediate``.
 - Means over seeds with 95% intervals from a two-level bootstrap (``BOOTSTRAP`` replicates): seeds resampled with
-  replacement, then every seed's sequences reweighted (Poisson(1) weights, the bootstrap's large-sample form),
+  replacement, then every drawn seed's sequences reweighted (Poisson(1) weights, the bootstrap's large-sample
+  form; a seed drawn twice gets two independent reweightings),
   precision and recall recomputed from the weighted counts and averaged over the resampled seeds.
 - The equi-compute view: at each predictor's compute, the best predictor of each family (by mean recall) among
   those using at most that compute.
@@ -57,18 +59,25 @@ def load_models(workdirs: list[str]) -> pd.DataFrame:
         paths = [p for p in glob.glob(os.path.join(workdir, "extract", "train-*.csv")) if _FILE.search(p)]
         if not paths:
             continue
-        train = read_csv(os.path.join(workdir, "train.csv"))
+        train_csv = os.path.join(workdir, "train.csv")
+        train = read_csv(train_csv) if os.path.isfile(train_csv) else pd.DataFrame()
         for path in paths:
             if not os.path.isfile(path + ".json"):
                 continue  # an extraction still under way
             with open(path + ".json") as f:
                 job = json.load(f)
             step = int(_FILE.search(path).group(1))
-            before = train[train["step"] == step - 1]
-            if before.empty:
-                raise ValueError(f"{workdir}: train.csv has no row for step {step - 1}, so the tokens trained up to "
-                                 f"checkpoint {step} are unknown (log_every must divide the step)")
-            tokens = int(before["tokens_seen"].iloc[0])
+            tokens = job.get("tokens_seen")  # the checkpoint's own count (extractions made since it was recorded)
+            if tokens is None and step == 0:
+                tokens = 0
+            if tokens is None:  # an older extraction: the train.csv row of the checkpoint's last step
+                before = train[train["step"] == step - 1] if not train.empty else train
+                if before.empty:
+                    raise ValueError(f"{path}: its job does not record the tokens trained and train.csv has no row "
+                                     f"for step {step - 1} (written every log_every steps); run `memdyn extract` "
+                                     "again to record them")
+                tokens = int(before["tokens_seen"].iloc[0])
+            tokens = int(tokens)
             params = int(config["model"]["params"])
             rows.append({**runs.identity(config, workdir), "workdir": workdir, "step": step, "tokens": tokens,
                          "compute": 6.0 * params * tokens, "path": path, "prompt_len": job["prompt_len"],
@@ -115,8 +124,11 @@ def pairs_and_bootstrap(models: pd.DataFrame, replicates: int = BOOTSTRAP, seed:
         target = _target_of(seed_models)
         truth = _read(target["path"])
         tgt_N = truth["memorized"].to_numpy()
-        weights_RxN = rng.poisson(1.0, size=(replicates, len(truth))).astype(np.float64)
-        n_target_R = weights_RxN @ tgt_N
+        # One Poisson(1) weight vector per (replicate, seed slot): a seed drawn twice in a replicate gets two
+        # independent resamples of its sequences.
+        slots = models["seed"].nunique()
+        weights_RxJxN = rng.poisson(1.0, size=(replicates, slots, len(truth))).astype(np.float64)
+        n_target_RxJ = weights_RxJxN @ tgt_N
         for _, model in seed_models.iterrows():
             if model["run"] == target["run"] and model["step"] == target["step"]:
                 continue
@@ -136,12 +148,12 @@ def pairs_and_bootstrap(models: pd.DataFrame, replicates: int = BOOTSTRAP, seed:
                    "precision": both / pred_N.sum() if pred_N.any() else math.nan,
                    "recall": both / tgt_N.sum() if tgt_N.any() else math.nan}
             pair_rows.append(row)
-            n_pred_R = weights_RxN @ pred_N
-            n_both_R = weights_RxN @ (pred_N & tgt_N)
+            n_pred_RxJ = weights_RxJxN @ pred_N
+            n_both_RxJ = weights_RxJxN @ (pred_N & tgt_N)
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_seed.setdefault((row["family"], row["size"], row["step"]), {})[seed_value] = (
-                    np.where(n_pred_R > 0, n_both_R / n_pred_R, np.nan),
-                    np.where(n_target_R > 0, n_both_R / n_target_R, np.nan))
+                    np.where(n_pred_RxJ > 0, n_both_RxJ / n_pred_RxJ, np.nan),
+                    np.where(n_target_RxJ > 0, n_both_RxJ / n_target_RxJ, np.nan))
     pairs = pd.DataFrame(pair_rows)
     seeds = np.array(sorted(models["seed"].unique()))
     seed_draws = rng.integers(0, len(seeds), size=(replicates, len(seeds)))
@@ -153,11 +165,13 @@ def pairs_and_bootstrap(models: pd.DataFrame, replicates: int = BOOTSTRAP, seed:
         for column in ("step_fraction", "compute_fraction", "n_predicted", "n_target", "precision", "recall"):
             row[f"{column}_mean"] = float(part[column].mean()) if part[column].notna().any() else math.nan
         for i, metric in enumerate(("precision", "recall")):
-            draws_RxS = np.full((replicates, len(seeds)), np.nan)
-            for j, s in enumerate(seeds):
+            # slot j of replicate r holds seed seed_draws[r, j], resampled with that slot's own weights
+            values_SxRxJ = np.full((len(seeds), replicates, len(seeds)), np.nan)
+            for k, s in enumerate(seeds):
                 if s in by_seed:
-                    draws_RxS[:, j] = by_seed[s][i]
-            resampled_RxS = np.take_along_axis(draws_RxS, seed_draws, axis=1)
+                    values_SxRxJ[k] = by_seed[s][i]
+            r, j = np.meshgrid(np.arange(replicates), np.arange(len(seeds)), indexing="ij")
+            resampled_RxS = values_SxRxJ[seed_draws, r, j]
             with np.errstate(invalid="ignore"), _quiet():
                 means_R = np.nanmean(resampled_RxS, axis=1)
             finite = means_R[np.isfinite(means_R)]

@@ -49,15 +49,19 @@ class IndexedDataset:
         if self.dtype.kind == "f":
             raise ValueError(f"--indexed={prefix!r}: tokens of dtype {self.dtype} are not token ids")
         offset = len(header)
-        self.sizes = np.memmap(idx_path, np.int32, "r", offset, (count,))
-        self.pointers = np.memmap(idx_path, np.int64, "r", offset + 4 * count, (count,))
         expected = offset + 12 * count + 8 * doc_count
-        if os.path.getsize(idx_path) < expected:
+        if os.path.getsize(idx_path) < expected:  # checked before mapping: numpy cannot map past the end
             raise ValueError(f"--indexed={prefix!r}: {idx_path} is truncated ({os.path.getsize(idx_path)} bytes, "
                              f"the header says {expected})")
+        if count == 0:
+            raise ValueError(f"--indexed={prefix!r}: the dataset holds no sequence")
+        self.sizes = np.memmap(idx_path, np.int32, "r", offset, (count,))
+        self.pointers = np.memmap(idx_path, np.int64, "r", offset + 4 * count, (count,))
+        needed = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize
+        if os.path.getsize(bin_path) < needed:
+            raise ValueError(f"--indexed={prefix!r}: {bin_path} holds {os.path.getsize(bin_path)} bytes, its index "
+                             f"says at least {needed}")
         self.tokens = np.memmap(bin_path, self.dtype, "r")
-        if count and (self.pointers[-1] // self.dtype.itemsize + self.sizes[-1] > len(self.tokens)):
-            raise ValueError(f"--indexed={prefix!r}: {bin_path} is shorter than its index says")
 
     def __len__(self) -> int:
         return len(self.sizes)
