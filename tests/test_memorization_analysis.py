@@ -104,6 +104,18 @@ def test_training_set_evaluations_are_preferred(tmp_path):
     summary = memorization.analyze_runs([workdir])
     assert summary["final_epoch"].item() == 3 and summary["final_m"].item() == 0.8
     assert summary["m_before_overfit"].item() == 0.8  # validation perplexity rises at epoch 3
+    # the generalization gap: training-set M minus validation M (0.1 in write_run) after the same epoch
+    assert summary["gap_before_overfit"].item() == pytest.approx(0.8 - 0.1)
+    assert summary["final_gap"].item() == pytest.approx(0.8 - 0.1)
+    # validation M that differs per evaluation: the gap takes the one after the same epoch
+    evals = pd.read_csv(os.path.join(workdir, "eval.csv"))
+    validation = evals["set"] == "validation"
+    evals.loc[validation, "exact_match"] = evals.loc[validation, "step"] / 100
+    evals.to_csv(os.path.join(workdir, "eval.csv"), index=False)
+    run = memorization.analyze_runs([workdir])
+    assert run["gap_before_overfit"].item() == pytest.approx(0.8 - 3 * SPE / 100)  # epoch 3 = step 9
+    evals[~validation | (evals["step"] != 9)].to_csv(os.path.join(workdir, "eval.csv"), index=False)
+    assert math.isnan(memorization.analyze_runs([workdir])["final_gap"].item())  # not evaluated then
 
 
 def test_seeds_are_aggregated_with_t_intervals(tmp_path):

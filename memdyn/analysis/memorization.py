@@ -22,6 +22,8 @@ Definitions after Tirumala et al. 2022:
 - Overfitting point: the first validation evaluation (in step order) whose perplexity is higher than the
   previous evaluation's, in epochs (``step / steps_per_epoch``). "Memorization before overfitting" is ``M_e``
   at that epoch (the last complete epoch ``e <= overfit_epoch``; NaN when validation perplexity never rises).
+- Generalization gap: ``M_e`` minus M(f) of the validation set evaluated after the same epoch, at that epoch
+  (``gap_before_overfit``) and at the last epoch (``final_gap``); NaN where validation was not evaluated then.
 
 Runs that differ only in their seed are aggregated (``memorization_by_size``): means with 95% t intervals over
 seeds; a T(N, tau) mean is given only when every seed reached tau (``T_epochs_<tau>_n`` counts those that did).
@@ -210,12 +212,25 @@ def overfitting_point(eval_frame: pd.DataFrame, steps_per_epoch: float, set_name
     return {"overfit_step": step, "overfit_epoch": step / steps_per_epoch}
 
 
-def _memorization_before(epoch_frame: pd.DataFrame, overfit_epoch: float) -> float:
-    """``M_e`` of the last complete epoch with ``epoch <= overfit_epoch``."""
+def _memorization_before(epoch_frame: pd.DataFrame, overfit_epoch: float) -> tuple[float, float]:
+    """(``M_e``, e) of the last complete epoch with ``epoch <= overfit_epoch``."""
     if not np.isfinite(overfit_epoch):
-        return math.nan
+        return math.nan, math.nan
     done = epoch_frame[(epoch_frame["epoch"] <= overfit_epoch + 1e-9) & epoch_frame["complete"].astype(bool)]
-    return float(done.sort_values("epoch")["exact_match"].iloc[-1]) if len(done) else math.nan
+    if not len(done):
+        return math.nan, math.nan
+    last = done.sort_values("epoch").iloc[-1]
+    return float(last["exact_match"]), float(last["epoch"])
+
+
+def _validation_m(evals: pd.DataFrame, step: float) -> float:
+    """M(f) of the validation set evaluated at ``step`` (NaN when it was not evaluated there)."""
+    if evals.empty or not np.isfinite(step):
+        return math.nan
+    rows = evals[(evals["set"] == "validation") & (evals["step"] == int(round(step)))]
+    if "at_insertion" in rows:
+        rows = rows[rows["at_insertion"].isna() | (rows["at_insertion"].astype(str) == "")]
+    return float(rows["exact_match"].iloc[-1]) if len(rows) else math.nan
 
 
 def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5,
@@ -234,7 +249,11 @@ def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5,
                final_m=float(complete["exact_match"].iloc[-1]) if len(complete) else math.nan)
     row.update({f"T_epochs_{tau_label(t)}": v for t, v in t_epochs(epochs, taus).items()})
     row.update({f"T_updates_{tau_label(t)}": v for t, v in t_updates(train, taus, window).items()})
-    row.update(overfit, m_before_overfit=_memorization_before(epochs, overfit["overfit_epoch"]))
+    m_before, epoch_before = _memorization_before(epochs, overfit["overfit_epoch"])
+    row.update(overfit, m_before_overfit=m_before)
+    # The generalization gap: M of the training set minus M of validation data, evaluated after the same epoch.
+    row["gap_before_overfit"] = m_before - _validation_m(evals, epoch_before * spe)
+    row["final_gap"] = row["final_m"] - _validation_m(evals, row["final_epoch"] * spe)
     return epochs, row
 
 
@@ -254,7 +273,8 @@ def by_size(summary: pd.DataFrame, taus=DEFAULT_TAUS) -> pd.DataFrame:
     if summary.empty:
         return pd.DataFrame()
     t_columns = [f"T_epochs_{tau_label(t)}" for t in taus]
-    plain = stats.over_seeds(summary, CONDITION, ["final_m", "overfit_epoch", "m_before_overfit"])
+    plain = stats.over_seeds(summary, CONDITION, ["final_m", "overfit_epoch", "m_before_overfit",
+                                                  "gap_before_overfit", "final_gap"])
     reached = stats.over_seeds(summary, CONDITION, t_columns, require_all=True)
     table = plain.merge(reached.drop(columns="n_seeds"), on=CONDITION)
     return table.sort_values(["params", "causal", "peak_lr"], kind="stable", ignore_index=True)
