@@ -53,7 +53,8 @@ def main() -> None:
         config = runs_lib.read_config(run.workdir)
         for step in config["checkpoint"]["keep_steps"]:
             totals = extract_job.run_extract(run.workdir, step, set_name="train", score=True)
-            print(f"{runs_lib.run_name(run.workdir)} step {step}: {totals['memorized_fraction']:.4f} memorized of {totals['scored']}")
+            print(f"{runs_lib.run_name(run.workdir)} step {step}: {totals['memorized_fraction']:.4f} memorized of "
+                  f"{totals['scored']}")
     analysis.analyze_runs([r.workdir for r in runs_lib.find_runs(args.out)], out_dir=args.out)
     print(open(os.path.join(args.out, "predict_tables.md")).read())
 

@@ -2,8 +2,8 @@
 
 Writes, under <workdir>/evals/ (``<set>@<mode>`` in place of ``<set>`` for a MemSinks mode other than train):
   <set>-<step>.csv          per example: example_id, exact_match, loss, num_tokens (M(f) and loss per example)
-  <set>-<step>-extract.csv  with --extract (causal LMs): example_id, score, memorized, prefix_match, loss — Biderman et
-                            al.'s k-extractability with a prompt of M tokens and N greedy tokens; examples with
+  <set>-<step>-extract.csv  with --extract (causal LMs): example_id, score, memorized, prefix_match, loss —
+                            Biderman et al.'s k-extractability with a prompt of M tokens and N greedy tokens; examples with
                             fewer than M + N real tokens are left out (their continuation would be padding)
 and returns the aggregates (exact_match, loss, perplexity; with --extract the examples scored, the examples left
 out for being shorter than prompt + continuation, the extractable fraction and the mean score).

@@ -113,8 +113,8 @@ def teacher_forced_extractability(graphdef: nnx.GraphDef, params, tokens_BxT: ja
     """``memorized`` [B] (bool), ``prefix_match`` [B] (int32) and ``loss`` [B] (float32) from one forward pass on
     tokens[:, :M+N-1] (jitted).
 
-    loss = the mean teacher-forced cross-entropy (nats) of the N continuation tokens. prefix_match = the number of leading continuation positions whose teacher-forced argmax is the true token,
-    which equals the length of the greedy continuation's longest prefix agreeing with the truth; memorized =
+    loss = the mean teacher-forced cross-entropy (nats) of the N continuation tokens. prefix_match = the number
+    of leading continuation positions whose teacher-forced argmax is the true token, which equals the length of the greedy continuation's longest prefix agreeing with the truth; memorized =
     prefix_match == N (Biderman's score == 1).
     """
     return _teacher_forced(graphdef, params, tokens_BxT, prompt_len, num_new, mlp_gate_BxF)

@@ -26,6 +26,7 @@ from absl import logging
 
 from memdyn import core, eval_checkpoint, extract, runs
 from memdyn.data import indexed as indexed_lib, run_data, token_sources
+from memdyn.data.feeder import row_batches
 from memdyn.data.order import PADDING_ROW
 
 COLUMNS = ["example_id", "score", "memorized", "prefix_match", "loss"]
@@ -118,10 +119,8 @@ def _score_chunk(run: core.Run, params, rows, chunk: np.ndarray, batch_size: int
                  score: bool) -> pd.DataFrame:
     """One row per sequence of ``chunk`` (row indices of ``rows``); every batch is dispatched before any fetch."""
     outputs = []
-    for start in range(0, len(chunk), batch_size):
-        rows_B = np.full(batch_size, PADDING_ROW, np.int64)
-        real = chunk[start:start + batch_size]
-        rows_B[:len(real)] = real
+    for rows_B in row_batches(chunk, batch_size):
+        real = rows_B[rows_B != PADDING_ROW]
         batch = run.feeder.batch(rows, rows_B)
         gate_BxF = core.sequence_gates(run, batch, "train")  # a MemSinks run scores with each sequence's mask
         if score:

@@ -1,8 +1,10 @@
 """One Transformer for causal and masked language modelling (Flax NNX).
 
 Pre-LayerNorm blocks with multi-head attention and a GELU or SwiGLU MLP, sequential or parallel residual
-(GPT-NeoX); learned or rotary positions; tied or untied embeddings. The MLP takes an optional per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks'
-sequence-tied masks, see ``memdyn.memsinks``), and attention optional per-token segment ids (packed documents). Every parameter carries logical axis names (see ``memdyn.sharding``).
+(GPT-NeoX); learned or rotary positions; tied or untied embeddings. The MLP takes an optional per-token gate over
+its hidden units, ``mlp_gate_BxLxF`` (MemSinks' sequence-tied masks, see ``memdyn.memsinks``), and attention
+optional per-token segment ids (packed documents). Every parameter carries logical axis names (see
+``memdyn.sharding``).
 
 Causal models also decode incrementally with a KV cache (``Transformer.prefill`` then ``decode_step``), doing
 the same per-query arithmetic as the full pass; ``memdyn.extract`` builds greedy decoding on it.

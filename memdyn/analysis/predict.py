@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,8 @@ def pairs_and_bootstrap(models: pd.DataFrame, replicates: int = BOOTSTRAP, seed:
                     values_SxRxJ[k] = by_seed[s][i]
             r, j = np.meshgrid(np.arange(replicates), np.arange(len(seeds)), indexing="ij")
             resampled_RxS = values_SxRxJ[seed_draws, r, j]
-            with np.errstate(invalid="ignore"), _quiet():
+            with warnings.catch_warnings():  # a replicate whose drawn seeds all lack a value: NaN, dropped
+                warnings.simplefilter("ignore", RuntimeWarning)
                 means_R = np.nanmean(resampled_RxS, axis=1)
             finite = means_R[np.isfinite(means_R)]
             low, high = (np.percentile(finite, [2.5, 97.5]) if len(finite) else (math.nan, math.nan))
@@ -185,18 +187,6 @@ def pairs_and_bootstrap(models: pd.DataFrame, replicates: int = BOOTSTRAP, seed:
                                             if c.name == "family" else c, kind="stable", ignore_index=True)
     return pairs, predictors
 
-
-class _quiet:
-    """Silences numpy's "mean of empty slice" warning (a replicate whose seeds all lack a value: NaN, dropped)."""
-
-    def __enter__(self):
-        import warnings
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._catch.__exit__(*exc)
 
 
 def equicompute(predictors: pd.DataFrame) -> pd.DataFrame:

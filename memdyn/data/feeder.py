@@ -54,13 +54,7 @@ class Feeder:
 
     def set_rows(self, store: ExampleStore, batch_size: int) -> list[np.ndarray]:
         """A whole store as row lists [batch_size]; the last is completed with padding rows."""
-        batches = []
-        for start in range(0, store.num_examples, batch_size):
-            rows = np.full(batch_size, PADDING_ROW, np.int64)
-            real = np.arange(start, min(start + batch_size, store.num_examples))
-            rows[:len(real)] = real
-            batches.append(rows)
-        return batches
+        return row_batches(np.arange(store.num_examples), batch_size)
 
     def batch(self, store: ExampleStore, rows_B: np.ndarray) -> Batch:
         """The global batch of store rows ``rows_B`` (``PADDING_ROW`` for padding), sharded on the devices."""
@@ -70,6 +64,17 @@ class Feeder:
         return {field: jax.make_array_from_process_local_data(self.sharding, value,
                                                               global_shape=(len(rows_B),) + value.shape[1:])
                 for field, value in local.items()}
+
+
+def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``rows`` cut into row lists [batch_size]; the last is completed with padding rows."""
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        batch = np.full(batch_size, PADDING_ROW, np.int64)
+        real = rows[start:start + batch_size]
+        batch[:len(real)] = real
+        batches.append(batch)
+    return batches
 
 
 def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
