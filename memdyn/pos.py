@@ -22,12 +22,18 @@ COUNTS = ("positions", "right", "exact")
 
 
 def token_tags(tokens_NxL: np.ndarray, tags_NxL: np.ndarray, vocab_size: int, num_tags: int) -> np.ndarray:
-    """The tag each token id carries most often [V] (int32; 0, the "no tag" id, for ids never seen)."""
-    tokens = np.asarray(tokens_NxL, np.int64).ravel()
-    tags = np.asarray(tags_NxL, np.int64).ravel()
-    if tokens.size and (tags.min() < 0 or tags.max() >= num_tags):
-        raise ValueError(f"tags outside 0..{num_tags - 1} (the store's manifest names {num_tags} tags)")
-    counts_VxT = np.bincount(tokens * num_tags + tags, minlength=vocab_size * num_tags).reshape(vocab_size, num_tags)
+    """The tag each token id carries most often [V] (int32; 0, the "no tag" id, for ids never seen).
+
+    The (memory-mapped) store is read in blocks of rows, so memory stays bounded however large it is.
+    """
+    counts = np.zeros(vocab_size * num_tags, np.int64)
+    for start in range(0, len(tokens_NxL), 1 << 16):
+        tokens = np.asarray(tokens_NxL[start:start + (1 << 16)], np.int64).ravel()
+        tags = np.asarray(tags_NxL[start:start + (1 << 16)], np.int64).ravel()
+        if tags.size and (tags.min() < 0 or tags.max() >= num_tags):
+            raise ValueError(f"tags outside 0..{num_tags - 1} (the store's manifest names {num_tags} tags)")
+        counts += np.bincount(tokens * num_tags + tags, minlength=vocab_size * num_tags)
+    counts_VxT = counts.reshape(vocab_size, num_tags)
     return np.where(counts_VxT.sum(1) > 0, counts_VxT.argmax(1), 0).astype(np.int32)
 
 
