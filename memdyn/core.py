@@ -88,6 +88,9 @@ class Run:
     batch_metrics: tuple[Callable[..., dict[str, jax.Array]], ...] = ()
     tag_names: tuple[str, ...] = ()  # parts of speech counted per step and evaluation (empty: none; memdyn.pos)
     token_tags_V: np.ndarray | None = None  # each token id's part of speech, for R(p)
+    # Leading positions of every row that are the "document ID <id>" prefix (data.doc_ids=prefix), else 0. When
+    # > 0 the steps also score the rows' content alone ("content_*" metrics: targets at positions >= this).
+    content_start: int = 0
 
     def context(self):
         """Mesh and logical rules must be active whenever a memdyn function is traced."""
@@ -145,10 +148,12 @@ def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
     order = None if data.train is None else StepOrder(data.train.num_examples, config.batch_size,
                                                       config.data.order_seed)
     tag_names, token_tags_V = _parts_of_speech(config, data)
+    content_start = 0 if data.train is None else int(data.train.manifest.get("id_prefix_len", 0))
     return Run(config, data, shape, mesh, rules, order, graphdef, tx, schedule, param_shardings, opt_shardings,
                batch_sharding, replicated, checkpoint.abstract_like(abstract_params, param_shardings),
                checkpoint.abstract_like(opt_shapes, opt_shardings),
-               Feeder(batch_sharding, data.pad_id, data.train, order), tuple(batch_metrics), tag_names, token_tags_V)
+               Feeder(batch_sharding, data.pad_id, data.train, order), tuple(batch_metrics), tag_names,
+               token_tags_V, content_start)
 
 
 def _parts_of_speech(config, data: run_data.RunData) -> tuple[tuple[str, ...], np.ndarray | None]:
@@ -207,7 +212,11 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
                        segment_ids_BxL=seq_ids_BxL, mlp_grad_gate_BxLxF=grad_gate_BxLxF)
         if not memorization_metrics:
             return {"loss": metrics_lib.mean_loss(logits, t.targets_BxL, t.loss_weights_BxL)}
-        out = metrics_lib.token_metrics(logits, t.targets_BxL, t.loss_weights_BxL, t.score_weights_BxL)
+        subsets = {}
+        if run.content_start:  # target index t is token t + 1 (causal) or t (masked): either way t >= prefix
+            content_L = jnp.arange(t.targets_BxL.shape[1]) >= run.content_start
+            subsets["content"] = t.score_weights_BxL * content_L
+        out = metrics_lib.token_metrics(logits, t.targets_BxL, t.loss_weights_BxL, t.score_weights_BxL, subsets)
         if run.tag_names and "tags_BxL" in batch:
             tags_BxL = batch["tags_BxL"][:, 1:] if config.model.causal else batch["tags_BxL"]  # the targets' tags
             out.update(pos_lib.tag_counts(logits, t.targets_BxL, tags_BxL, t.score_weights_BxL,

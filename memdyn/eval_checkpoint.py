@@ -46,9 +46,15 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     label = set_name if memsinks_mode == "train" else f"{set_name}@{memsinks_mode}"
     with run.context():
         eval_step = core.make_eval_step(run, memsinks_mode, excluded)
-        aggregates, per_example = evaluate.evaluate(eval_step, restored.params, run.feeder, store,
-                                                    config.batch_size, label, restored.step).result()
+        pending = evaluate.evaluate(eval_step, restored.params, run.feeder, store, config.batch_size, label,
+                                    restored.step)
+        aggregates, per_example = pending.result()
     aggregates = {"set": label, "step": restored.step, **aggregates}
+    for subset in pending.subsets():  # a document-ID run's content positions: <label>@content-<step>.csv
+        sub_aggregates, sub_per_example = pending.result(subset)
+        aggregates[f"{subset}_exact_match"] = sub_aggregates["exact_match"]
+        aggregates[f"{subset}_loss"] = sub_aggregates["loss"]
+        _write_csv(pd.DataFrame(sub_per_example), os.path.join(out_dir, f"{label}@{subset}-{restored.step}.csv"))
     if excluded is not None:
         sinks = memsinks.from_config(run.config)
         aggregates.update(excluded_ids=len(excluded),

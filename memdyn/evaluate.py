@@ -32,11 +32,14 @@ class PendingEval:
     outputs: list[dict[str, jax.Array]]
     _cache: list[dict[str, np.ndarray]] | None = dataclasses.field(default=None, repr=False)
 
-    def result(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """(aggregates, per-example arrays) with M = exact-match fraction over all counted tokens of the set."""
+    def result(self, subset: str | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """(aggregates, per-example arrays) with M = exact-match fraction over all counted tokens of the set, or
+        over the positions of ``subset`` (one of ``subsets()``)."""
         fetched = self._fetched()
         real = [m["example_ids_B"] >= 0 for m in fetched]  # padding rows have id -1
-        per_example = {column: np.concatenate([m[key][r] for m, r in zip(fetched, real)])
+        prefix = "" if subset is None else f"{subset}_"
+        per_example = {column: np.concatenate([m[key if column == "example_id" else prefix + key][r]
+                                               for m, r in zip(fetched, real)])
                        for column, key in PER_EXAMPLE.items()}
         per_example["example_id"] = per_example["example_id"].astype(np.int64)
         per_example["num_tokens"] = per_example["num_tokens"].astype(np.int32)  # an int in every file
@@ -47,6 +50,13 @@ class PendingEval:
                       "perplexity": float(np.exp(min(loss, 80.0))), "num_examples": len(tokens),
                       "num_tokens": int(tokens.sum())}
         return aggregates, per_example
+
+    def subsets(self) -> list[str]:
+        """Names of the position subsets the step also scored (``core.make_forward``: "content")."""
+        fetched = self._fetched()
+        suffix = "_exact_match_B"
+        return sorted(k[:-len(suffix)] for k in (fetched[0] if fetched else {})
+                      if k.endswith(suffix) and k != "exact_match_B")
 
     def pos_counts(self) -> dict[str, np.ndarray]:
         """Per-tag counts (``memdyn.pos``) summed over the set's batches; empty when the step returns none."""

@@ -38,10 +38,22 @@ Commands:
   export (--workdir=<dir> | --sweep=<dir>) --out=<dir>
          Tidy CSVs (train, eval, insertions, examples, eval_examples) of a run, or of all the runs of a sweep
          concatenated with the swept fields as columns.
-  analyze memorization (--workdir=<dir> | --sweep=<dir>) [--out=<dir>] [--m_from=auto|train_eval|in_step]
-         M(f) after each epoch, T(N, tau) in epochs and updates for tau in 0.5/0.7/0.9, the overfitting point
-         and M(f) there, per run and as means with 95% CIs over seeds: memorization_summary.csv/.md,
-         memorization_by_size.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png.
+  analyze memorization (--workdir=<dir> | --sweep=<dir> ...) [--out=<dir>] [--m_from=auto|train_eval|in_step]
+         [--taus=0.5,0.7,0.9]
+         M(f) after each epoch, T(N, tau) in epochs and updates for each tau, the overfitting point and M(f)
+         there, the generalization gap, per run and as means with 95% CIs over seeds: memorization_summary.csv/.md,
+         memorization_by_size.csv/.md, memorization_epochs.csv, memorization.png, t_tau.png. Every analysis
+         takes --sweep more than once to read the runs of several sweeps together (output in the first).
+  analyze learning_rate (--workdir=<dir> | --sweep=<dir> ...) [--out=<dir>] [--taus=0.3,0.5,0.7,0.9]
+         T(N, tau) and final M(f) against the peak learning rate per size: the grid, the best rate per size and
+         whether it is a U, the spread of T over rates, and the memorization table at the rate chosen per size,
+         95% CIs over seeds: learning_rate_runs.csv, learning_rate_grid.csv/.md, learning_rate_shape.csv/.md,
+         learning_rate_chosen.csv/.md, learning_rate.png.
+  analyze unique_ids (--workdir=<dir> | --sweep=<dir> ...) [--out=<dir>] [--taus=0.5,0.7,0.9]
+         Runs of configs/unique_ids.py (data.doc_ids none / control / prefix): M(f) over the same content tokens
+         after each epoch, T(N, tau), and differences between conditions paired by seed, 95% CIs:
+         unique_ids_epochs.csv, unique_ids_runs.csv, unique_ids_conditions.csv/.md,
+         unique_ids_differences.csv/.md, unique_ids.png.
   analyze forgetting (--workdir=<dir> | --sweep=<dir>) [--set=special] [--out=<dir>]
          Forgetting curves of an inserted set against its sham-insertion control (the same fork without the
          inserted updates), the retained trace with 95% CIs over seeds: forgetting_curves.csv,
@@ -92,7 +104,8 @@ SUMMARIES = {"train": "train a run, resume it, or fork one from another run's ch
              "rows": "print the examples a step trained",
              "sweep": "train the cross product of config values, one workdir per run",
              "export": "tidy CSVs of a run or a whole sweep",
-             "analyze": "memorization, forgetting, memsinks, pos or predict analyses, with CIs over seeds",
+             "analyze": "memorization, learning_rate, unique_ids, forgetting, memsinks, pos or predict analyses, "
+                        "with CIs over seeds",
              "vocab": "train a SentencePiece vocabulary offline"}
 
 
@@ -131,6 +144,8 @@ _M_FROM = flags.DEFINE_enum("m_from", "auto", ["auto", "train_eval", "in_step"],
                             "`analyze memorization`: M(f) from whole-training-set evaluations at epoch ends "
                             "(train_eval), from the per-example records of the train steps (in_step), or the "
                             "first when the run has them (auto).")
+_TAUS = flags.DEFINE_list("taus", None, "`analyze memorization|learning_rate|unique_ids`: the thresholds tau of "
+                          "T(N, tau), comma-separated (default: the analysis's own).")
 _EXTRACT = flags.DEFINE_bool("extract", False, "`eval`: also k-extractability (causal LMs).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "`eval --extract`, `extract`: prompt tokens M.")
 _NUM_NEW = flags.DEFINE_integer("num_new", 32, "`eval --extract`, `extract`: greedy tokens N scored.")
@@ -298,15 +313,28 @@ def cmd_analyze(what: str) -> None:
     registry = analysis.analyses()
     if what not in registry:
         raise app.UsageError(f"`memdyn analyze` needs one of {tuple(registry)}; got {what!r}")
-    workdir, sweep_dir = _run_or_sweep(f"analyze {what}")
-    if workdir:
-        runs.load_config(workdir)  # a clear error when it holds no run
-    workdirs = [workdir] if workdir else [r.workdir for r in runs.require_runs(sweep_dir)]
-    out = _OUT.value or workdir or sweep_dir
-    summary = registry[what].run(analysis.Options(workdirs, out, set_name=_SET.value,
-                                                                m_from=_M_FROM.value))
+    if bool(_WORKDIR.value) == bool(_SWEEP.value):
+        raise app.UsageError(f"`memdyn analyze {what}` needs --workdir or --sweep=<dir> (repeatable), not both")
+    if _WORKDIR.value:
+        runs.load_config(_WORKDIR.value)  # a clear error when it holds no run
+    workdirs = [_WORKDIR.value] if _WORKDIR.value else [r.workdir for d in _SWEEP.value for r in runs.require_runs(d)]
+    out = _OUT.value or _WORKDIR.value or _SWEEP.value[0]
+    summary = registry[what].run(analysis.Options(workdirs, out, set_name=_SET.value, m_from=_M_FROM.value,
+                                                  taus=_parse_taus(_TAUS.value)))
     print(summary.to_string(index=False))
     print(f"wrote {registry[what].outputs} in {out}")
+
+
+def _parse_taus(values: list[str] | None) -> tuple[float, ...] | None:
+    if not values:
+        return None
+    try:
+        taus = tuple(float(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--taus={','.join(values)}: expected comma-separated numbers in (0, 1]") from None
+    if not all(0 < t <= 1 for t in taus):
+        raise ValueError(f"--taus={','.join(values)}: every tau must be in (0, 1]")
+    return taus
 
 
 def main(argv: list[str]) -> None:

@@ -13,28 +13,37 @@ import optax
 
 
 def token_metrics(logits_BxLxV: jax.Array, targets_BxL: jax.Array, loss_weights_BxL: jax.Array,
-                  score_weights_BxL: jax.Array | None = None) -> dict[str, jax.Array]:
+                  score_weights_BxL: jax.Array | None = None,
+                  subsets: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
     """The objective's loss and the exact-match statistics; positions of weight 0 are ignored.
 
     ``loss`` is the training objective: mean cross-entropy over the ``loss_weights`` positions. Everything else is
     over the scored positions (``score_weights``, default the loss positions; they differ for a masked LM that
     scores ``<mask>`` positions only): ``mem_update`` (M over the batch), ``num_tokens`` and per-example
     ``loss_B``, ``exact_match_B`` (fraction of scored positions whose argmax is the target, NaN-free: 0 for an
-    example with none) and ``num_tokens_B``.
+    example with none) and ``num_tokens_B``. Each of ``subsets`` (name -> weights [B, L], a part of the scored
+    positions) adds the same statistics over its positions, named ``<name>_mem_update``, ``<name>_loss_B``, ...
     """
     if score_weights_BxL is None:
         score_weights_BxL = loss_weights_BxL
     ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
     correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).astype(jnp.float32)
-    num_tokens_B = score_weights_BxL.sum(axis=1)
+    out = {"loss": mean_loss(logits_BxLxV, targets_BxL, loss_weights_BxL, ce_BxL),
+           **_scored(ce_BxL, correct_BxL, score_weights_BxL)}
+    for name, weights_BxL in (subsets or {}).items():
+        out.update({f"{name}_{k}": v for k, v in _scored(ce_BxL, correct_BxL, weights_BxL).items()})
+    return out
+
+
+def _scored(ce_BxL: jax.Array, correct_BxL: jax.Array, weights_BxL: jax.Array) -> dict[str, jax.Array]:
+    num_tokens_B = weights_BxL.sum(axis=1)
     num_tokens = num_tokens_B.sum()
     safe_B = jnp.maximum(num_tokens_B, 1.0)
     return {
-        "loss": mean_loss(logits_BxLxV, targets_BxL, loss_weights_BxL, ce_BxL),
-        "mem_update": (correct_BxL * score_weights_BxL).sum() / jnp.maximum(num_tokens, 1.0),
+        "mem_update": (correct_BxL * weights_BxL).sum() / jnp.maximum(num_tokens, 1.0),
         "num_tokens": num_tokens,
-        "loss_B": (ce_BxL * score_weights_BxL).sum(axis=1) / safe_B,
-        "exact_match_B": (correct_BxL * score_weights_BxL).sum(axis=1) / safe_B,
+        "loss_B": (ce_BxL * weights_BxL).sum(axis=1) / safe_B,
+        "exact_match_B": (correct_BxL * weights_BxL).sum(axis=1) / safe_B,
         "num_tokens_B": num_tokens_B,
     }
 

@@ -91,15 +91,21 @@ class RunResults:
             self.tensorboard.write_scalars(step, {k: row[k] for k in TENSORBOARD})
 
     def record_eval(self, pending: PendingEval) -> None:
+        """The set's row (and per-example records), then one "<set>@<subset>" row per subset of positions."""
         aggregates, per_example = pending.result()
-        self.csv["eval.csv"].write_scalars(pending.step, {"set": pending.name, **pending.extra, **aggregates,
-                                                          **self.identity})
+        self._write_eval(pending, pending.name, aggregates, per_example)
         self._write_pos(pending.step, pending.extra.get("update"), pending.name, pending.pos_counts())
-        self.records["eval_examples"].write_summaries(
-            pending.step, {"set": np.full(len(per_example["example_id"]), pending.name), **per_example})
+        for subset in pending.subsets():
+            self._write_eval(pending, f"{pending.name}@{subset}", *pending.result(subset))
         self.tensorboard.write_scalars(pending.step, {f"{pending.name}/exact_match": aggregates["exact_match"],
                                                       f"{pending.name}/loss": aggregates["loss"]})
         self.progress.evaluated(pending.step, pending.name, aggregates["exact_match"], aggregates["loss"])
+
+    def _write_eval(self, pending: PendingEval, name: str, aggregates: dict, per_example: dict) -> None:
+        self.csv["eval.csv"].write_scalars(pending.step, {"set": name, **pending.extra, **aggregates,
+                                                          **self.identity})
+        self.records["eval_examples"].write_summaries(
+            pending.step, {"set": np.full(len(per_example["example_id"]), name), **per_example})
 
     def _write_pos(self, step: int, update, set_name: str, counts: dict[str, np.ndarray]) -> None:
         if not self.tag_names or "pos_positions_T" not in counts:

@@ -76,6 +76,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields
         for field, value in (("parallel_residual", False), ("norm_eps", 1e-5), ("rotary_base", 10000.0)):
             model.setdefault(field, value)
+    stored.setdefault("data", {}).setdefault("chunk_len", None)
     stored.setdefault("eval", {}).setdefault("memsinks_modes", [])
     stored["eval"].setdefault("pos", False)  # per-tag counts came later; a run made before did not compute them
     stored.setdefault("memsinks", {"method": "none", "p_gen": 0.7, "p_mem": 0.3, "mask": "paper", "id_width": 64,

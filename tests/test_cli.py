@@ -28,13 +28,25 @@ def test_sweep_export_analyze(tmp_path):
     summary = pd.read_csv(os.path.join(sweep_dir, "memorization_summary.csv"))
     assert len(summary) == 2 and {"T_epochs_0.5", "overfit_epoch"} <= set(summary.columns)
     assert os.path.exists(os.path.join(sweep_dir, "memorization.png"))
+    # Two sweeps read together (the second: seed 2), with thresholds of one's own choosing
+    other = str(tmp_path / "other")
+    assert run_memdyn("sweep", f"--workdir={other}", *TINY, "--sweep=seed=2").returncode == 0
+    both = str(tmp_path / "both")
+    proc = run_memdyn("analyze", "memorization", f"--sweep={sweep_dir}", f"--sweep={other}", f"--out={both}",
+                      "--taus=0.01,0.2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = pd.read_csv(os.path.join(both, "memorization_summary.csv"))
+    assert sorted(summary["seed"]) == [0, 1, 2] and {"T_epochs_0.01", "T_epochs_0.2"} <= set(summary.columns)
+    proc = run_memdyn("analyze", "memorization", f"--sweep={sweep_dir}", "--taus=0.5,high")
+    assert proc.returncode == 2 and "--taus=0.5,high: expected comma-separated numbers" in proc.stderr
 
 
 def test_usage_errors():
     proc = run_memdyn("fly")
     assert proc.returncode != 0 and "usage: memdyn <train|eval|extract|import-hf|rows|sweep|export|analyze|vocab>" in proc.stderr
     proc = run_memdyn("analyze", "nothing", "--workdir=/tmp")
-    assert proc.returncode != 0 and "needs one of ('forgetting', 'memorization', 'memsinks', 'pos', 'predict')" in proc.stderr
+    assert proc.returncode != 0 and ("needs one of ('forgetting', 'learning_rate', 'memorization', 'memsinks', 'pos', "
+                                     "'predict', 'unique_ids')") in proc.stderr
     proc = run_memdyn("rows", "--step=3")
     assert proc.returncode != 0 and "needs --workdir" in proc.stderr
     # A field a config leaves unset (None) still takes a value on the command line (README's lm1b command).

@@ -49,7 +49,8 @@ def test_memdyn_train_runs_on_the_synthetic_tfds_dataset(tfds_runs, tmp_path):
     summary = lifecycle.train(config, str(tmp_path / "run"))
     assert summary["step"] == 3
     evals = pd.read_csv(tmp_path / "run" / "eval.csv")
-    assert set(evals["set"]) == {"train", "validation", "canaries", "duplicates"}  # tracked sets evaluate by name
+    sets = {"train", "validation", "canaries", "duplicates"}  # tracked sets evaluate by name ...
+    assert set(evals["set"]) == sets | {f"{s}@content" for s in sets}  # ... also past the document-ID prefix
     assert (evals.query("set == 'canaries'")["num_examples"] == 2).all()
 
 

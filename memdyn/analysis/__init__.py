@@ -22,6 +22,7 @@ class Options:
     out_dir: str
     set_name: str | None = None  # --set
     m_from: str | None = None  # --m_from: where `memorization` takes M(f) from
+    taus: tuple[float, ...] | None = None  # --taus: the thresholds of T(N, tau) (None: the analysis's own)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -260,7 +260,8 @@ def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5,
 @register("memorization", help="M(f) after each epoch, T(N, tau) in epochs and updates for tau in 0.5/0.7/0.9, "
           "the overfitting point and M(f) there, per run and over seeds with 95% CIs", outputs=OUTPUTS)
 def run(options: Options) -> pd.DataFrame:
-    return analyze_runs(options.workdirs, out_dir=options.out_dir, m_from=options.m_from or "auto")
+    return analyze_runs(options.workdirs, taus=options.taus or DEFAULT_TAUS, out_dir=options.out_dir,
+                        m_from=options.m_from or "auto")
 
 
 CONDITION = ["size", "params", "causal", "peak_lr", "batch_size", "seq_len"]  # what seeds of one condition share

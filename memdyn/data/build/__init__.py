@@ -73,7 +73,7 @@ def _synthetic(config: config_dict.ConfigDict):
     manifest = {"vocab_size": len(corpus.vocab), **vocab_lib.SPECIAL_IDS, "num_special": vocab_lib.NUM_SPECIAL,
                 "tag_names": list(corpus_lib.POS_TAGS)}
     train, heldout = (chunking.chunk_documents([(d.tokens, d.tags) for d in docs], [d.doc_id for d in docs],
-                                               config.data.seq_len, vocab_lib.PAD_ID)
+                                               config.data.seq_len, vocab_lib.PAD_ID, config.data.get("chunk_len"))
                       for docs in (corpus.train, corpus.validation))
 
     def write_vocabulary(data_dir: str) -> None:
@@ -85,6 +85,8 @@ def _synthetic(config: config_dict.ConfigDict):
 def data_fingerprint(data: config_dict.ConfigDict) -> dict:
     """The part of config.data that decides the stores' contents (compared when a store is reused)."""
     fields = {name: data[name] for name in _COMMON_FIELDS}
+    if data.get("chunk_len") is not None:  # left out when unset: stores built before the field existed still match
+        fields["chunk_len"] = data.chunk_len
     fields[data.source] = data[data.source]
     if data.source in ("tfds", "text"):  # the vocabulary file is checked by content (check_vocabulary), not path
         fields["vocab"] = {k: v for k, v in data.vocab.items() if k != "path"}

@@ -70,15 +70,19 @@ def piece_limits(tokens: np.ndarray, max_len: int, sentence_end: np.ndarray | No
 
 
 def chunk_documents(documents: list[tuple[np.ndarray, np.ndarray | None]], doc_ids: np.ndarray, seq_len: int,
-                    pad_id: int) -> Examples:
-    """Every document cut into consecutive examples of ``seq_len`` tokens (``piece_slices``), the last one padded.
+                    pad_id: int, max_len: int | None = None) -> Examples:
+    """Every document cut into consecutive pieces of ``max_len`` tokens (``piece_slices``; None: ``seq_len``),
+    each a row of ``seq_len`` tokens, right-padded.
 
     ``documents``: (tokens [T], tags [T] or None) each, with their ids ``doc_ids`` [D]. Tags are kept when every
     document has them (0 in padding).
     """
     if seq_len < 2:
         raise ValueError(f"config.data.seq_len={seq_len} must be at least 2")
-    pieces = [(i, p) for i, (tokens, _) in enumerate(documents) for p in piece_slices(tokens, seq_len)]
+    max_len = seq_len if max_len is None else max_len
+    if not 2 <= max_len <= seq_len:
+        raise ValueError(f"config.data.chunk_len={max_len} must be between 2 and config.data.seq_len={seq_len}")
+    pieces = [(i, p) for i, (tokens, _) in enumerate(documents) for p in piece_slices(tokens, max_len)]
     if not pieces:
         raise ValueError("no documents to chunk: the dataset is empty")
     has_tags = all(tags is not None for _, tags in documents)

@@ -61,10 +61,12 @@ def build_task(config: config_dict.ConfigDict, data_dir: str) -> tuple[seqio.Tas
     name = "memdyn_" + hashlib.sha256(repr(sorted(data_fingerprint(data).items())).encode()).hexdigest()[:16]
     task = tasks_lib.register(name, source, vocabulary, seq_len=data.seq_len, tags=data.tags,
                               spacy_model=data.spacy_model, sentence_split=data.sentence_split,
-                              doc_ids=data.doc_ids == "prefix")
+                              doc_ids=data.doc_ids == "prefix", chunk_len=data.get("chunk_len"))
     with open(vocab_path, "rb") as f:
         facts = {"vocab_file": os.path.abspath(vocab_path), "vocab_sha256": hashlib.sha256(f.read()).hexdigest(),
-                 "extra_ids": int(extra_ids or 0), "num_docs": int(num_docs)}
+                 "extra_ids": int(extra_ids or 0), "num_docs": int(num_docs),
+                 # the leading positions of every row that are not the document's own tokens
+                 "id_prefix_len": tasks_lib.doc_id_prefix_len(vocabulary) if data.doc_ids == "prefix" else 0}
     return task, splits, facts
 
 

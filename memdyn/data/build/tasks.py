@@ -141,16 +141,21 @@ def doc_id_prefix_len(vocabulary: seqio.Vocabulary) -> int:
 
 
 def register(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, *, seq_len: int, tags: str = "none",
-             spacy_model: str | None = None, sentence_split: bool = False, doc_ids: bool = False) -> seqio.Task:
-    """Registers (or replaces) a memdyn task ``name`` whose examples hold at most ``seq_len`` tokens."""
+             spacy_model: str | None = None, sentence_split: bool = False, doc_ids: bool = False,
+             chunk_len: int | None = None) -> seqio.Task:
+    """Registers (or replaces) a memdyn task ``name`` whose examples hold at most ``seq_len`` tokens: pieces of
+    ``chunk_len`` content tokens (None: all that fit), after the document-ID prefix with ``doc_ids``."""
     prefix = doc_id_prefix_len(vocabulary) if doc_ids else 0
+    if chunk_len is not None and chunk_len + prefix > seq_len:
+        raise ValueError(f"config.data.chunk_len={chunk_len} and the {prefix}-token document-ID prefix do not fit "
+                         f"in config.data.seq_len={seq_len}: set config.data.chunk_len={seq_len - prefix} or less")
     preprocessors = []
     if tags == "spacy":
         preprocessors.append(functools.partial(spacy_tags, model=spacy_model))
     elif tags == "none":
         preprocessors.append(lambda ds: ds.map(lambda ex: {k: v for k, v in ex.items() if k != "pos"}))
     preprocessors += [tokenize, seqio.preprocessors.append_eos,
-                      functools.partial(chunk, max_len=seq_len - prefix, eos_id=vocabulary.eos_id,
+                      functools.partial(chunk, max_len=chunk_len or seq_len - prefix, eos_id=vocabulary.eos_id,
                                         sentence_end=vocab_lib.sentence_end_ids(vocabulary) if sentence_split else None)]
     if doc_ids:
         preprocessors.append(functools.partial(prepend_doc_id, num_ids=vocabulary.extra_ids))

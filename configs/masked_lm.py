@@ -1,0 +1,25 @@
+"""Masked-LM memorization speed across sizes (Tirumala et al. 2022, §3: for a masked LM, T(N, tau) is not monotone
+in size at low tau and becomes monotone above tau ≈ 0.6–0.7).
+
+The learning-rate study's setup (configs/learning_rate.py: 100 synthetic documents, 218 examples of 64 tokens,
+7 steps per epoch) with a masked LM: 15% of the tokens selected per update (80% <mask>, 10% random, 10% kept),
+M scored at the <mask> positions; the training set is evaluated after every epoch with fixed masks. A masked LM
+learns from 15% of the positions of each example per epoch, so it trains 80 epochs:
+
+    memdyn sweep --config=configs/masked_lm.py --workdir=runs/masked_lm \
+        --sweep=model.size=nano,micro,tiny,small --sweep=seed=0,1,2
+    memdyn analyze memorization --sweep=runs/masked_lm --taus=0.3,0.4,0.5,0.6,0.7,0.8,0.9
+
+The argument is the size preset (default ``tiny``).
+"""
+
+import os
+
+from memdyn.config import load_config_file
+
+
+def get_config(size: str = "tiny"):
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "learning_rate.py"), size)
+    c.model.causal = False
+    c.num_steps = 560  # 80 epochs of 7 steps
+    return c
