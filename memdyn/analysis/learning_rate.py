@@ -132,8 +132,12 @@ def _plot(table: pd.DataFrame, taus, png_path: str) -> None:
     panels = [*taus, "final_m"]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), constrained_layout=True)
     colours = mem._size_colours(table, plt)
+    rates = table["peak_lr"].astype(float)
     for ax, panel in zip(np.atleast_1d(axes), panels):
         column = "final_m" if panel == "final_m" else f"T_epochs_{mem.tau_label(panel)}"
+        ax.set_xlim(rates.min() / 1.6, rates.max() * 1.6)
+        if table[f"{column}_mean"].isna().all():
+            ax.text(0.5, 0.5, "no rate reached τ\nin every seed", transform=ax.transAxes, ha="center", va="center")
         for size, colour in colours.items():
             part = table[table["size"] == size].sort_values("peak_lr")
             points = part.dropna(subset=[f"{column}_mean"])
