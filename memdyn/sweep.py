@@ -5,10 +5,15 @@ look at the workdir's checkpoints, nothing is built), resumes interrupted ones (
 trains the rest, in this process one after another or as ``parallel`` concurrent ``memdyn train`` processes.
 ``<sweep_dir>/sweep.json`` lists every run with its overrides and status: pending, running, complete (trained
 by this call), skipped (already complete), failed or interrupted.
+
+The runs of a sweep share JAX's persistent compilation cache, ``<sweep_dir>/compile_cache`` (or the directory
+``JAX_COMPILATION_CACHE_DIR`` names): runs of one shape compile their steps once, later runs load the
+executables (the same executables, so the same numbers bit for bit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -30,6 +35,15 @@ from memdyn.runs import SWEEP_FILE, parse_value
 _KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 _MAX_NAME = 200  # file names are limited to 255 bytes
+COMPILE_CACHE = "compile_cache"
+
+
+def compile_cache_env(sweep_dir: str) -> dict[str, str]:
+    """Environment that points JAX's persistent compilation cache at the sweep's, caching every executable (the
+    default keeps only those that took over a second to compile); a cache the user set is kept."""
+    return {"JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
+            or os.path.join(sweep_dir, COMPILE_CACHE),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 _OPEN, _CLOSE = "([{", ")]}"
 
 
@@ -181,7 +195,7 @@ def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: l
         if run["status"] == "skipped":
             logging.info("run %d/%d: %s (already complete, skipped)", i, len(runs), run["name"])
     if parallel == 1:
-        _run_in_process(todo, len(runs), manifest)
+        _run_in_process(todo, len(runs), manifest, compile_cache_env(sweep_dir))
     else:
         command = [sys.executable, "-m", "memdyn", "train",
                    f"--config={config_path}" + (f":{config_arg}" if config_arg is not None else "")]
@@ -193,8 +207,33 @@ def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: l
     return [_public(r) for r in runs]
 
 
-def _run_in_process(todo: list[tuple[int, dict]], total: int, manifest: _Manifest) -> None:
+def _run_in_process(todo: list[tuple[int, dict]], total: int, manifest: _Manifest, cache_env: dict[str, str]) -> None:
     from memdyn import lifecycle, train  # imports JAX
+    with _compile_cache(cache_env):
+        _train_each(todo, total, manifest, lifecycle, train)
+
+
+@contextlib.contextmanager
+def _compile_cache(cache_env: dict[str, str]):
+    """This process's JAX config pointed at the sweep's compilation cache while the sweep runs, then restored."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    settings = {"jax_compilation_cache_dir": cache_env["JAX_COMPILATION_CACHE_DIR"],
+                "jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": 0}
+    previous = {name: getattr(jax.config, name) for name in settings}
+    compilation_cache.reset_cache()  # set up again at the next compilation, from the new directory
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def _train_each(todo, total: int, manifest: _Manifest, lifecycle, train) -> None:
     for i, run in todo:
         logging.info("run %d/%d: %s", i, total, run["name"])
         run["status"] = "running"
@@ -230,7 +269,8 @@ def _run_processes(todo: list[tuple[int, dict]], total: int, manifest: _Manifest
     log_dir = os.path.join(sweep_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+               **compile_cache_env(sweep_dir))
     queue, running = list(todo), {}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:

@@ -132,3 +132,31 @@ def test_parallel_sweep_says_when_each_run_starts_and_ends_and_where_its_log_is(
     assert f"run 1/1: seed=0 started (its log: {log_path})" in messages
     assert f"run seed=0: complete (1 of 1 finished, 0 running; its log: {log_path})" in messages
     assert os.path.getsize(log_path) > 0
+
+
+def _train_step_entries(cache_dir):
+    return sorted(f for f in os.listdir(cache_dir) if f.startswith("jit_train_step"))
+
+
+def test_runs_of_a_sweep_share_one_compilation_cache(tmp_path, monkeypatch):
+    """The first run compiles its train step into <sweep>/compile_cache; later runs of the same shape, in
+    processes of their own, find it there (no new entry) and give the same numbers as a run that compiled its
+    own step; an in-process sweep uses its cache too and leaves this process's JAX config as it was."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    sweep_dir = str(tmp_path / "sweep")
+    sweep.run_sweep(BASE, None, sweep_dir, ["seed=0"], {**TINY, "num_steps": 2}, parallel=2)
+    cache = os.path.join(sweep_dir, sweep.COMPILE_CACHE)
+    first = _train_step_entries(cache)
+    assert len(first) == 1
+    sweep.run_sweep(BASE, None, sweep_dir, ["seed=1,2"], {**TINY, "num_steps": 2}, parallel=2)
+    assert _train_step_entries(cache) == first
+    in_process = str(tmp_path / "in_process")
+    sweep.run_sweep(BASE, None, in_process, ["seed=1"], {**TINY, "num_steps": 2})
+    assert len(_train_step_entries(os.path.join(in_process, sweep.COMPILE_CACHE))) == 1
+    import jax
+    assert jax.config.jax_compilation_cache_dir is None  # restored after the sweep
+    for name in ("train.csv", "eval.csv"):
+        cached = pd.read_csv(os.path.join(sweep_dir, "seed=1", name)).drop(columns="steps_per_sec", errors="ignore")
+        plain = pd.read_csv(os.path.join(in_process, "seed=1", name)).drop(columns="steps_per_sec", errors="ignore")
+        pd.testing.assert_frame_equal(cached.drop(columns="run"), plain.drop(columns="run"))
