@@ -57,7 +57,8 @@ def test_grid_best_rate_u_shape_spread_and_choice(grid_runs, tmp_path):
     assert chosen.loc["micro", "T_epochs_0.5_mean"] == 2.0
     for name in ("runs", "grid", "shape", "chosen"):
         assert len(pd.read_csv(os.path.join(out, f"learning_rate_{name}.csv")))
-    assert os.path.getsize(os.path.join(out, "learning_rate.png")) > 10_000
+    for png in ("learning_rate.png", "learning_rate_chosen_epochs.png", "learning_rate_chosen_t_tau.png"):
+        assert os.path.getsize(os.path.join(out, png)) > 10_000
     assert "reached by 1/2" in open(os.path.join(out, "learning_rate_grid.md")).read()
 
 

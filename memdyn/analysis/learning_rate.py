@@ -15,7 +15,8 @@ only when every seed reached tau. Per size and tau:
   a smaller spread, is less sensitive to the rate.
 
 ``chosen``: per size the rate with the highest mean final M(f) (the learning rate chosen per size), and the
-memorization table (``memorization.by_size``) of the runs at that rate. The rate is chosen on the same seeds it
+memorization table (``memorization.by_size``) of the runs at that rate, with their M_e per epoch and T(N, tau)
+against parameters drawn as ``memdyn analyze memorization`` draws them. The rate is chosen on the same seeds it
 is then reported on, which favours it slightly; the document says so beside the table.
 """
 
@@ -37,7 +38,8 @@ TAUS = (0.3, 0.5, 0.7, 0.9)
 @register("learning_rate", help="T(N, tau) against the peak learning rate per size (U-shape, sensitivity), and "
           "the memorization table at the rate chosen per size, 95% CIs over seeds",
           outputs="learning_rate_runs.csv, learning_rate_grid.csv/.md, learning_rate_shape.csv/.md, "
-                  "learning_rate_chosen.csv/.md, learning_rate.png")
+                  "learning_rate_chosen.csv/.md, learning_rate.png, learning_rate_chosen_epochs.png, "
+                  "learning_rate_chosen_t_tau.png")
 def run(options: Options) -> pd.DataFrame:
     result = analyze_runs(options.workdirs, options.out_dir, options.taus or TAUS)
     return result["shape"]
@@ -73,21 +75,21 @@ def shape(table: pd.DataFrame, taus) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def chosen(summary: pd.DataFrame, table: pd.DataFrame, taus) -> pd.DataFrame:
-    """The memorization table (``memorization.by_size``) of each size's runs at its rate with the highest mean
-    final M(f)."""
+def chosen_runs(summary: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The runs of each size at its rate with the highest mean final M(f)."""
     best = table.loc[table.groupby("size", sort=False)["final_m_mean"].idxmax(), ["size", "peak_lr"]]
-    picked = summary.merge(best, on=["size", "peak_lr"])
-    return mem.by_size(picked, taus)
+    return summary.merge(best, on=["size", "peak_lr"])
 
 
 def analyze_runs(workdirs: list[str], out_dir: str, taus=TAUS) -> dict[str, pd.DataFrame]:
-    summary = pd.DataFrame([mem.summarize_run(w, taus, m_from="train_eval")[1] for w in workdirs])
+    loaded = [mem.summarize_run(w, taus, m_from="train_eval") for w in workdirs]
+    summary = pd.DataFrame([row for _, row in loaded])
     summary = summary.sort_values(["params", "peak_lr", "seed"], kind="stable", ignore_index=True)
     if summary["causal"].nunique() > 1:
         raise ValueError("the runs mix causal and masked LMs: analyze one objective at a time")
     table = grid(summary, taus)
-    result = {"runs": summary, "grid": table, "shape": shape(table, taus), "chosen": chosen(summary, table, taus)}
+    picked = chosen_runs(summary, table)
+    result = {"runs": summary, "grid": table, "shape": shape(table, taus), "chosen": mem.by_size(picked, taus)}
     os.makedirs(out_dir, exist_ok=True)
     for name, frame in result.items():
         runs.atomic_write(os.path.join(out_dir, f"learning_rate_{name}.csv"),
@@ -99,6 +101,12 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=TAUS) -> dict[str, pd.D
     runs.atomic_write_text(os.path.join(out_dir, "learning_rate_chosen.md"),
                            mem._ci_markdown(result["chosen"], taus) + "\n")
     runs.atomic_write(os.path.join(out_dir, "learning_rate.png"), lambda tmp: _plot(table, taus, tmp))
+    # memorization across sizes at the chosen rates: M_e per epoch and T(N, tau) against parameters
+    epochs = pd.concat([e for e, _ in loaded], ignore_index=True).merge(picked[["run"]], on="run")
+    runs.atomic_write(os.path.join(out_dir, "learning_rate_chosen_epochs.png"),
+                      lambda tmp: mem._plot_epochs(epochs, picked, tmp))
+    runs.atomic_write(os.path.join(out_dir, "learning_rate_chosen_t_tau.png"),
+                      lambda tmp: mem._plot_t_tau(result["chosen"], taus, tmp, split_by=("causal",)))
     return result
 
 

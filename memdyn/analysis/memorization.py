@@ -388,13 +388,14 @@ def _plot_epochs(epochs: pd.DataFrame, summary: pd.DataFrame, png_path: str) -> 
     plt.close(fig)
 
 
-def _plot_t_tau(table: pd.DataFrame, taus, png_path: str) -> None:
+def _plot_t_tau(table: pd.DataFrame, taus, png_path: str, split_by=("causal", "peak_lr")) -> None:
     """T(N, tau) in epochs against params (log x): per tau the mean over seeds with its 95% t interval, drawn
     only where every seed reached tau."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    # Runs differing in objective or learning rate are separate lines, not seeds of one point.
-    variants = [c for c in ("causal", "peak_lr") if len(table) and table[c].nunique() > 1]
+    # Runs differing in objective or learning rate are separate lines, not seeds of one point (``split_by``; the
+    # learning-rate analysis draws one line through the sizes at their chosen rates).
+    variants = [c for c in split_by if len(table) and table[c].nunique() > 1]
     groups = table.groupby(variants, dropna=False) if variants else [((), table)]
     plotted = False
     for g, (key, part) in enumerate(groups):
