@@ -72,6 +72,18 @@ def test_a_u_needs_slower_neighbours(grid_runs, tmp_path):
     assert not shape.loc["nano", "u_shape"]  # 1e-3: T = 2, 1 -> mean 1.5, interval reaches below 1
 
 
+def test_a_rate_a_size_did_not_run_makes_no_u(grid_runs, tmp_path):
+    """A larger size swept at two of the grid's three rates: fastest at the middle one, whose lower neighbour
+    it never ran, so it is inside the grid but no U can be read."""
+    medium = [write_run(tmp_path / f"medium-{lr}-{seed}", train_m=m, size="medium", params=4000, peak_lr=lr,
+                        seed=seed)
+              for lr, m in ((3e-3, [0, 0.5, 0.9, 0.9]), (1e-2, [0, 0.2, 0.5, 0.6])) for seed in (0, 1)]
+    shape = learning_rate.analyze_runs(grid_runs + medium + medium, str(tmp_path / "out"),
+                                       taus=(0.5,))["shape"].set_index("size")
+    row = shape.loc["medium"]
+    assert (row["best_lr"], row["rates"], row["interior"], row["u_shape"]) == (3e-3, 2, True, False)
+
+
 def test_mixed_objectives_are_refused(grid_runs, tmp_path):
     masked = write_run(tmp_path / "masked", train_m=[0, 0.5, 0.6, 0.7], causal=False)
     with pytest.raises(ValueError, match="mix causal and masked"):

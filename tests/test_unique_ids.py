@@ -110,20 +110,21 @@ def test_bad_chunk_lengths_are_refused(tmp_path):
         config_lib.validate(store)
 
 
-def _hand_run(root, condition, seed, m_content, m_all=None):
+def _hand_run(root, condition, seed, m_content, m_all=None, lr=1e-3, name=None):
     """A run directory with train rows after epochs 0..len-1 (2 steps per epoch)."""
-    workdir = os.path.join(root, f"{condition}-{seed}")
+    workdir = os.path.join(root, name or f"{condition}-{seed}")
     os.makedirs(workdir)
     steps = 2 * (len(m_content) - 1)
     pd.DataFrame({"step": range(steps), "epochs_done": [(s + 1) / 2 for s in range(steps)]}).to_csv(
         os.path.join(workdir, "train.csv"), index=False)
-    rows = [dict(step=2 * e, set="train", exact_match=(m_all or m_content)[e], num_tokens=100)
-            for e in range(len(m_content))]
+    rows = [dict(step=2 * e, set="train", exact_match=(m_all or m_content)[e],
+                 num_tokens=120 if condition == "prefix" else 100) for e in range(len(m_content))]
     if condition == "prefix":
-        rows += [dict(step=2 * e, set="train@content", exact_match=m, num_tokens=90) for e, m in enumerate(m_content)]
+        rows += [dict(step=2 * e, set="train@content", exact_match=m, num_tokens=100) for e, m in enumerate(m_content)]
     pd.DataFrame(rows).to_csv(os.path.join(workdir, "eval.csv"), index=False)
     with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump({"seed": seed, "model": {"size": "nano"}, "data": {"doc_ids": condition}}, f)
+        json.dump({"seed": seed, "num_steps": steps, "model": {"size": "nano", "causal": True},
+                   "optimizer": {"lr": lr}, "data": {"doc_ids": condition, "seq_len": 64, "chunk_len": 61}}, f)
     return workdir
 
 
@@ -148,4 +149,18 @@ def test_analysis_recomputed_by_hand(tmp_path, monkeypatch):
     row = diffs.loc[("control", "none", "final_m_content")]  # 0.0 and 0.1: mean 0.05, t(1) half-width 12.706*0.05
     assert row["mean"] == pytest.approx(0.05)
     assert row["ci_high"] - row["mean"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    row = diffs.loc[("prefix", "none", "T_0.85")]  # no seed of `none` reached 0.85: no mean over the others
+    assert row["n"] == 0 and math.isnan(row["mean"])
+    assert "reached by 0/2 pairs" in open(tmp_path / "out" / "unique_ids_differences.md").read()
     assert os.path.getsize(tmp_path / "out" / "unique_ids.png") > 10_000
+
+    # Runs that are not like for like are refused, by what differs
+    other = _hand_run(tmp_path, "control", 2, [0, 0.1, 0.2, 0.3], lr=3e-3)
+    with pytest.raises(ValueError, match="the runs differ in peak_lr"):
+        unique_ids.analyze_runs(workdirs + [other], str(tmp_path / "out"))
+    twice = _hand_run(tmp_path, "none", 0, [0, 0.1, 0.2, 0.3], name="none-0-again")
+    with pytest.raises(ValueError, match="several runs of one"):
+        unique_ids.analyze_runs(workdirs + [twice], str(tmp_path / "out"))
+    # the same sweep given twice counts each run once
+    again = unique_ids.analyze_runs(workdirs + workdirs, str(tmp_path / "out2"), taus=(0.5,))
+    assert (again["conditions"]["n_seeds"] == 2).all()

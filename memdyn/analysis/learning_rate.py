@@ -9,7 +9,8 @@ only when every seed reached tau. Per size and tau:
 - ``best_lr``: the rate with the lowest mean T(N, tau) among those every seed reached tau at; ``interior`` is
   True when it is neither the smallest nor the largest rate of the grid (a U rather than a slope), and
   ``u_shape`` True when, in addition, both the next lower and the next higher rate have a higher T(N, tau) or
-  never reach tau (their interval excluding the best rate's mean, or not reaching tau in every seed).
+  never reach tau (their interval excluding the best rate's mean, or not reaching tau in every seed). The grid
+  is every rate any size ran; a neighbour a size did not run makes no U.
 - ``rates_reached``: how many rates of the grid reach tau in every seed; ``spread``: log2 of the slowest reached
   rate's mean T over the fastest's (0 when one rate reaches tau): a size that reaches tau at more rates, and with
   a smaller spread, is less sensitive to the rate.
@@ -51,25 +52,27 @@ def grid(summary: pd.DataFrame, taus) -> pd.DataFrame:
 
 
 def shape(table: pd.DataFrame, taus) -> pd.DataFrame:
-    """Per size and tau: best_lr, interior, u_shape, rates_reached, rates and spread (see the module docstring)."""
+    """Per size and tau: best_lr, interior, u_shape, rates_reached, rates and spread (see the module docstring).
+    The grid is every rate any size ran; a size's missing rate counts as neither slower nor faster."""
+    grid_rates = np.sort(table["peak_lr"].astype(float).unique())
     rows = []
     for (size, params), part in table.groupby(["size", "params"], sort=False):
-        part = part.sort_values("peak_lr")
-        rates = part["peak_lr"].to_numpy(float)
+        part = part.set_index(part["peak_lr"].astype(float)).reindex(grid_rates)  # NaN rows: rates not run
+        ran = part["n_seeds"].notna().to_numpy()
         for tau in taus:
             c = f"T_epochs_{mem.tau_label(tau)}"
-            mean = part[f"{c}_mean"].to_numpy(float)
+            mean, low = part[f"{c}_mean"].to_numpy(float), part[f"{c}_ci_low"].to_numpy(float)
             reached = np.isfinite(mean)
-            row = {"size": size, "params": params, "tau": tau, "rates": len(rates),
+            row = {"size": size, "params": params, "tau": tau, "rates": int(ran.sum()),
                    "rates_reached": int(reached.sum()), "best_lr": math.nan, "best_T": math.nan,
                    "interior": False, "u_shape": False, "spread": math.nan}
             if reached.any():
                 best = int(np.nanargmin(np.where(reached, mean, np.inf)))
-                row.update(best_lr=rates[best], best_T=mean[best], interior=0 < best < len(rates) - 1,
-                           spread=float(np.log2(np.nanmax(mean[reached]) / mean[best])))
-                if row["interior"]:
-                    low = part[f"{c}_ci_low"].to_numpy(float)
-                    slower = [not reached[i] or low[i] > mean[best] for i in (best - 1, best + 1)]
+                row.update(best_lr=grid_rates[best], best_T=mean[best], interior=0 < best < len(grid_rates) - 1)
+                if mean[best] > 0:
+                    row["spread"] = float(np.log2(np.nanmax(mean[reached]) / mean[best]))
+                if row["interior"]:  # each neighbour run, and slower: never reached, or its interval above
+                    slower = [ran[i] and (not reached[i] or low[i] > mean[best]) for i in (best - 1, best + 1)]
                     row["u_shape"] = bool(all(slower))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -82,7 +85,10 @@ def chosen_runs(summary: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def analyze_runs(workdirs: list[str], out_dir: str, taus=TAUS) -> dict[str, pd.DataFrame]:
+    workdirs = list(dict.fromkeys(os.path.abspath(w) for w in workdirs))  # a sweep given twice counts once
     loaded = [mem.summarize_run(w, taus, m_from="train_eval") for w in workdirs]
+    for workdir, (epochs, row) in zip(workdirs, loaded):  # runs of two sweeps may share a name
+        epochs["workdir"] = row["workdir"] = workdir
     summary = pd.DataFrame([row for _, row in loaded])
     summary = summary.sort_values(["params", "peak_lr", "seed"], kind="stable", ignore_index=True)
     if summary["causal"].nunique() > 1:
@@ -102,7 +108,7 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=TAUS) -> dict[str, pd.D
                            mem._ci_markdown(result["chosen"], taus) + "\n")
     runs.atomic_write(os.path.join(out_dir, "learning_rate.png"), lambda tmp: _plot(table, taus, tmp))
     # memorization across sizes at the chosen rates: M_e per epoch and T(N, tau) against parameters
-    epochs = pd.concat([e for e, _ in loaded], ignore_index=True).merge(picked[["run"]], on="run")
+    epochs = pd.concat([e for e, _ in loaded], ignore_index=True).merge(picked[["workdir"]], on="workdir")
     runs.atomic_write(os.path.join(out_dir, "learning_rate_chosen_epochs.png"),
                       lambda tmp: mem._plot_epochs(epochs, picked, tmp))
     runs.atomic_write(os.path.join(out_dir, "learning_rate_chosen_t_tau.png"),

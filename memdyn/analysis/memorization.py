@@ -373,7 +373,7 @@ def _plot_epochs(epochs: pd.DataFrame, summary: pd.DataFrame, png_path: str) -> 
         done = epochs[epochs["complete"].astype(bool)]
         for size, colour in colours.items():
             part = done[done["size"] == size]
-            for _, run in part.groupby("run"):
+            for _, run in part.groupby("workdir" if "workdir" in part else "run"):
                 ax.plot(run["epoch"], run["exact_match"], color=colour, lw=0.5, alpha=0.35)
             stats = [(e, *t_interval(g["exact_match"])) for e, g in part.groupby("epoch")]
             e, mean, low, high, n = (np.array(v) for v in zip(*stats))

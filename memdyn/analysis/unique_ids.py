@@ -13,7 +13,12 @@ same places, so they score the same content tokens:
 - ``T(N, tau)``: the first epoch with ``M_content_e >= tau``; NaN if never.
 
 Per condition: means and 95% t intervals over seeds. Condition differences are paired by seed (the same seed
-gives the same example order): the mean difference and its t interval over seeds.
+gives the same example order): the mean difference and its t interval over the seeds both conditions have, NaN
+unless the quantity is finite for every one of them (a T(N, tau) that some seed never reached is not averaged
+over the others; the tables say "reached by k/n"). The runs must differ in nothing but ``data.doc_ids`` and the
+seed, with ``data.chunk_len`` set, one run per (condition, seed), and equal content token counts after every
+epoch across conditions; anything else is refused. (A masked LM draws its masks by position, so its conditions
+would not score the same tokens: the study is for causal LMs.)
 """
 
 from __future__ import annotations
@@ -63,13 +68,17 @@ def epoch_frame(workdir: str) -> pd.DataFrame:
                          "config.eval.epoch_sets holding 'train')")
     frame = frames["content"].merge(frames["all"], on="epoch", how="left")
     identity = runs.identity(config, workdir)
-    return frame.assign(run=identity["run"], size=identity["size"], seed=identity["seed"], condition=condition)
+    setup = {"size": identity["size"], "peak_lr": identity["peak_lr"], "seq_len": identity["seq_len"],
+             "causal": identity["causal"], "chunk_len": config.get("data", {}).get("chunk_len"),
+             "num_steps": config.get("num_steps")}
+    return frame.assign(workdir=os.path.abspath(workdir), run=identity["run"], seed=identity["seed"],
+                        condition=condition, **setup)
 
 
 def run_summary(epochs: pd.DataFrame, taus) -> dict:
     """T(N, tau) over content tokens, final M and M_content at AT_EPOCHS for one run's epoch frame."""
     frame = epochs.sort_values("epoch")
-    row = {k: frame[k].iloc[0] for k in ("run", "size", "seed", "condition")}
+    row = {k: frame[k].iloc[0] for k in ("workdir", "run", "size", "seed", "condition")}
     row.update(final_epoch=int(frame["epoch"].iloc[-1]), final_m_content=float(frame["m_content"].iloc[-1]),
                final_m_all=float(frame["m_all"].iloc[-1]))
     for tau in taus:
@@ -93,19 +102,41 @@ def paired_differences(summary: pd.DataFrame, columns: list[str]) -> pd.DataFram
         for column in columns:
             diff = left.loc[seeds, column].to_numpy(float) - right.loc[seeds, column].to_numpy(float)
             mean, low, high, n = stats.t_interval(diff)
+            if n < len(seeds):  # some seed has no value in a or b: no mean over the others
+                mean = low = high = math.nan
             rows.append({"a": a, "b": b, "quantity": column, "seeds": len(seeds), "n": n,
                          "mean": mean, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["a", "b", "quantity", "seeds", "n", "mean", "ci_low", "ci_high"])
 
 
+def _check_like_for_like(epochs: pd.DataFrame) -> None:
+    for field in ("size", "peak_lr", "seq_len", "causal", "chunk_len", "num_steps"):
+        values = epochs[field].drop_duplicates()
+        if len(values) > 1:
+            raise ValueError(f"the runs differ in {field} ({sorted(map(str, values))}): the unique-identifier "
+                             "conditions must differ only in data.doc_ids and the seed")
+    if epochs["chunk_len"].isna().any():
+        raise ValueError("a run has no config.data.chunk_len: without it the conditions cut documents at different "
+                         "places (configs/unique_ids.py sets it)")
+    if not epochs["causal"].all():
+        raise ValueError("the runs are masked LMs, whose conditions do not score the same tokens; use causal LMs")
+    runs_per = epochs.drop_duplicates("workdir").groupby(["condition", "seed"]).size()
+    if (runs_per > 1).any():
+        raise ValueError(f"several runs of one (condition, seed): {list(runs_per[runs_per > 1].index)}")
+    counts = epochs.groupby("epoch")["tokens_content"].nunique()
+    if (counts > 1).any():
+        raise ValueError(f"the conditions score different numbers of content tokens after epoch "
+                         f"{int(counts[counts > 1].index[0])}: not the same documents at the same places")
+
+
 def analyze_runs(workdirs: list[str], out_dir: str, taus=DEFAULT_TAUS) -> dict[str, pd.DataFrame]:
+    workdirs = list(dict.fromkeys(os.path.abspath(w) for w in workdirs))
     epochs = pd.concat([epoch_frame(w) for w in workdirs], ignore_index=True)
     unknown = set(epochs["condition"]) - set(CONDITIONS)
     if unknown:
         raise ValueError(f"runs with config.data.doc_ids={sorted(unknown)}: expected {CONDITIONS}")
-    if epochs["size"].nunique() > 1:
-        raise ValueError(f"the runs have several sizes {sorted(epochs['size'].unique())}: analyze one at a time")
-    summary = pd.DataFrame([run_summary(g, taus) for _, g in epochs.groupby("run", sort=True)])
+    _check_like_for_like(epochs)
+    summary = pd.DataFrame([run_summary(g, taus) for _, g in epochs.groupby("workdir", sort=True)])
     t_columns = [f"T_{tau_label(t)}" for t in taus]
     m_columns = ["final_m_content", "final_m_all"] + [f"m_content_at_{e}" for e in AT_EPOCHS]
     conditions = stats.over_seeds(summary, ["condition"], m_columns + t_columns, require_all=True)
@@ -148,10 +179,11 @@ def _conditions_table(conditions: pd.DataFrame, taus) -> pd.DataFrame:
 
 
 def _differences_table(differences: pd.DataFrame) -> pd.DataFrame:
+    cells = [stats.format_ci(r.mean, r.ci_low, r.ci_high, 3) if r.n == r.seeds
+             else f"reached by {r.n}/{r.seeds} pairs" for r in differences.itertuples()]
     return pd.DataFrame({"difference": differences["a"] + " − " + differences["b"],
-                         "quantity": differences["quantity"], "seeds": differences["n"],
-                         "mean [95% CI]": [stats.format_ci(r.mean, r.ci_low, r.ci_high, 3)
-                                           for r in differences.itertuples()]})
+                         "quantity": differences["quantity"], "seeds": differences["seeds"],
+                         "mean [95% CI]": cells})
 
 
 def _plot(curves: pd.DataFrame, png_path: str) -> None:
