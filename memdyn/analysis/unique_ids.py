@@ -41,7 +41,7 @@ AT_EPOCHS = (10, 20, 30, 40)  # M_content compared at these epochs (those a run 
 @register("unique_ids", help="M(f) and T(N, tau) over content tokens for the original vocabulary, an enlarged one "
           "and document-ID prefixes, paired differences with 95% CIs over seeds",
           outputs="unique_ids_epochs.csv, unique_ids_runs.csv, unique_ids_conditions.csv/.md, "
-                  "unique_ids_differences.csv/.md, unique_ids.png")
+                  "unique_ids_differences.csv/.md, unique_ids_curve_differences.csv, unique_ids.png")
 def run(options: Options) -> pd.DataFrame:
     result = analyze_runs(options.workdirs, options.out_dir, options.taus or DEFAULT_TAUS)
     return result["conditions"][["condition", "n_seeds", "final_m_content_mean", "final_m_all_mean"]]
@@ -145,7 +145,9 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=DEFAULT_TAUS) -> dict[s
     differences = paired_differences(summary, ["final_m_content"] + [f"m_content_at_{e}" for e in AT_EPOCHS]
                                      + t_columns)
     curves = stats.over_seeds(epochs, ["condition", "epoch"], ["m_content", "m_all"])
-    result = {"epochs": epochs, "runs": summary, "conditions": conditions, "differences": differences}
+    curve_differences = _epoch_differences(epochs)
+    result = {"epochs": epochs, "runs": summary, "conditions": conditions, "differences": differences,
+              "curve_differences": curve_differences}
     os.makedirs(out_dir, exist_ok=True)
     for name, frame in result.items():
         runs.atomic_write(os.path.join(out_dir, f"unique_ids_{name}.csv"),
@@ -154,7 +156,7 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=DEFAULT_TAUS) -> dict[s
                            tables.to_markdown(_conditions_table(conditions, taus)) + "\n")
     runs.atomic_write_text(os.path.join(out_dir, "unique_ids_differences.md"),
                            tables.to_markdown(_differences_table(differences)) + "\n")
-    runs.atomic_write(os.path.join(out_dir, "unique_ids.png"), lambda tmp: _plot(curves, tmp))
+    runs.atomic_write(os.path.join(out_dir, "unique_ids.png"), lambda tmp: _plot(curves, curve_differences, tmp))
     return result
 
 
@@ -186,13 +188,30 @@ def _differences_table(differences: pd.DataFrame) -> pd.DataFrame:
                          "mean [95% CI]": cells})
 
 
-def _plot(curves: pd.DataFrame, png_path: str) -> None:
+def _epoch_differences(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per pair (a, b) of PAIRS and epoch: M_content of a minus b, paired by seed, mean and 95% t interval."""
+    table = epochs.pivot_table(index=["seed", "epoch"], columns="condition", values="m_content")
+    rows = []
+    for a, b in PAIRS:
+        if a not in table or b not in table:
+            continue
+        diff = (table[a] - table[b]).rename("diff").reset_index()
+        for epoch, group in diff.groupby("epoch"):
+            mean, low, high, n = stats.t_interval(group["diff"])
+            if n < len(group):
+                mean = low = high = math.nan
+            rows.append({"a": a, "b": b, "epoch": int(epoch), "seeds": n, "mean": mean, "ci_low": low,
+                         "ci_high": high})
+    return pd.DataFrame(rows, columns=["a", "b", "epoch", "seeds", "mean", "ci_low", "ci_high"])
+
+
+def _plot(curves: pd.DataFrame, differences: pd.DataFrame, png_path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {"none": "tab:blue", "control": "tab:orange", "prefix": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
     for condition in [c for c in CONDITIONS if c in set(curves["condition"])]:
         part = curves[curves["condition"] == condition].sort_values("epoch")
         seeds = int(part["n_seeds"].max())
@@ -206,5 +225,14 @@ def _plot(curves: pd.DataFrame, png_path: str) -> None:
     ax.set(xlabel="epochs", ylabel="M(f) of the training set", ylim=(0, 1),
            title="unique identifiers: mean and 95% CI over seeds")
     ax.legend(fontsize=8)
+    for (a, b), part in differences.groupby(["a", "b"], sort=False):
+        part = part.sort_values("epoch")
+        colour = {"control": "tab:orange", "prefix": "tab:green"}[a] if b == "none" else "tab:purple"
+        right.plot(part["epoch"], part["mean"], color=colour, lw=1.4, label=f"{a} − {b}")
+        right.fill_between(part["epoch"], part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
+    right.axhline(0, color="black", lw=0.6)
+    right.set(xlabel="epochs", ylabel="difference in M_content (paired by seed)",
+              title="differences between conditions: mean and 95% CI over seeds")
+    right.legend(fontsize=8)
     fig.savefig(png_path, dpi=110, format="png")
     plt.close(fig)
