@@ -371,15 +371,21 @@ def _plot_epochs(epochs: pd.DataFrame, summary: pd.DataFrame, png_path: str) -> 
     if len(summary):
         colours = _size_colours(summary, plt)
         done = epochs[epochs["complete"].astype(bool)]
+        # A size run at several rates (or objectives) gets one curve per rate, not one over all its runs.
+        split = [c for c in ("peak_lr", "causal") if c in done and (done.groupby("size")[c].nunique() > 1).any()]
         for size, colour in colours.items():
-            part = done[done["size"] == size]
-            for _, run in part.groupby("workdir" if "workdir" in part else "run"):
-                ax.plot(run["epoch"], run["exact_match"], color=colour, lw=0.5, alpha=0.35)
-            stats = [(e, *t_interval(g["exact_match"])) for e, g in part.groupby("epoch")]
-            e, mean, low, high, n = (np.array(v) for v in zip(*stats))
-            seeds = int(n.max())
-            ax.plot(e, mean, color=colour, lw=1.6, label=f"{size} ({seeds} seed{'s' * (seeds > 1)})")
-            ax.fill_between(e, low, high, color=colour, alpha=0.25, lw=0)
+            for v, (key, part) in enumerate(done[done["size"] == size].groupby(split or (lambda _: 0))):
+                for _, run in part.groupby("workdir" if "workdir" in part else "run"):
+                    ax.plot(run["epoch"], run["exact_match"], color=colour, lw=0.5, alpha=0.35,
+                            ls=LINESTYLES[v % len(LINESTYLES)])
+                stats = [(e, *t_interval(g["exact_match"])) for e, g in part.groupby("epoch")]
+                e, mean, low, high, n = (np.array(v) for v in zip(*stats))
+                seeds = int(n.max())
+                key = key if isinstance(key, tuple) else (key,)
+                variant = "".join(f", {c}={k:g}" if c == "peak_lr" else f", {c}={k}" for c, k in zip(split, key))
+                ax.plot(e, mean, color=colour, lw=1.6, ls=LINESTYLES[v % len(LINESTYLES)],
+                        label=f"{size}{variant} ({seeds} seed{'s' * (seeds > 1)})")
+                ax.fill_between(e, low, high, color=colour, alpha=0.25, lw=0)
         ax.legend(fontsize=7, title="size", title_fontsize=7)
     source = ", ".join(sorted(set(summary["m_from"]))) if len(summary) else ""
     ax.set(xlabel="epochs completed", ylabel="exact memorization $M_e$ of the training set", ylim=(0, 1),
