@@ -8,7 +8,9 @@ learns from 15% of the positions of each example per epoch, so it trains 80 epoc
 
     memdyn sweep --config=configs/masked_lm.py --workdir=runs/masked_lm \
         --sweep=model.size=nano,micro,tiny,small --sweep=seed=0,1,2
-    memdyn analyze memorization --sweep=runs/masked_lm --taus=0.3,0.4,0.5,0.6,0.7,0.8,0.9
+    memdyn analyze memorization --sweep=runs/masked_lm --taus=0.1,0.15,0.2,0.3,0.5,0.7,0.9
+
+docs/masked_lm.md adds the three smaller sizes at 3e-3 (``--sweep=optimizer.lr=0.003``).
 
 The argument is the size preset (default ``tiny``).
 """
