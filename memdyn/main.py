@@ -397,7 +397,12 @@ def _check_command_flags(command: str, args: list[str]) -> None:
     """Refuses a memdyn flag that the command does not take (absl flags are global): the flags a command takes
     are the ones its usage block in this module's docstring names."""
     import re
-    allowed = set(re.findall(r"--([a-z_]+)", "\n".join(_command_blocks()[command])))
+    blocks, label = _command_blocks()[command], command
+    if command == "analyze":  # each analysis takes the flags of its own block
+        analysis = next((a for a in args[1:] if not a.startswith("-")), None)
+        own_block = [b for b in blocks if b.split()[1] == analysis]
+        blocks, label = (own_block, f"analyze {analysis}") if own_block else (blocks, command)
+    allowed = set(re.findall(r"--([a-z_]+)", "\n".join(blocks)))
     own = {flag.name for flag in flags.FLAGS.get_flags_for_module(__name__)} | {"config"}
     for arg in args:
         if not arg.startswith("-"):
@@ -406,7 +411,7 @@ def _check_command_flags(command: str, args: list[str]) -> None:
         if name.startswith("no") and name[2:] in own and name not in own:  # --noextract
             name = name[2:]
         if name in own and name not in allowed:
-            raise app.UsageError(f"--{name} is not a flag of `memdyn {command}` (its flags: "
+            raise app.UsageError(f"--{name} is not a flag of `memdyn {label}` (its flags: "
                                  f"{', '.join('--' + f for f in sorted(allowed))}; see `memdyn {command} --help`)")
 
 

@@ -148,6 +148,11 @@ def test_a_flag_of_another_command_is_refused_by_name():
     assert "Traceback" not in proc.stderr
     proc = run_memdyn("train", "--workdir=/nonexistent", "--noextract")
     assert proc.returncode != 0 and "--extract is not a flag of `memdyn train`" in proc.stderr
+    # each analysis takes its own flags
+    proc = run_memdyn("analyze", "learning_rate", "--sweep=/nonexistent", "--m_from=in_step")
+    assert proc.returncode != 0 and "--m_from is not a flag of `memdyn analyze learning_rate`" in proc.stderr
+    proc = run_memdyn("analyze", "forgetting", "--sweep=/nonexistent", "--taus=0.5")
+    assert proc.returncode != 0 and "--taus is not a flag of `memdyn analyze forgetting`" in proc.stderr
 
 
 def test_launchers_run_as_modules_of_the_installed_package(tmp_path):
