@@ -56,6 +56,16 @@ def read_csv(path: str) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def write_csvs(out_dir: str, prefix: str, frames: dict[str, pd.DataFrame]) -> None:
+    """Each frame as ``<out_dir>/<prefix>_<name>.csv``, written atomically (the directory is created)."""
+    from memdyn import runs
+
+    os.makedirs(out_dir, exist_ok=True)
+    for name, frame in frames.items():
+        runs.atomic_write(os.path.join(out_dir, f"{prefix}_{name}.csv"),
+                          lambda tmp, f=frame: f.to_csv(tmp, index=False))
+
+
 def analyses() -> dict[str, Analysis]:
     """Every analysis of this package, by name (imports the package's modules, which register themselves)."""
     for module in pkgutil.iter_modules(__path__):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from memdyn import runs
-from memdyn.analysis import Options, register, stats, tables
+from memdyn.analysis import Options, register, stats, tables, write_csvs
 from memdyn.analysis import memorization as mem
 
 TAUS = (0.3, 0.5, 0.7, 0.9)
@@ -96,10 +96,7 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=TAUS) -> dict[str, pd.D
     table = grid(summary, taus)
     picked = chosen_runs(summary, table)
     result = {"runs": summary, "grid": table, "shape": shape(table, taus), "chosen": mem.by_size(picked, taus)}
-    os.makedirs(out_dir, exist_ok=True)
-    for name, frame in result.items():
-        runs.atomic_write(os.path.join(out_dir, f"learning_rate_{name}.csv"),
-                          lambda tmp, f=frame: f.to_csv(tmp, index=False))
+    write_csvs(out_dir, "learning_rate", result)
     runs.atomic_write_text(os.path.join(out_dir, "learning_rate_grid.md"),
                            tables.to_markdown(_grid_table(table, taus)) + "\n")
     runs.atomic_write_text(os.path.join(out_dir, "learning_rate_shape.md"),

@@ -16,7 +16,7 @@ import os
 import pandas as pd
 
 from memdyn import runs
-from memdyn.analysis import Options, read_csv, register, stats, tables
+from memdyn.analysis import Options, read_csv, register, stats, tables, write_csvs
 
 LEFT_OUT_TAGS = ("NONE",)
 
@@ -67,9 +67,7 @@ def analyze_runs(workdirs: list[str], out_dir: str) -> dict[str, pd.DataFrame]:
     final = stats.over_seeds(last, ["params", "size", "tag"], ["R", "R_mem", "epoch"])
     final = final.sort_values(["params", "R_mem_mean"], ascending=[True, False], kind="stable", ignore_index=True)
     result = {"curves": curves, "by_size": by_size, "final": final}
-    os.makedirs(out_dir, exist_ok=True)
-    for name, frame in result.items():
-        runs.atomic_write(os.path.join(out_dir, f"pos_{name}.csv"), lambda tmp, f=frame: f.to_csv(tmp, index=False))
+    write_csvs(out_dir, "pos", result)
     table = pd.DataFrame({"size": final["size"], "tag": final["tag"], "seeds": final["n_seeds"],
                           "epoch": final["epoch_mean"].round().astype(int),
                           "R": [stats.format_ci(r.R_mean, r.R_ci_low, r.R_ci_high) for r in final.itertuples()],

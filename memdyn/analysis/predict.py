@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from memdyn import runs
-from memdyn.analysis import Options, read_csv, register, stats, tables
+from memdyn.analysis import Options, read_csv, register, stats, tables, write_csvs
 
 BOOTSTRAP = 2000
 FAMILIES = ("target checkpoint", "smaller, final", "smaller, intermediate")
@@ -280,10 +280,7 @@ def analyze_runs(workdirs: list[str], out_dir: str, replicates: int = BOOTSTRAP)
     result = {"models": models.drop(columns=["path", "workdir"]), "pairs": pairs, "predictors": predictors,
               "equicompute": equicompute(predictors), "memorized": memorized_fractions(models),
               "scores": score_distribution(models), "duplicates": by_duplicates(models)}
-    os.makedirs(out_dir, exist_ok=True)
-    for name, frame in result.items():
-        path = os.path.join(out_dir, f"predict_{name}.csv")
-        runs.atomic_write(path, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+    write_csvs(out_dir, "predict", result)
     runs.atomic_write_text(os.path.join(out_dir, "predict_tables.md"), markdown(result) + "\n")
     runs.atomic_write(os.path.join(out_dir, "predict.png"), lambda tmp: _plot(result, tmp))
     return result

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from memdyn import runs
-from memdyn.analysis import Options, read_csv, register, stats, tables
+from memdyn.analysis import Options, read_csv, register, stats, tables, write_csvs
 from memdyn.analysis.memorization import DEFAULT_TAUS, steps_per_epoch, tau_label
 
 CONDITIONS = ("none", "control", "prefix")
@@ -148,10 +148,7 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=DEFAULT_TAUS) -> dict[s
     curve_differences = _epoch_differences(epochs)
     result = {"epochs": epochs, "runs": summary, "conditions": conditions, "differences": differences,
               "curve_differences": curve_differences}
-    os.makedirs(out_dir, exist_ok=True)
-    for name, frame in result.items():
-        runs.atomic_write(os.path.join(out_dir, f"unique_ids_{name}.csv"),
-                          lambda tmp, f=frame: f.to_csv(tmp, index=False))
+    write_csvs(out_dir, "unique_ids", result)
     runs.atomic_write_text(os.path.join(out_dir, "unique_ids_conditions.md"),
                            tables.to_markdown(_conditions_table(conditions, taus)) + "\n")
     runs.atomic_write_text(os.path.join(out_dir, "unique_ids_differences.md"),
