@@ -7,7 +7,9 @@ resumed run rewrites nothing twice and misses nothing. Starting, resuming and fo
 
 With several JAX processes every process runs the same loop and computes the same (replicated) metrics, but only
 process 0 writes result files; the others keep the same row counts and part names, so the checkpoint meta is the
-same everywhere.
+same everywhere. A SIGTERM to any of the processes makes every process save the same step: JAX's preemption
+service (started by ``jax.distributed.initialize``) catches the signal, and ``reached_preemption_sync_point``,
+asked after every step, names the first step all processes can still reach.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from memdyn import checkpoint, insertion, memsinks
 from memdyn import config as config_lib
@@ -103,8 +106,11 @@ class Trainer:
             counters.first_step = counters.step
         self.results = RunResults(self.workdir, c, run.order, start.meta if resuming else None,
                                   write=is_primary(), tag_names=run.tag_names)
-        in_main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
-        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
+        # One process: our own SIGTERM handler. Several: JAX's preemption service owns SIGTERM (a handler of ours
+        # would replace it) and agrees with the other processes on the step to save.
+        synced = jax.process_count() > 1
+        own_handler = not synced and threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if own_handler else None
         try:
             with run.context():
                 pending: list = []
@@ -121,7 +127,9 @@ class Trainer:
                         items += self._evaluate(params, name, counters, self._label(counters.step))
                     self._drain(pending)  # results of the previous step, fetched after this one is dispatched
                     pending = items
-                    preempted = self._preempted  # read once: a SIGTERM arriving later counts from the next step
+                    # read once: a SIGTERM arriving later counts from the next step
+                    preempted = (multihost_utils.reached_preemption_sync_point(counters.step) if synced
+                                 else self._preempted)
                     if preempted or self.checkpointer.should_save(counters.step):
                         self._drain(pending)
                         pending = []
@@ -132,7 +140,7 @@ class Trainer:
                                         "`memdyn train` with the same --workdir to resume")
                 self._drain(pending)
         finally:
-            if in_main_thread:
+            if own_handler:
                 signal.signal(signal.SIGTERM, previous_handler)
             self.checkpointer.close()
             self.results.close()
