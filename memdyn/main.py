@@ -31,10 +31,24 @@ Commands:
          into a new workdir: config.json (model.size='custom', data.source='imported') and checkpoint S (default
          0: give the checkpoint's training step), which `memdyn extract --tokens/--indexed` scores like any run.
   sweep  --config=<file>.py[:arg] [--config.<field>=<value> ...] --workdir=<sweep dir>
-         --sweep=<field>=<v1>,<v2>[,...] [--sweep=...] [--parallel=<k>]
+         --sweep=<field>=<v1>,<v2>[,...] [--sweep=...] [--parallel=<k>] [--backend=local]
          Train the cross product of the --sweep values, one workdir per run (<sweep dir>/<field>=<v>,...);
-         complete runs are skipped, interrupted ones resume; sweep.json lists the runs and their status.
+         complete runs are skipped, interrupted ones resume; sweep.json lists the runs and their status. With
+         --parallel=k, k runs at a time, each in its own process with its own group of the host's GPUs.
          With --dry_run: validate every run and list it (complete / partial / new), train and write nothing.
+  sweep  ... --backend=slurm --gpus_per_node=<G> [--nodes=1] [--partition=<p>] [--account=<a>] [--time=<t>]
+         [--cpus_per_task=<c>] [--mem=<m>] [--max_running=<k>] [--sbatch_arg=<--option=value> ...] [--dry_run]
+         Submit the runs that are neither complete nor queued as one SLURM job array (<sweep dir>/slurm/);
+         each task is `srun` with one `memdyn train --distributed` process per GPU (G=0: CPU runs, one process
+         per node), requeued when preempted (SIGTERM), resuming its checkpoint. Submitting again resubmits only
+         the runs that failed. --dry_run checks everything and prints the batch script, submitting nothing.
+  sweep  ... --backend=tpu --tpu=<TPU VM name> --zone=<zone> [--project=<project>] [--tpu_python=python3]
+         [--dry_run]
+         Run each unfinished run on every worker of a TPU VM pod (`gcloud compute tpus tpu-vm ssh --worker=all`,
+         `memdyn train --distributed`), one run after another; --dry_run prints the commands.
+  sweep  status --workdir=<sweep dir>
+         Each run of the sweep: done / running / pending / failed / interrupted / not started, its latest
+         checkpoint, its SLURM job and log (from the workdirs, sweep.json and the scheduler's queue).
   export (--workdir=<dir> | --sweep=<dir>) --out=<dir>
          Tidy CSVs (train, eval, insertions, examples, eval_examples) of a run, or of all the runs of a sweep
          concatenated with the swept fields as columns.
@@ -83,6 +97,7 @@ Commands:
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -136,6 +151,24 @@ _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "`sweep`: <field>=<v1>,<v2>,... (repeat the flag for a cross product); "
     "`export`/`analyze`: the directory of a sweep's runs.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "`sweep`: runs at a time (each in its own process when > 1).")
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "`sweep`: where the runs train: this "
+                             "host, a SLURM job array, or every worker of a TPU VM pod.")
+_GPUS_PER_NODE = flags.DEFINE_integer("gpus_per_node", None, "`sweep --backend=slurm`: GPUs per node of each run, "
+                                      "one process each (0: CPU runs).")
+_NODES = flags.DEFINE_integer("nodes", 1, "`sweep --backend=slurm`: nodes per run.")
+_PARTITION = flags.DEFINE_string("partition", None, "`sweep --backend=slurm`: the SLURM partition.")
+_ACCOUNT = flags.DEFINE_string("account", None, "`sweep --backend=slurm`: the SLURM account.")
+_TIME = flags.DEFINE_string("time", None, "`sweep --backend=slurm`: time limit per run (SLURM format, e.g. 4:00:00).")
+_CPUS_PER_TASK = flags.DEFINE_integer("cpus_per_task", None, "`sweep --backend=slurm`: CPUs per process.")
+_MEM = flags.DEFINE_string("mem", None, "`sweep --backend=slurm`: memory per node (SLURM format, e.g. 64G).")
+_MAX_RUNNING = flags.DEFINE_integer("max_running", None, "`sweep --backend=slurm`: array tasks running at once.")
+_SBATCH_ARG = flags.DEFINE_multi_string("sbatch_arg", [], "`sweep --backend=slurm`: a further #SBATCH option, "
+                                        "e.g. --sbatch_arg=--qos=high (repeatable).")
+_TPU = flags.DEFINE_string("tpu", None, "`sweep --backend=tpu`: the TPU VM's name.")
+_ZONE = flags.DEFINE_string("zone", None, "`sweep --backend=tpu`: the TPU VM's zone.")
+_PROJECT = flags.DEFINE_string("project", None, "`sweep --backend=tpu`: the Google Cloud project.")
+_TPU_PYTHON = flags.DEFINE_string("tpu_python", "python3", "`sweep --backend=tpu`: the workers' Python, with "
+                                  "memdyn installed.")
 _OUT = flags.DEFINE_string("out", None, "`export`/`analyze`: output directory (default: --workdir or --sweep); "
                            "`vocab`: the SentencePiece model file to write; `extract`: the .csv/.parquet file.")
 _SET = flags.DEFINE_string("set", None, "`eval`, `extract`: the set to evaluate (a tracked set or `train`); "
@@ -281,20 +314,70 @@ def _run_or_sweep(command: str) -> tuple[str | None, str | None]:
     return _WORKDIR.value, sweep_dir
 
 
-def cmd_sweep() -> None:
-    from memdyn import sweep
+def cmd_sweep(what: str = "") -> None:
+    from memdyn import slurm, sweep, tpu
+    if what == "status":
+        rows = sweep.sweep_status(_require(_WORKDIR, "sweep status"))
+        for row in rows:
+            step = "-" if row["step"] is None else row["step"]
+            print(f"{row['status']:>11}  {row['name']}  step {step}/{row['num_steps'] or '?'}"
+                  + (f"  job {row['job']}" if row["job"] else "") + (f"  {row['log']}" if row["log"] else ""))
+        counts = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        print(f"{len(rows)} runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        return
+    if what:
+        raise app.UsageError(f"unexpected arguments {[what]!r} (`memdyn sweep status` is the only subcommand)")
     if not _SWEEP.value:
         raise app.UsageError("`memdyn sweep` needs at least one --sweep=<field>=<v1>,<v2>,...")
     path, _, arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
     overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    sweep_dir = _require(_WORKDIR, "sweep")
+    slurm_flags = [f for f in (_GPUS_PER_NODE, _PARTITION, _ACCOUNT, _TIME, _CPUS_PER_TASK, _MEM, _MAX_RUNNING)
+                   if f.value is not None] + [f for f in (_NODES, _SBATCH_ARG) if f.present]
+    tpu_flags = [f for f in (_TPU, _ZONE, _PROJECT) if f.value is not None] + ([_TPU_PYTHON] if _TPU_PYTHON.present
+                                                                              else [])
+    for backend, given in (("slurm", slurm_flags), ("tpu", tpu_flags)):
+        if given and _BACKEND.value != backend:
+            raise app.UsageError(f"--{given[0].name} is a flag of --backend={backend}, not --backend={_BACKEND.value}")
+    if _BACKEND.value != "local" and _PARALLEL.present:
+        raise app.UsageError(f"--parallel is for --backend=local; --backend={_BACKEND.value} runs every run as its "
+                             "own job")
+    if _BACKEND.value == "slurm":
+        resources = slurm.Resources(
+            gpus_per_node=_GPUS_PER_NODE.value, nodes=_NODES.value, partition=_PARTITION.value, account=_ACCOUNT.value,
+            time=_TIME.value, cpus_per_task=_CPUS_PER_TASK.value, mem=_MEM.value, max_running=_MAX_RUNNING.value,
+            sbatch_args=tuple(_SBATCH_ARG.value))
+        out = sweep.submit_slurm(path, arg or None, sweep_dir, _SWEEP.value, overrides, resources,
+                                 dry_run=_DRY_RUN.value)
+        if _DRY_RUN.value and out["script"]:
+            print(out["script"])
+        for run in out["runs"]:
+            print(f"{run['status']:>11}  {run['name']}" + (f"  job {run['slurm_job']}" if run.get("slurm_job") else ""))
+        if _DRY_RUN.value:
+            print("nothing submitted (--dry_run); SLURM accepts the script (sbatch --test-only)" if out["script"]
+                  else "nothing to submit: every run is complete or queued")
+        else:
+            print(f"submitted array {out['array_id']}: {out['script']}" if out["array_id"]
+                  else "nothing to submit: every run is complete or queued")
+        return
+    if _BACKEND.value == "tpu":
+        pod = tpu.Pod(name=_TPU.value, zone=_ZONE.value, project=_PROJECT.value, python=_TPU_PYTHON.value)
+        runs = sweep.run_tpu(path, arg or None, sweep_dir, _SWEEP.value, overrides, pod, dry_run=_DRY_RUN.value)
+        for run in runs:
+            print(f"{run['status']:>11}  {run['name']}")
+            if _DRY_RUN.value and run["status"] != "skipped":
+                print("  " + " ".join(shlex.quote(a) for a in run["command"]))
+        return
     if _DRY_RUN.value:
-        planned = sweep.plan_sweep(path, arg or None, _require(_WORKDIR, "sweep"), _SWEEP.value, overrides)
+        planned = sweep.plan_sweep(path, arg or None, sweep_dir, _SWEEP.value, overrides)
         for run in planned:
             print(f"{run['status']:>9}  {run['name']}  ({run['config'].num_steps} steps, model "
                   f"{run['config'].model.size}, seed {run['config'].seed})")
         print(f"{len(planned)} runs, all valid; nothing trained (`memdyn train --dry_run` details one run)")
         return
-    runs = sweep.run_sweep(path, arg or None, _require(_WORKDIR, "sweep"), _SWEEP.value,
+    runs = sweep.run_sweep(path, arg or None, sweep_dir, _SWEEP.value,
                            base_overrides=overrides, parallel=_PARALLEL.value)
     for run in runs:
         print(f"{run['status']:>11}  {run['name']}")
@@ -341,15 +424,15 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: memdyn <{'|'.join(COMMANDS)}> [flags]; got {argv[1:]!r}. "
                              "`memdyn --helpfull` lists every flag.")
-    positional = argv[3:] if argv[1] == "analyze" else argv[2:]
+    positional = argv[3:] if argv[1] in ("analyze", "sweep") else argv[2:]
     if positional:
         raise app.UsageError(f"unexpected arguments {positional!r}")
     _check_command_flags(argv[1], sys.argv[1:])
     logs.configure()
     init_distributed(argv[1])
     try:
-        if argv[1] == "analyze":
-            cmd_analyze(argv[2] if len(argv) > 2 else "")
+        if argv[1] in ("analyze", "sweep"):
+            {"analyze": cmd_analyze, "sweep": cmd_sweep}[argv[1]](argv[2] if len(argv) > 2 else "")
         else:
             {"train": cmd_train, "eval": cmd_eval, "extract": cmd_extract, "import-hf": cmd_import_hf,
              "rows": cmd_rows, "sweep": cmd_sweep, "export": cmd_export, "vocab": cmd_vocab}[argv[1]]()
@@ -398,10 +481,10 @@ def _check_command_flags(command: str, args: list[str]) -> None:
     are the ones its usage block in this module's docstring names."""
     import re
     blocks, label = _command_blocks()[command], command
-    if command == "analyze":  # each analysis takes the flags of its own block
-        analysis = next((a for a in args[1:] if not a.startswith("-")), None)
-        own_block = [b for b in blocks if b.split()[1] == analysis]
-        blocks, label = (own_block, f"analyze {analysis}") if own_block else (blocks, command)
+    if command in ("analyze", "sweep"):  # each analysis (and `sweep status`) takes the flags of its own block
+        sub = next((a for a in args[1:] if not a.startswith("-")), None)
+        own_block = [b for b in blocks if b.split()[1] == sub]
+        blocks, label = (own_block, f"{command} {sub}") if own_block else (blocks, command)
     allowed = set(re.findall(r"--([a-z_]+)", "\n".join(blocks)))
     own = {flag.name for flag in flags.FLAGS.get_flags_for_module(__name__)} | {"config"}
     for arg in args:

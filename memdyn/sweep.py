@@ -1,10 +1,12 @@
-"""Local sweeps: the cross product of ``--sweep a.b=v1,v2`` specs, one workdir per combination.
+"""Sweeps: the cross product of ``--sweep a.b=v1,v2`` specs, one workdir per combination, on three backends.
 
-``run_sweep`` validates every combination before any run starts, skips runs that are already complete (a cheap
-look at the workdir's checkpoints, nothing is built), resumes interrupted ones (``lifecycle.train`` does that) and
-trains the rest, in this process one after another or as ``parallel`` concurrent ``memdyn train`` processes.
-``<sweep_dir>/sweep.json`` lists every run with its overrides and status: pending, running, complete (trained
-by this call), skipped (already complete), failed or interrupted.
+``run_sweep`` (``--backend=local``) validates every combination before any run starts, skips runs that are
+already complete (a cheap look at the workdir's checkpoints, nothing is built), resumes interrupted ones
+(``lifecycle.train`` does that) and trains the rest, in this process one after another or as ``parallel``
+concurrent ``memdyn train`` processes, each with its own group of the host's GPUs. ``submit_slurm`` submits the
+runs that are neither complete nor queued as one SLURM job array (``memdyn.slurm``); ``run_tpu`` runs each on every
+worker of a TPU VM pod (``memdyn.tpu``). ``<sweep_dir>/sweep.json`` lists every run with its overrides and status;
+``sweep_status`` reads it back with the workdirs and the scheduler's queue.
 
 The runs of a sweep share JAX's persistent compilation cache, ``<sweep_dir>/compile_cache`` (or the directory
 ``JAX_COMPILATION_CACHE_DIR`` names): runs of one shape compile their steps once, later runs load the
@@ -22,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -30,6 +33,7 @@ from ml_collections import config_dict
 
 from memdyn import config as config_lib
 from memdyn import runs as runs_lib
+from memdyn import slurm, tpu
 from memdyn.runs import SWEEP_FILE, parse_value
 
 _KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -197,14 +201,137 @@ def run_sweep(config_path: str, config_arg: str | None, sweep_dir: str, specs: l
     if parallel == 1:
         _run_in_process(todo, len(runs), manifest, compile_cache_env(sweep_dir))
     else:
-        command = [sys.executable, "-m", "memdyn", "train",
-                   f"--config={config_path}" + (f":{config_arg}" if config_arg is not None else "")]
+        command = [sys.executable, "-m", "memdyn", "train", _config_flag(config_path, config_arg)]
         _run_processes(todo, len(runs), manifest, command, base_overrides, parallel, sweep_dir)
     failed = [r["name"] for r in runs if r["status"] == "failed"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(runs)} sweep runs failed ({', '.join(failed)}); "
                            f"see {manifest.path}")
     return [_public(r) for r in runs]
+
+
+def _load_plan(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],
+               base_overrides: dict[str, Any] | None) -> tuple[str, str, dict[str, Any], list[dict[str, Any]]]:
+    config_path, sweep_dir = os.path.abspath(config_path), os.path.abspath(sweep_dir)
+    base_overrides = dict(base_overrides or {})
+    runs = _plan(config_lib.load_config_file(config_path, config_arg), sweep_dir, specs, base_overrides)
+    for index, run in enumerate(runs):
+        run["index"] = index
+    return config_path, sweep_dir, base_overrides, runs
+
+
+def submit_slurm(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],
+                 base_overrides: dict[str, Any] | None, resources: slurm.Resources,
+                 dry_run: bool = False) -> dict[str, Any]:
+    """Submits the sweep's runs that are neither complete nor still queued as one SLURM job array (array task i =
+    run i of the sweep); submitting the same sweep again resubmits only the runs that failed or never ran.
+
+    Returns ``{"runs": [...], "array_id": <id or None>, "script": <path or the text when dry_run>}``. With
+    ``dry_run`` everything is checked (SLURM's ``sbatch --test-only`` too) and nothing written or submitted.
+    """
+    config_path, sweep_dir, base_overrides, runs = _load_plan(config_path, config_arg, sweep_dir, specs,
+                                                              base_overrides)
+    slurm.check_resources(resources, sweep_dir)
+    manifest_path = os.path.join(sweep_dir, SWEEP_FILE)
+    earlier = {r["name"]: r for r in _read_runs(manifest_path)}
+    queue = slurm.queued([r["slurm_job"].split("_")[0] for r in earlier.values() if r.get("slurm_job")])
+    todo = []
+    for run in runs:
+        before = earlier.get(run["name"], {})
+        if runs_lib.is_complete(run["workdir"], run["config"].num_steps):
+            run["status"] = "skipped"
+        elif before.get("slurm_job") in queue:  # still the scheduler's: leave it
+            run.update(status=queue[before["slurm_job"]], slurm_job=before["slurm_job"], log=before.get("log"))
+        else:
+            todo.append(run)
+    tasks = [{"index": run["index"], "name": run["name"], "args": _run_flags(run, base_overrides)} for run in todo]
+    command = [sys.executable, "-m", "memdyn", "train", _config_flag(config_path, config_arg)]
+    env = {**_package_env(), **compile_cache_env(sweep_dir)}
+    text = slurm.script(tasks, command, env, resources, sweep_dir, "memdyn-" + os.path.basename(sweep_dir))
+    if todo:  # SLURM's own check, before anything is written
+        with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as f:
+            f.write(text)
+            f.flush()
+            slurm.check_script(f.name)
+    if dry_run:
+        for run in todo:
+            run["status"] = "to submit"
+        return {"runs": [_public(r) for r in runs], "array_id": None, "script": text if todo else None}
+    if not todo:
+        return {"runs": [_public(r) for r in runs], "array_id": None, "script": None}
+    os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+    script_dir = os.path.join(sweep_dir, slurm.SCRIPT_DIR)
+    path = os.path.join(script_dir, f"array-{len(os.listdir(script_dir)) if os.path.isdir(script_dir) else 0}.sbatch")
+    runs_lib.atomic_write_text(path, text)
+    array_id = slurm.submit(path)
+    for run in todo:
+        job = f"{array_id}_{run['index']}"
+        run.update(status="submitted", slurm_job=job, log=os.path.join(sweep_dir, "logs", f"slurm-{job}.log"))
+    header = {"config": config_path, "config_arg": config_arg, "specs": list(specs), "base_overrides": base_overrides,
+              "backend": "slurm"}
+    _Manifest(sweep_dir, header, runs).save()
+    return {"runs": [_public(r) for r in runs], "array_id": array_id, "script": path}
+
+
+def run_tpu(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],
+            base_overrides: dict[str, Any] | None, pod: tpu.Pod, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Runs the sweep's unfinished runs one after another, each on every worker of the TPU VM ``pod``; with
+    ``dry_run`` only lists them, each with the gcloud command that would run it (``run["command"]``)."""
+    tpu.check_pod(pod)
+    config_path, sweep_dir, base_overrides, runs = _load_plan(config_path, config_arg, sweep_dir, specs,
+                                                              base_overrides)
+    for run in runs:
+        done = runs_lib.is_complete(run["workdir"], run["config"].num_steps)
+        run["status"] = "skipped" if done else "to run" if dry_run else "pending"
+        run["command"] = tpu.worker_command(pod, [_config_flag(config_path, config_arg),
+                                                  *_run_flags(run, base_overrides)])
+    if dry_run:
+        return [_public(r) for r in runs]
+    os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+    header = {"config": config_path, "config_arg": config_arg, "specs": list(specs), "base_overrides": base_overrides,
+              "backend": "tpu"}
+    manifest = _Manifest(sweep_dir, header, runs)
+    manifest.save()
+    for run in [r for r in runs if r["status"] == "pending"]:
+        log_path = os.path.join(sweep_dir, "logs", f"{run['name']}.log")
+        logging.info("run %s on every worker of %s (its log: %s)", run["name"], pod.name, log_path)
+        run["status"] = "running"
+        manifest.save()
+        returncode = tpu.run(run["command"], log_path)
+        _finish(run, returncode, log_path)
+        manifest.save()
+    failed = [r["name"] for r in runs if r["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} sweep runs failed ({', '.join(failed)}); "
+                           f"see {manifest.path}")
+    return [_public(r) for r in runs]
+
+
+def sweep_status(sweep_dir: str) -> list[dict[str, Any]]:
+    """Every run of sweep.json: ``status`` done (trained to its num_steps), running or pending (the scheduler's
+    word for a SLURM task; sweep.json's for a local or TPU run), failed (a SLURM task the scheduler no longer holds,
+    or a run sweep.json says failed or was interrupted) or not started; ``step``: its latest checkpoint."""
+    path = os.path.join(os.path.abspath(sweep_dir), SWEEP_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--workdir={sweep_dir!r} holds no sweep ({SWEEP_FILE} is missing)")
+    recorded = _read_runs(path)
+    queue = slurm.queued([r["slurm_job"].split("_")[0] for r in recorded if r.get("slurm_job")]) \
+        if any(r.get("slurm_job") for r in recorded) else {}
+    out = []
+    for run in recorded:
+        stored = runs_lib.read_config(run["workdir"])
+        step = runs_lib.latest_checkpoint(run["workdir"])
+        num_steps = stored.get("num_steps") if stored else None
+        if stored is not None and step is not None and num_steps is not None and step >= num_steps:
+            status = "done"
+        elif run.get("slurm_job"):
+            status = queue.get(run["slurm_job"], "failed")
+        else:
+            status = {"running": "running", "pending": "pending", "failed": "failed", "interrupted": "interrupted",
+                      "complete": "failed", "skipped": "failed"}.get(run.get("status"), "not started")
+        out.append({"name": run["name"], "status": status, "step": step, "num_steps": num_steps,
+                    "job": run.get("slurm_job"), "log": run.get("log") or run.get("error")})
+    return out
 
 
 def _run_in_process(todo: list[tuple[int, dict]], total: int, manifest: _Manifest, cache_env: dict[str, str]) -> None:
@@ -251,6 +378,57 @@ def _train_each(todo, total: int, manifest: _Manifest, lifecycle, train) -> None
             manifest.save()
 
 
+def _config_flag(config_path: str, config_arg: str | None) -> str:
+    return f"--config={config_path}" + (f":{config_arg}" if config_arg is not None else "")
+
+
+def _run_flags(run: dict[str, Any], base_overrides: dict[str, Any]) -> list[str]:
+    """The `memdyn train` flags of one run after the config flag: its overrides and its workdir."""
+    return [*(format_flag(k, v) for k, v in {**base_overrides, **run["overrides"]}.items()),
+            f"--workdir={run['workdir']}"]
+
+
+def _package_env() -> dict[str, str]:
+    """PYTHONPATH that makes a child process import this memdyn (a checkout that is not installed, too)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
+# -- local device groups -------------------------------------------------------------------------------------------
+def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
+    """The host's GPUs that runs may use: ``CUDA_VISIBLE_DEVICES`` when set, else the ones ``nvidia-smi`` lists."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [g.strip() for g in environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU ")] \
+        if listed.returncode == 0 else []
+
+
+def device_groups(gpus: list[str], parallel: int, environ: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The environment of each of ``parallel`` process slots on a host with ``gpus``: a disjoint group of
+    len(gpus) // parallel GPUs each; with more slots than GPUs, slots share GPUs round-robin and each preallocates
+    only its share of a GPU's memory (JAX's default is 75% per process, so two would not fit). A memory setting the
+    user made (XLA_PYTHON_CLIENT_MEM_FRACTION / _PREALLOCATE / _ALLOCATOR) is kept. No GPUs: nothing to set."""
+    environ = os.environ if environ is None else environ
+    if not gpus:
+        return [{} for _ in range(parallel)]
+    if len(gpus) >= parallel:
+        per = len(gpus) // parallel
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per:(i + 1) * per])} for i in range(parallel)]
+    groups = [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(parallel)]
+    user_set = any(k in environ for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                                          "XLA_PYTHON_CLIENT_ALLOCATOR"))
+    if not user_set:
+        sharers = -(-parallel // len(gpus))
+        for group in groups:
+            group["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharers:.3f}"
+    return groups
+
+
 def format_flag(key: str, value: Any) -> str:
     """``--config.<key>=<value>`` as ml_collections' config flags parse it back into ``value``."""
     text = value if isinstance(value, str) else repr(tuple(value)) if isinstance(value, list) else repr(value)
@@ -268,26 +446,31 @@ def _run_processes(todo: list[tuple[int, dict]], total: int, manifest: _Manifest
     which then SIGTERMs its runs so they save a checkpoint)."""
     log_dir = os.path.join(sweep_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-               **compile_cache_env(sweep_dir))
+    env = dict(os.environ, **_package_env(), **compile_cache_env(sweep_dir))
+    gpus = visible_gpus()
+    free_slots = list(enumerate(device_groups(gpus, parallel)))
+    if gpus and len(gpus) % parallel and len(gpus) > parallel:
+        logging.warning("%d GPUs, %d runs at a time: %d GPUs stay idle", len(gpus), parallel, len(gpus) % parallel)
     queue, running = list(todo), {}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         while queue or running:
             while queue and len(running) < parallel:
                 i, run = queue.pop(0)
-                flags = [format_flag(k, v) for k, v in {**base_overrides, **run["overrides"]}.items()]
+                slot, devices = free_slots.pop(0)
                 log_path = os.path.join(log_dir, f"{run['name']}.log")
                 logging.info("run %d/%d: %s started (its log: %s)", i, total, run["name"], log_path)
                 with open(log_path, "w") as log:
-                    proc = subprocess.Popen([*command, *flags, f"--workdir={run['workdir']}"], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-                running[proc] = (run, log_path)
+                    proc = subprocess.Popen([*command, *_run_flags(run, base_overrides)], env={**env, **devices},
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                running[proc] = (run, log_path, (slot, devices))
                 run["status"] = "running"
+                if devices:
+                    run["devices"] = devices
                 manifest.save()
             for proc in [p for p in running if p.poll() is not None]:
-                run, log_path = running.pop(proc)
+                run, log_path, slot = running.pop(proc)
+                free_slots.append(slot)
                 _finish(run, proc.returncode, log_path)
                 manifest.save()
                 done = sum(r["status"] in ("complete", "failed") for _, r in todo)
@@ -318,9 +501,9 @@ def _finish(run: dict[str, Any], returncode: int, log_path: str) -> None:
     logging.error("sweep run %s failed: %s", run["name"], run["error"])
 
 
-def _stop(running: dict[subprocess.Popen, tuple[dict, str]]) -> None:
+def _stop(running: dict[subprocess.Popen, tuple]) -> None:
     """SIGTERMs the running runs (they save a checkpoint and exit) and waits for them."""
-    for proc, (run, _) in running.items():
+    for proc, (run, *_) in running.items():
         proc.terminate()
         run["status"] = "interrupted"
     for proc in running:
