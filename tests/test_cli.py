@@ -179,3 +179,25 @@ def test_training_logs_every_evaluation_as_it_is_recorded(tmp_path):
     for (step, name, em, loss), row in zip(logged, evals.itertuples()):
         assert (int(step), name) == (row.step, row.set)
         assert abs(float(em) - row.exact_match) < 1e-4 and abs(float(loss) - row.loss) < 1e-4
+
+
+def test_sweep_backend_flags_are_checked_before_anything_runs(tmp_path):
+    sweep_dir = str(tmp_path / "sweep")
+    base = ["sweep", "--config=base", f"--workdir={sweep_dir}", "--sweep=seed=0,1"]
+    for flags, message in [
+            (["--gpus_per_node=2"], "--gpus_per_node is a flag of --backend=slurm, not --backend=local"),
+            (["--backend=slurm", "--tpu=pod"], "--tpu is a flag of --backend=tpu, not --backend=slurm"),
+            (["--backend=slurm", "--parallel=2"], "--parallel is for --backend=local"),
+            (["--backend=tpu", "--tpu=pod"], "--backend=tpu needs --zone"),
+            (["status"], "--config is not a flag of `memdyn sweep status`"),
+    ]:
+        proc = run_memdyn(*base, *flags)
+        assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-500:])
+    proc = run_memdyn("sweep", "status", f"--workdir={sweep_dir}", "--gpus_per_node=1")
+    assert proc.returncode != 0 and "--gpus_per_node is not a flag of `memdyn sweep status`" in proc.stderr
+    proc = run_memdyn("sweep", "status", f"--workdir={sweep_dir}")
+    assert proc.returncode == 2 and "holds no sweep (sweep.json is missing)" in proc.stderr
+    assert not os.path.exists(sweep_dir)
+    proc = run_memdyn(*base, "--backend=tpu", "--tpu=pod", "--zone=z", "--dry_run", "--config.num_steps=300")
+    assert proc.returncode == 0, proc.stderr
+    assert "gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all" in proc.stdout and not os.path.exists(sweep_dir)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import sys
 
 import pandas as pd
 import pytest
@@ -160,3 +161,71 @@ def test_runs_of_a_sweep_share_one_compilation_cache(tmp_path, monkeypatch):
         cached = pd.read_csv(os.path.join(sweep_dir, "seed=1", name)).drop(columns="steps_per_sec", errors="ignore")
         plain = pd.read_csv(os.path.join(in_process, "seed=1", name)).drop(columns="steps_per_sec", errors="ignore")
         pd.testing.assert_frame_equal(cached.drop(columns="run"), plain.drop(columns="run"))
+
+
+def test_device_groups_split_the_hosts_gpus_between_parallel_runs():
+    gpus = ["0", "1", "2", "3", "4", "5", "6", "7"]
+    assert sweep.device_groups(gpus, 4, environ={}) == [{"CUDA_VISIBLE_DEVICES": g} for g in
+                                                        ("0,1", "2,3", "4,5", "6,7")]
+    assert sweep.device_groups(gpus[:3], 2, environ={}) == [{"CUDA_VISIBLE_DEVICES": "0"},
+                                                            {"CUDA_VISIBLE_DEVICES": "1"}]  # GPU 2 idles
+    # more runs than GPUs: they share, each preallocating its share of the memory (JAX's default is 75% each)
+    shared = sweep.device_groups(["0", "1"], 4, environ={})
+    assert [g["CUDA_VISIBLE_DEVICES"] for g in shared] == ["0", "1", "0", "1"]
+    assert {g["XLA_PYTHON_CLIENT_MEM_FRACTION"] for g in shared} == {"0.450"}
+    user = sweep.device_groups(["0"], 2, environ={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    assert user == [{"CUDA_VISIBLE_DEVICES": "0"}] * 2  # the user's own memory setting is kept
+    assert sweep.device_groups([], 3, environ={}) == [{}, {}, {}]  # CPU: nothing to split
+    assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}) == ["3", "5"]
+    assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_parallel_runs_get_disjoint_device_groups_and_sweep_status_reads_them(tmp_path, monkeypatch, capsys):
+    """A host that shows 4 GPUs (CUDA_VISIBLE_DEVICES; the runs train on the CPU): 2 runs at a time get 2 GPUs
+    each, a third reuses the group of the run that ended; `memdyn sweep status` reports every run done."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    sweep_dir = str(tmp_path / "sweep")
+    sweep.run_sweep(BASE, None, sweep_dir, ["seed=0,1,2"], {**TINY, "num_steps": 2}, parallel=2)
+    recorded = {r["name"]: r["devices"]["CUDA_VISIBLE_DEVICES"]
+                for r in json.load(open(os.path.join(sweep_dir, "sweep.json")))["runs"]}
+    assert recorded["seed=0"] == "0,1" and recorded["seed=1"] == "2,3" and recorded["seed=2"] in ("0,1", "2,3")
+    status = sweep.sweep_status(sweep_dir)
+    assert [(r["name"], r["status"], r["step"], r["num_steps"]) for r in status] == [
+        (f"seed={s}", "done", 2, 2) for s in range(3)]
+    import shutil
+    shutil.rmtree(os.path.join(sweep_dir, "seed=2", "checkpoints"))  # as if its training had been lost
+    assert sweep.sweep_status(sweep_dir)[2]["status"] == "failed"
+
+
+def test_tpu_backend_runs_each_run_on_every_worker(tmp_path, monkeypatch):
+    """--dry_run lists the gcloud commands; without it they run, one after another (a stand-in gcloud on PATH
+    records its arguments and trains the run here, as a worker would)."""
+    from memdyn import tpu
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    pod = tpu.Pod(name="pod-1", zone="us-central2-b", project="proj")
+    sweep_dir = str(tmp_path / "sweep")
+    planned = sweep.run_tpu(BASE, None, sweep_dir, ["seed=0,1"], {**TINY, "num_steps": 2}, pod, dry_run=True)
+    assert not os.path.exists(sweep_dir)
+    command = planned[0]["command"]
+    assert command[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod-1", "--zone=us-central2-b",
+                           "--project=proj"]
+    assert command[8] == "--worker=all" and command[9].startswith("--command=python3 -m memdyn train --distributed ")
+    assert f"--workdir={os.path.join(sweep_dir, 'seed=0')}" in command[9] and "--config.seed=0" in command[9]
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    fake = bin_dir / "gcloud"  # runs the worker command here, without --distributed (no pod to find)
+    fake.write_text(f'#!/bin/bash\necho "$@" >> {calls}\ncmd="${{@: -1}}"; cmd="${{cmd#--command=}}"\n'
+                    f'cmd="${{cmd/python3/{sys.executable}}}"; eval "${{cmd/ --distributed/}}"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    ran = sweep.run_tpu(BASE, None, sweep_dir, ["seed=0,1"], {**TINY, "num_steps": 2}, pod)
+    assert [r["status"] for r in ran] == ["complete", "complete"]
+    assert len(calls.read_text().splitlines()) == 2
+    assert all(runs.is_complete(os.path.join(sweep_dir, f"seed={s}"), 2) for s in (0, 1))
+    again = sweep.run_tpu(BASE, None, sweep_dir, ["seed=0,1"], {**TINY, "num_steps": 2}, pod)
+    assert [r["status"] for r in again] == ["skipped", "skipped"] and len(calls.read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match="--backend=tpu needs --zone"):
+        sweep.run_tpu(BASE, None, sweep_dir, ["seed=0"], TINY, tpu.Pod(name="pod-1", zone=None))
