@@ -24,6 +24,8 @@ DOC_IDS = ("none", "prefix", "control")
 _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.name != "vocab_size")
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
+
 def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelShape:
     """Preset shape with the config's explicit overrides applied."""
     m = config.model
@@ -91,6 +93,9 @@ def validate(config: config_dict.ConfigDict) -> None:
     for field in ("every", "every_epochs"):
         if not isinstance(config.eval[field], int) or config.eval[field] < 0:
             raise ValueError(f"config.eval.{field}={config.eval[field]!r} must be a non-negative integer")
+    if config.model.dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.dtype!r}: expected one of {COMPUTE_DTYPES} (the compute "
+                         "dtype; parameters, optimizer state, logits, loss and metrics stay float32)")
     if not 0.0 < config.model.mask_prob < 1.0:
         raise ValueError(f"config.model.mask_prob={config.model.mask_prob} must be in (0, 1)")
     opt = config.optimizer

@@ -111,7 +111,9 @@ class Attention(nnx.Module):
         # One code path for full and cached attention: empty cache slots get probability exactly 0, so a cached
         # query computes what the full pass computes (up to rounding, as the matrix shapes differ).
         scale = self.shape.head_dim ** -0.5
-        scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) * scale
+        # scores, softmax and logits are float32 whatever the compute dtype (bfloat16 would round them coarsely)
+        scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK,
+                                    preferred_element_type=jnp.float32) * scale
         scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
         probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(dtype)
         out_BxLxHxK = sharding.constrain(jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK), names)
@@ -306,8 +308,9 @@ class Transformer(nnx.Module):
     def _unembed(self, x_BxLxD: jax.Array) -> jax.Array:
         x_BxLxD = self.final_norm(x_BxLxD)
         unembed_DxV = self.embed[...].T if self.shape.tie_embeddings else self.unembed[...]
-        logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, unembed_DxV.astype(self.dtype))
-        return sharding.constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "act_vocab"))
+        logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, unembed_DxV.astype(self.dtype),
+                                  preferred_element_type=jnp.float32)
+        return sharding.constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
 
     def _layer_gate(self, layer: int, gate):
         return gate if layer in self.gated_layers else None
