@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.mlm_scored = "mask"  # masked LM: M scored at <mask> positions (the paper's) | "selected" (all 15%)
     c.model.dtype = "float32"  # compute dtype (float32 or bfloat16); parameters, optimizer state, logits,
     # loss and metrics stay float32
+    c.model.attention = "xla"  # jax.nn.dot_product_attention's implementation: xla, or cudnn (NVIDIA GPUs, bfloat16)
     for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
                         ("max_len", int), ("positions", str), ("rotary_fraction", float),
                         ("tie_embeddings", bool), ("mlp", str),  # mlp: gelu | swiglu (MemSinks' model)

@@ -25,6 +25,7 @@ _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's
 
 def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelShape:
     """Preset shape with the config's explicit overrides applied."""
@@ -96,6 +97,12 @@ def validate(config: config_dict.ConfigDict) -> None:
     if config.model.dtype not in COMPUTE_DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r}: expected one of {COMPUTE_DTYPES} (the compute "
                          "dtype; parameters, optimizer state, logits, loss and metrics stay float32)")
+    if config.model.attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"config.model.attention={config.model.attention!r}: expected one of "
+                         f"{ATTENTION_IMPLEMENTATIONS} (jax.nn.dot_product_attention's implementation)")
+    if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
+        raise ValueError("config.model.attention='cudnn' needs config.model.dtype='bfloat16' (cuDNN's fused "
+                         f"attention takes bfloat16 or float16 inputs, not {config.model.dtype})")
     if not 0.0 < config.model.mask_prob < 1.0:
         raise ValueError(f"config.model.mask_prob={config.model.mask_prob} must be in (0, 1)")
     opt = config.optimizer

@@ -68,10 +68,16 @@ def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base
     return jnp.concatenate([x_rot.astype(x_BxLxHxK.dtype), x_pass], axis=-1)
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # as config.ATTENTION_IMPLEMENTATIONS (model.py imports no config)
+
+
 class Attention(nnx.Module):
-    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs):
+    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs, implementation: str = "xla"):
+        """``implementation``: ``jax.nn.dot_product_attention``'s, "xla" (any device) or "cudnn" (NVIDIA GPUs:
+        fused attention, bfloat16/float16 only); KV-cache decoding always uses "xla"."""
         d, h, k = shape.d_model, shape.num_heads, shape.head_dim
         self.shape = shape
+        self.implementation = implementation
         for name in ("query", "key", "value"):
             setattr(self, f"{name}_kernel", _param(rngs, (d, h, k), ("embed", "heads", "head_dim")))
             setattr(self, f"{name}_bias", _param(rngs, (h, k), ("heads", "head_dim"), init="zeros"))
@@ -109,14 +115,13 @@ class Attention(nnx.Module):
             v_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(values_BxSxHxK,
                                                             v_BxSxHxK.astype(values_BxSxHxK.dtype), start, axis=1)
         # One code path for full and cached attention: empty cache slots get probability exactly 0, so a cached
-        # query computes what the full pass computes (up to rounding, as the matrix shapes differ).
-        scale = self.shape.head_dim ** -0.5
-        # scores, softmax and logits are float32 whatever the compute dtype (bfloat16 would round them coarsely)
-        scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK,
-                                    preferred_element_type=jnp.float32) * scale
-        scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
-        probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(dtype)
-        out_BxLxHxK = sharding.constrain(jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK), names)
+        # query computes what the full pass computes (up to rounding, as the matrix shapes differ). Scores and
+        # softmax are float32 whatever the compute dtype; the mask carries causal, padding, per-document and
+        # cache-slot masking alike (a masked LM's is padding only).
+        out_BxLxHxK = jax.nn.dot_product_attention(
+            q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS, scale=self.shape.head_dim ** -0.5,
+            implementation="xla" if cache_kv is not None else self.implementation)
+        out_BxLxHxK = sharding.constrain(out_BxLxHxK, names)
         out = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.out_kernel[...].astype(dtype))
         return out + self.out_bias[...].astype(dtype), (k_BxSxHxK, v_BxSxHxK)
 
@@ -165,10 +170,10 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs):
+    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs, attention: str = "xla"):
         self.parallel_residual = shape.parallel_residual
         self.attention_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
-        self.attention = Attention(shape, rngs=rngs)
+        self.attention = Attention(shape, rngs=rngs, implementation=attention)
         self.mlp_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         self.mlp = MLP(shape.d_model, shape.d_ff, shape.mlp, rngs=rngs)
 
@@ -205,8 +210,11 @@ class Transformer(nnx.Module):
     """Causal LM (``causal=True``) or masked LM (bidirectional attention)."""
 
     def __init__(self, shape: ModelShape, *, causal: bool, rngs: nnx.Rngs, dtype: str = "float32",
-                 gated_layers: tuple[int, ...] = ()):
-        """``gated_layers``: the layers whose MLP takes the MLP gates (MemSinks' sinks); empty: every layer."""
+                 gated_layers: tuple[int, ...] = (), attention: str = "xla"):
+        """``gated_layers``: the layers whose MLP takes the MLP gates (MemSinks' sinks); empty: every layer.
+        ``attention``: the attention implementation (see ``Attention``)."""
+        if attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"config.model.attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
         shape.validate()
         for layer in gated_layers:
             if not 0 <= layer < shape.num_layers:
@@ -222,7 +230,7 @@ class Transformer(nnx.Module):
         # Named attributes rather than a list keep checkpoint paths plain strings ("block_00", ...).
         self.block_names = tuple(f"block_{i:02d}" for i in range(shape.num_layers))
         for name in self.block_names:
-            setattr(self, name, Block(shape, rngs=rngs))
+            setattr(self, name, Block(shape, rngs=rngs, attention=attention))
         self.final_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         if not shape.tie_embeddings:
             self.unembed = _param(rngs, (shape.d_model, shape.vocab_size), ("embed", "vocab"))

@@ -73,6 +73,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     """A config stored before a field existed gets the field's default, which is what that run did."""
     model = stored.setdefault("model", {})
     model.setdefault("mlp", "gelu")
+    model.setdefault("attention", "xla")  # the einsum attention before it computed what "xla" computes
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields
         for field, value in (("parallel_residual", False), ("norm_eps", 1e-5), ("rotary_base", 10000.0)):
             model.setdefault(field, value)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import tiny_config
 from memdyn import metrics, objective, sizes
 from memdyn.model import Transformer
 
@@ -171,3 +172,47 @@ def test_cpu_presets_span_the_cpu_scale():
     counts = [sizes.count_params(sizes.preset_shape(n, vocab_size=2048, max_len=128)) for n in sizes.CPU_PRESETS]
     assert counts == sorted(counts)
     assert 0.05e6 < counts[0] < 0.2e6 and 20e6 < counts[-1] < 40e6
+
+
+def _numpy_attention(attn, x_BxLxD, mask_BxLxS):
+    """Softmax attention of one Attention module (learned positions: no rotary), in float64 NumPy."""
+    p = {name: np.asarray(getattr(attn, name)[...], np.float64) for name in
+         ("query_kernel", "query_bias", "key_kernel", "key_bias", "value_kernel", "value_bias", "out_kernel",
+          "out_bias")}
+    x = np.asarray(x_BxLxD, np.float64)
+    q, k, v = (np.einsum("bld,dhk->blhk", x, p[f"{n}_kernel"]) + p[f"{n}_bias"] for n in ("query", "key", "value"))
+    scores = np.einsum("blhk,bshk->bhls", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(mask_BxLxS[:, None], scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bhls,bshk,hkd->bld", probs, v, p["out_kernel"]) + p["out_bias"]
+
+
+@pytest.mark.parametrize("masks", ["causal", "causal+padding", "block-causal", "bidirectional+padding"])
+def test_attention_through_dot_product_attention_equals_softmax_attention(masks):
+    """jax.nn.dot_product_attention with each mask memdyn builds equals softmax attention recomputed in NumPy."""
+    from memdyn.model import Attention
+    shape = sizes.ModelShape(num_layers=1, d_model=32, num_heads=4, d_ff=64, vocab_size=50, max_len=16)
+    attn = Attention(shape, rngs=nnx.Rngs(params=1))
+    batch, length = 3, 12
+    x = jax.random.normal(jax.random.key(0), (batch, length, shape.d_model))
+    lengths = np.array([12, 9, 5]) if "padding" in masks else np.full(batch, length)
+    valid_BxS = np.arange(length)[None, :] < lengths[:, None]
+    mask = np.repeat(valid_BxS[:, None, :], length, 1)
+    if masks.startswith("causal") or masks == "block-causal":
+        mask &= np.tril(np.ones((length, length), bool))[None]
+    if masks == "block-causal":  # two documents packed in a row: 0..6 and 7..11
+        segment = (np.arange(length) >= 7).astype(int)
+        mask &= segment[None, :, None] == segment[None, None, :]
+    out = np.asarray(attn(x, jnp.asarray(mask[:, None]), jnp.broadcast_to(jnp.arange(length), (batch, length))))
+    expected = _numpy_attention(attn, x, mask)
+    rows = mask.any(-1)  # a query with no key to attend to (padding, masked LMs) has no defined output
+    np.testing.assert_allclose(out[rows], expected[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_implementation_is_validated():
+    from memdyn import config as config_lib
+    with pytest.raises(ValueError, match="config.model.attention='flash': expected one of"):
+        config_lib.validate(tiny_config(**{"model.attention": "flash"}))
+    with pytest.raises(ValueError, match="config.model.attention='cudnn' needs config.model.dtype='bfloat16'"):
+        config_lib.validate(tiny_config(**{"model.attention": "cudnn"}))
