@@ -100,6 +100,9 @@ def validate(config: config_dict.ConfigDict) -> None:
     if config.model.attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"config.model.attention={config.model.attention!r}: expected one of "
                          f"{ATTENTION_IMPLEMENTATIONS} (jax.nn.dot_product_attention's implementation)")
+    from memdyn.model import REMAT_POLICIES
+    if config.model.remat not in REMAT_POLICIES:
+        raise ValueError(f"config.model.remat={config.model.remat!r}: expected one of {tuple(REMAT_POLICIES)}")
     if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
         raise ValueError("config.model.attention='cudnn' needs config.model.dtype='bfloat16' (cuDNN's fused "
                          f"attention takes bfloat16 or float16 inputs, not {config.model.dtype})")

@@ -69,6 +69,13 @@ def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base
 
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # as config.ATTENTION_IMPLEMENTATIONS (model.py imports no config)
+# Rematerialisation (config.model.remat): what each block keeps for the backward pass; the rest is recomputed.
+REMAT_POLICIES = {
+    "none": None,  # no remat: every activation is kept
+    "block": jax.checkpoint_policies.nothing_saveable,  # only each block's input: the least memory
+    "dots": jax.checkpoint_policies.dots_saveable,  # matmul outputs kept, elementwise work recomputed
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # as dots, less attention
+}
 
 
 class Attention(nnx.Module):
@@ -210,11 +217,15 @@ class Transformer(nnx.Module):
     """Causal LM (``causal=True``) or masked LM (bidirectional attention)."""
 
     def __init__(self, shape: ModelShape, *, causal: bool, rngs: nnx.Rngs, dtype: str = "float32",
-                 gated_layers: tuple[int, ...] = (), attention: str = "xla"):
+                 gated_layers: tuple[int, ...] = (), attention: str = "xla", remat: str = "none"):
         """``gated_layers``: the layers whose MLP takes the MLP gates (MemSinks' sinks); empty: every layer.
-        ``attention``: the attention implementation (see ``Attention``)."""
+        ``attention``: the attention implementation (see ``Attention``); ``remat``: a ``REMAT_POLICIES`` name,
+        applied to every block of the full forward pass (same numbers, less activation memory, more compute)."""
         if attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"config.model.attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"config.model.remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+        self.remat = remat
         shape.validate()
         for layer in gated_layers:
             if not 0 <= layer < shape.num_layers:
@@ -340,11 +351,16 @@ class Transformer(nnx.Module):
             mask_Bx1xLxS = mask_Bx1xLxS & jnp.tril(jnp.ones((length, length), bool))[None, None]
         if segment_ids_BxL is not None:  # packed documents never see each other
             mask_Bx1xLxS = mask_Bx1xLxS & (segment_ids_BxL[:, None, :, None] == segment_ids_BxL[:, None, None, :])
+        def block_forward(block, x_BxLxD, gate_BxLxF, grad_gate_BxLxF):
+            return block.with_kv(x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF, grad_gate_BxLxF=grad_gate_BxLxF)
+
+        if self.remat != "none":
+            block_forward = nnx.remat(block_forward, policy=REMAT_POLICIES[self.remat])
         keys, values = [], []
         for i, name in enumerate(self.block_names):
-            x_BxLxD, (keys_BxLxHxK, values_BxLxHxK) = getattr(self, name).with_kv(
-                x_BxLxD, mask_Bx1xLxS, positions_BxL, self._layer_gate(i, mlp_gate_BxLxF),
-                grad_gate_BxLxF=self._layer_gate(i, mlp_grad_gate_BxLxF))
+            x_BxLxD, (keys_BxLxHxK, values_BxLxHxK) = block_forward(
+                getattr(self, name), x_BxLxD, self._layer_gate(i, mlp_gate_BxLxF),
+                self._layer_gate(i, mlp_grad_gate_BxLxF))
             keys.append(keys_BxLxHxK)
             values.append(values_BxLxHxK)
         return x_BxLxD, keys, values

@@ -74,6 +74,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     model = stored.setdefault("model", {})
     model.setdefault("mlp", "gelu")
     model.setdefault("attention", "xla")  # the einsum attention before it computed what "xla" computes
+    model.setdefault("remat", "none")
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields
         for field, value in (("parallel_residual", False), ("norm_eps", 1e-5), ("rotary_base", 10000.0)):
             model.setdefault(field, value)
