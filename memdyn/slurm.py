@@ -5,9 +5,9 @@ on CPU nodes); ``jax.distributed.initialize()`` finds the coordinator, the proce
 from SLURM's variables. GPUs are asked for per node (``--gres=gpu:G``), never per task: JAX binds each process to
 GPU ``SLURM_LOCALID`` of the ones it sees, which ``--gpus-per-task`` would leave as the only one.
 
-Preemption: SLURM's SIGTERM (to the processes, or to the batch script, which passes it on) makes every process
-save the same step and exit with 143 (``memdyn.train``); the batch script then requeues its task, which resumes
-from that checkpoint. Everything is checked before anything is submitted: the partition, the GPUs per node, the
+Preemption: SLURM's SIGTERM (to the processes, or to the batch script alone, which has SLURM pass it on to them)
+makes every process save the same step and exit with 143 (``memdyn.train``); the batch script then requeues its
+task, which resumes from that checkpoint. Everything is checked before anything is submitted: the partition, the GPUs per node, the
 filesystem of the sweep directory (several nodes must share it), and the script itself (``sbatch --test-only``).
 """
 
@@ -28,7 +28,8 @@ LOCAL_FILESYSTEMS = frozenset({"ext2/ext3", "ext4", "xfs", "btrfs", "tmpfs", "ov
 # squeue states of a task that is still the scheduler's: waiting, starting, running or on its way back.
 QUEUED_STATES = {"PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
                  "CONFIGURING": "running", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "running",
-                 "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running"}
+                 "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running", "STOPPED": "running",
+                 "PREEMPTED": "pending", "SPECIAL_EXIT": "pending", "RESV_DEL_HOLD": "pending"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,18 +68,27 @@ def check_resources(resources: Resources, sweep_dir: str) -> None:
         raise ValueError(f"--partition={resources.partition!r} is not a partition of this cluster; its partitions: "
                          f"{', '.join(sorted(set(partitions)))}")
     if resources.gpus_per_node:
-        where = ["-p", resources.partition] if resources.partition else []
-        gres = set(_lines(["sinfo", "-h", *where, "-o", "%G"]))
+        partition = resources.partition or default_partition()
+        gres = set(_lines(["sinfo", "-h", "-p", partition, "-o", "%G"])) if partition else set()
         if not any("gpu" in g for g in gres):
-            raise ValueError(f"--gpus_per_node={resources.gpus_per_node}: the nodes of partition "
-                             f"{resources.partition or '(the default)'} have no GPUs (gres: {', '.join(sorted(gres))}); "
-                             "--gpus_per_node=0 runs on CPUs")
+            raise ValueError(f"--gpus_per_node={resources.gpus_per_node}: the nodes of partition {partition!r}"
+                             f"{'' if resources.partition else ' (the default)'} have no GPUs (gres: "
+                             f"{', '.join(sorted(gres)) or 'none'}); --gpus_per_node=0 runs on CPUs")
+    if any(c.isspace() for c in sweep_dir) or "%" in sweep_dir:
+        raise ValueError(f"--workdir={sweep_dir!r}: SLURM's #SBATCH lines take no whitespace and read % as a "
+                         "pattern in the log path; choose a sweep directory without either")
     if resources.nodes > 1:
         fs = filesystem_type(sweep_dir)
         if fs in LOCAL_FILESYSTEMS:
             raise ValueError(f"--nodes={resources.nodes}: the sweep directory {sweep_dir!r} is on a local {fs} "
                              "filesystem, which the other nodes do not see; every process of a run reads the data "
                              "and writes checkpoints there: put it on a shared filesystem (NFS, Lustre, GPFS, ...)")
+
+
+def default_partition() -> str | None:
+    """The partition a job without ``--partition`` goes to (sinfo marks it with a ``*``)."""
+    proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    return next((p.strip().rstrip("*") for p in proc.stdout.splitlines() if p.strip().endswith("*")), None)
 
 
 def filesystem_type(path: str) -> str:
@@ -115,11 +125,14 @@ def script(runs: list[dict[str, Any]], train_command: list[str], env: dict[str, 
         '  *) echo "memdyn: no run has index $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;',
         "esac",
         'echo "memdyn: run $name, attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )), job $SLURM_JOB_ID on $SLURM_JOB_NODELIST"',
-        # srun in the background so that a SIGTERM to this script alone is passed on to every process
+        # srun in the background so that this script can pass a SIGTERM sent to it alone (e.g. --signal=B:TERM@..)
+        # on to every process of the run: through SLURM, since srun itself would kill its tasks on SIGTERM.
+        # srun does not inherit --cpus-per-task from the allocation: it is given again.
         f"srun --kill-on-bad-exit=1 --ntasks-per-node={r.tasks_per_node} "
+        "${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} "
         f"{' '.join(map(shlex.quote, train_command))} --distributed \"${{args[@]}}\" &",
         "srun_pid=$!",
-        "trap 'kill -TERM $srun_pid 2>/dev/null' TERM",
+        "trap 'scancel --signal=TERM \"$SLURM_JOB_ID\"' TERM",
         "wait $srun_pid; rc=$?",
         "while kill -0 $srun_pid 2>/dev/null; do wait $srun_pid; rc=$?; done  # a trapped signal ends `wait` early",
         # 143: SIGTERM, the checkpoint is saved. A task still RUNNING was signalled (preemption notice, or
@@ -156,10 +169,13 @@ def queued(array_ids: list[str]) -> dict[str, str]:
         return {}
     proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(array_ids)))],
                           capture_output=True, text=True)
-    if proc.returncode != 0:  # ids the scheduler has forgotten make squeue fail: ask one at a time
-        if len(set(array_ids)) == 1:
+    if proc.returncode != 0:
+        if "Invalid job id" not in proc.stderr:  # the controller did not answer: knowing nothing, do nothing
+            raise RuntimeError(f"squeue failed, so which runs are still queued is unknown (nothing submitted): "
+                               f"{proc.stderr.strip()}")
+        if len(set(array_ids)) == 1:  # an id the scheduler has forgotten: nothing of it is queued
             return {}
-        found = {}
+        found = {}  # some ids are forgotten: ask one at a time
         for array_id in set(array_ids):
             found.update(queued([array_id]))
         return found

@@ -261,7 +261,9 @@ def submit_slurm(config_path: str, config_arg: str | None, sweep_dir: str, specs
         return {"runs": [_public(r) for r in runs], "array_id": None, "script": None}
     os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
     script_dir = os.path.join(sweep_dir, slurm.SCRIPT_DIR)
-    path = os.path.join(script_dir, f"array-{len(os.listdir(script_dir)) if os.path.isdir(script_dir) else 0}.sbatch")
+    numbers = [int(m.group(1)) for f in (os.listdir(script_dir) if os.path.isdir(script_dir) else [])
+               if (m := re.fullmatch(r"array-(\d+)\.sbatch", f))]
+    path = os.path.join(script_dir, f"array-{max(numbers, default=-1) + 1}.sbatch")
     runs_lib.atomic_write_text(path, text)
     array_id = slurm.submit(path)
     for run in todo:
@@ -404,8 +406,8 @@ def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
         listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU ")] \
-        if listed.returncode == 0 else []
+    # "GPU 0: NVIDIA H100 ... (UUID: ...)"; MIG devices are indented lines below their GPU
+    return re.findall(r"^GPU (\d+):", listed.stdout, flags=re.MULTILINE) if listed.returncode == 0 else []
 
 
 def device_groups(gpus: list[str], parallel: int, environ: dict[str, str] | None = None) -> list[dict[str, str]]:

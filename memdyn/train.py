@@ -107,7 +107,8 @@ class Trainer:
         self.results = RunResults(self.workdir, c, run.order, start.meta if resuming else None,
                                   write=is_primary(), tag_names=run.tag_names)
         # One process: our own SIGTERM handler. Several: JAX's preemption service owns SIGTERM (a handler of ours
-        # would replace it) and agrees with the other processes on the step to save.
+        # would replace it) and agrees with the other processes on the step to save. It acts only in this loop: a
+        # SIGTERM before it is acted on at the first step, one after it is ignored (the run is ending anyway).
         synced = jax.process_count() > 1
         own_handler = not synced and threading.current_thread() is threading.main_thread()
         previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if own_handler else None
@@ -117,6 +118,7 @@ class Trainer:
                 if not resuming:
                     for name in self._evaluated_after(counters.step, counters):
                         pending += self._evaluate(params, name, counters, self._label(counters.step))
+                first_step = counters.step  # counters.step is first_step + 1 after the loop's first step
                 for step in range(counters.step, c.num_steps):
                     items = []
                     if step in self.insert_steps:
@@ -127,9 +129,11 @@ class Trainer:
                         items += self._evaluate(params, name, counters, self._label(counters.step))
                     self._drain(pending)  # results of the previous step, fetched after this one is dispatched
                     pending = items
-                    # read once: a SIGTERM arriving later counts from the next step
-                    preempted = (multihost_utils.reached_preemption_sync_point(counters.step) if synced
-                                 else self._preempted)
+                    # read once: a SIGTERM arriving later counts from the next step. The sync point's ids count
+                    # this loop's steps from 1: a notice before the first step sets the point at 1, so a resumed
+                    # run would never reach it if the ids were the run's own step numbers.
+                    preempted = (multihost_utils.reached_preemption_sync_point(counters.step - first_step)
+                                 if synced else self._preempted)
                     if preempted or self.checkpointer.should_save(counters.step):
                         self._drain(pending)
                         pending = []

@@ -64,11 +64,12 @@ def test_slurm_sweep_preempts_requeues_resubmits_and_matches_a_local_run(slurm_c
     array = jobs["seed=0"].split("_")[0]
     assert jobs == {"seed=0": f"{array}_0", "seed=1": f"{array}_1"}
 
-    # both run; seed=0 is preempted (SIGTERM to its processes and its batch script), seed=1 cancelled outright
+    # both run; seed=0 is preempted (SIGTERM to its batch script alone, as --signal=B:TERM@<t> sends it before the
+    # time limit: the script has SLURM pass it on to the processes), seed=1 is cancelled outright
     csv = {name: os.path.join(sweep_dir, name, "train.csv") for name in jobs}
     _wait(lambda: all(_rows(path) >= 5 for path in csv.values()), "both runs to train 5 steps", cluster)
     env = dict(os.environ, **cluster.env)
-    subprocess.run(["scancel", "--signal=TERM", jobs["seed=0"]], env=env, check=True)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", jobs["seed=0"]], env=env, check=True)
     subprocess.run(["scancel", jobs["seed=1"]], env=env, check=True)
     _wait(lambda: _squeue(cluster).get(jobs["seed=0"], "").startswith("PENDING")
           and jobs["seed=1"] not in _squeue(cluster), "seed=0 requeued and seed=1 gone", cluster)
@@ -115,12 +116,13 @@ def test_slurm_sweep_preempts_requeues_resubmits_and_matches_a_local_run(slurm_c
     ([], "--backend=slurm needs --gpus_per_node=<G>"),
     (["--gpus_per_node=0", "--partition=gpu"], "--partition='gpu' is not a partition of this cluster; its "
                                                f"partitions: {PARTITION}"),
-    (["--gpus_per_node=4"], "--gpus_per_node=4: the nodes of partition (the default) have no GPUs"),
+    (["--gpus_per_node=4"], f"--gpus_per_node=4: the nodes of partition '{PARTITION}' (the default) have no GPUs"),
     (["--gpus_per_node=0", "--nodes=2"], "--nodes=2: the sweep directory"),
     (["--gpus_per_node=0", "--time=soon"], "SLURM refuses the batch script"),
+    (["--gpus_per_node=0"], "SLURM's #SBATCH lines take no whitespace"),  # in a directory named "my sweep"
 ])
 def test_bad_slurm_input_fails_before_submission(slurm_cluster, tmp_path, flags, message):
-    sweep_dir = str(tmp_path / "sweep")
+    sweep_dir = str(tmp_path / ("my sweep" if "whitespace" in message else "sweep"))
     proc = _memdyn(slurm_cluster, "sweep", *FLAGS, *SWEEP, f"--workdir={sweep_dir}", "--backend=slurm", *flags)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert not os.path.exists(sweep_dir)
