@@ -15,6 +15,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.seed = 0  # model init and MLM masks
     c.num_steps = 600
     c.batch_size = 32  # global batch, examples per update
+    c.grad_accum = 1  # microbatches per update: the batch's gradient from batch_size / grad_accum rows at a time
     c.log_every = 1  # train.csv row every n steps (per-example records are kept for every step)
     c.record_examples = True  # per-example exact-match records for T(N, tau) and trajectories
 

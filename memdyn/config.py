@@ -86,6 +86,10 @@ def validate(config: config_dict.ConfigDict) -> None:
     positive("num_steps", config.num_steps)
     positive("batch_size", config.batch_size)
     positive("log_every", config.log_every)
+    positive("grad_accum", config.grad_accum)
+    if config.batch_size % config.grad_accum:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by config.grad_accum="
+                         f"{config.grad_accum} microbatches")
     if config.model.size not in sizes.PRESET_NAMES + (sizes.CUSTOM,):
         raise ValueError(f"config.model.size={config.model.size!r} is not a known size preset; known: "
                          f"{', '.join(sizes.PRESET_NAMES)} (or 'custom' with every shape field given)")

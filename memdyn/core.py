@@ -131,9 +131,10 @@ def build_run(config: config_dict.ConfigDict, data: run_data.RunData,
     mesh = sharding.make_mesh(config.sharding.mesh, devices)
     with jax.set_mesh(mesh), sharding.use_rules(rules):
         dp = sharding.data_parallel_size(mesh)
-        if config.batch_size % dp:
+        if config.batch_size % (dp * config.grad_accum):
             raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {dp} data-parallel "
-                             f"shards of mesh {dict(mesh.shape)}")
+                             f"shards of mesh {dict(mesh.shape)}" + (f" times config.grad_accum={config.grad_accum} "
+                             "microbatches" if config.grad_accum > 1 else ""))
         abstract_model = nnx.eval_shape(lambda: build_model(shape, config))
         graphdef, abstract_state = nnx.split(abstract_model)
         param_specs = sharding.param_specs(abstract_state)
@@ -179,12 +180,27 @@ def init_state(run: Run) -> tuple[Any, Any]:
 def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str = "train",
                  excluded_ids=None) -> Callable[..., dict[str, jax.Array]]:
     """forward(params, batch, step) -> token metrics of the run's objective (see metrics.token_metrics), the
-    batch's ``example_ids_B`` and ``doc_ids_B``, and the run's batch metrics.
+    batch's ``example_ids_B`` and ``doc_ids_B``, the run's batch metrics, and ``loss_tokens`` (the number of
+    positions the loss averages over).
 
     ``memorization_metrics=False`` returns the loss alone (the baseline of the metric-overhead benchmark).
     A MemSinks run (``config.memsinks``) gates the MLPs in ``memsinks_mode`` (``memdyn.memsinks``: "train" is
     the training mask; ``excluded_ids`` go with "exclude").
     """
+    prepare, apply = forward_parts(run, memorization_metrics, memsinks_mode, excluded_ids)
+
+    def forward(params, batch: Batch, step):
+        return apply(params, batch, prepare(batch, step))
+
+    return forward
+
+
+def forward_parts(run: Run, memorization_metrics: bool = True, memsinks_mode: str = "train",
+                  excluded_ids=None) -> tuple[Callable, Callable]:
+    """``make_forward`` in two parts: ``prepare(batch, step)`` -> what the model reads besides the parameters
+    (the objective's inputs, targets and weights, the MLP gates: a dict of arrays whose first axis is the batch's),
+    and ``apply(params, batch, prepared)`` -> the metrics. Gradient accumulation prepares the whole batch once (a
+    masked LM's masks are drawn for the whole batch, as without accumulation) and applies each microbatch."""
     config = run.config
     masking = objective.MaskingConfig(pad_id=run.data.pad_id, mask_id=run.data.mask_id,
                                       num_special=run.data.num_special, mask_prob=config.model.mask_prob,
@@ -196,7 +212,7 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
     # broadcasts over L inside the MLP's multiply (never materialized at [B, L, F]).
     one_sequence_per_row = all(store.seq_ids is None for store in run.data.evaluable().values())
 
-    def forward(params, batch: Batch, step):
+    def prepare(batch: Batch, step) -> dict[str, jax.Array]:
         tokens_BxL = batch["tokens_BxL"]
         if config.model.causal:
             t = objective.causal_lm(tokens_BxL, masking.pad_id)
@@ -208,25 +224,33 @@ def make_forward(run: Run, memorization_metrics: bool = True, memsinks_mode: str
         gate_ids = seq_ids_BxL[:, :1] if one_sequence_per_row and seq_ids_BxL is not None else seq_ids_BxL
         gate_BxLxF, grad_gate_BxLxF = _mlp_gates(sinks, config.memsinks, batch, gate_ids, step, memsinks_mode,
                                                  excluded_ids)
+        return {"inputs_BxL": t.inputs_BxL, "targets_BxL": t.targets_BxL, "loss_weights_BxL": t.loss_weights_BxL,
+                "score_weights_BxL": t.score_weights_BxL, "seq_ids_BxL": seq_ids_BxL, "gate_BxLxF": gate_BxLxF,
+                "grad_gate_BxLxF": grad_gate_BxLxF}
+
+    def apply(params, batch: Batch, t: dict[str, jax.Array]) -> dict[str, jax.Array]:
         model = nnx.merge(run.graphdef, nnx.State(params))
-        logits = model(t.inputs_BxL, valid_BxL=t.inputs_BxL != masking.pad_id, mlp_gate_BxLxF=gate_BxLxF,
-                       segment_ids_BxL=seq_ids_BxL, mlp_grad_gate_BxLxF=grad_gate_BxLxF)
+        logits = model(t["inputs_BxL"], valid_BxL=t["inputs_BxL"] != masking.pad_id, mlp_gate_BxLxF=t["gate_BxLxF"],
+                       segment_ids_BxL=t["seq_ids_BxL"], mlp_grad_gate_BxLxF=t["grad_gate_BxLxF"])
+        targets_BxL, loss_weights_BxL, score_weights_BxL = t["targets_BxL"], t["loss_weights_BxL"], \
+            t["score_weights_BxL"]
+        loss_tokens = loss_weights_BxL.sum()
         if not memorization_metrics:
-            return {"loss": metrics_lib.mean_loss(logits, t.targets_BxL, t.loss_weights_BxL)}
+            return {"loss": metrics_lib.mean_loss(logits, targets_BxL, loss_weights_BxL), "loss_tokens": loss_tokens}
         subsets = {}
         if run.content_start:  # target index t is token t + 1 (causal) or t (masked): either way t >= prefix
-            content_L = jnp.arange(t.targets_BxL.shape[1]) >= run.content_start
-            subsets["content"] = t.score_weights_BxL * content_L
-        out = metrics_lib.token_metrics(logits, t.targets_BxL, t.loss_weights_BxL, t.score_weights_BxL, subsets)
+            content_L = jnp.arange(targets_BxL.shape[1]) >= run.content_start
+            subsets["content"] = score_weights_BxL * content_L
+        out = metrics_lib.token_metrics(logits, targets_BxL, loss_weights_BxL, score_weights_BxL, subsets)
         if run.tag_names and "tags_BxL" in batch:
             tags_BxL = batch["tags_BxL"][:, 1:] if config.model.causal else batch["tags_BxL"]  # the targets' tags
-            out.update(pos_lib.tag_counts(logits, t.targets_BxL, tags_BxL, t.score_weights_BxL,
+            out.update(pos_lib.tag_counts(logits, targets_BxL, tags_BxL, score_weights_BxL,
                                           jnp.asarray(run.token_tags_V), len(run.tag_names)))
         for batch_metric in run.batch_metrics:
-            out.update(batch_metric(batch, logits, t.targets_BxL, t.score_weights_BxL))
-        return dict(out, example_ids_B=batch["example_ids_B"], doc_ids_B=batch["doc_ids_B"])
+            out.update(batch_metric(batch, logits, targets_BxL, score_weights_BxL))
+        return dict(out, example_ids_B=batch["example_ids_B"], doc_ids_B=batch["doc_ids_B"], loss_tokens=loss_tokens)
 
-    return forward
+    return prepare, apply
 
 
 def _mlp_gates(sinks: memsinks.Sinks | None, cfg: config_dict.ConfigDict, batch: Batch, seq_ids_BxL, step,
@@ -269,13 +293,18 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
     ``update`` counts every update, inserted ones included; it indexes the lr schedule (as optax's own count
     does) and the masked-LM masks.
     """
-    forward = make_forward(run, memorization_metrics)
+    prepare, apply = forward_parts(run, memorization_metrics)
+    microbatches = run.config.grad_accum
 
     def train_step(params, opt_state, batch, update):
-        def loss_fn(p):
-            m = forward(p, batch, update)
-            return m["loss"], m
-        grads, m = jax.grad(loss_fn, has_aux=True)(params)
+        prepared = prepare(batch, update)
+        if microbatches == 1:
+            def loss_fn(p):
+                m = apply(p, batch, prepared)
+                return m["loss"], m
+            grads, m = jax.grad(loss_fn, has_aux=True)(params)
+        else:
+            grads, m = _accumulated_grads(apply, params, batch, prepared, microbatches)
         updates, opt_state = run.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(update))
@@ -285,6 +314,50 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
                    in_shardings=(run.param_shardings, run.opt_shardings, run.batch_sharding, run.replicated),
                    out_shardings=(run.param_shardings, run.opt_shardings, run.replicated),
                    donate_argnums=(0, 1))
+
+
+def _accumulated_grads(apply, params, batch: Batch, prepared: dict, k: int):
+    """The gradient of the whole batch's mean loss, from k microbatches one after another (one microbatch's
+    activations at a time), and the whole batch's metrics. Microbatch i holds rows i, i + k, i + 2k, ...: each
+    device's rows are contiguous, so every microbatch takes B / (k * devices) rows of every device."""
+    def split(x):  # [B, ...] -> [k, B / k, ...]
+        return None if x is None else jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    def one(grad_sum, micro):
+        micro_batch, micro_prepared = micro
+
+        def loss_sum(p):  # the loss summed over the microbatch's positions: the sum of the k is the batch's
+            m = apply(p, micro_batch, micro_prepared)
+            return m["loss"] * m["loss_tokens"], m
+        grads, m = jax.grad(loss_sum, has_aux=True)(params)
+        return jax.tree.map(jnp.add, grad_sum, grads), m
+
+    micro = jax.tree.map(split, (dict(batch), prepared))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grad_sum, stacked = jax.lax.scan(one, zeros, micro)
+    loss_tokens = stacked["loss_tokens"].sum()
+    grads = jax.tree.map(lambda g: g / jnp.maximum(loss_tokens, 1.0), grad_sum)
+    return grads, _combine_microbatches(stacked, k)
+
+
+def _combine_microbatches(stacked: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+    """The whole batch's metrics from the k microbatches' (each stacked on a leading axis of k): per-example
+    arrays back in batch order, counts summed, means weighted by their counts."""
+    out = {}
+    for key, value in stacked.items():
+        if key.endswith("_B"):  # [k, B / k] -> rows in batch order (microbatch i held rows i, i + k, ...)
+            out[key] = jnp.swapaxes(value, 0, 1).reshape(-1, *value.shape[2:])
+        elif key.endswith("_T") or key == "loss_tokens" or key.endswith("num_tokens"):
+            out[key] = value.sum(0)
+        elif key == "loss":
+            out[key] = (value * stacked["loss_tokens"]).sum() / jnp.maximum(stacked["loss_tokens"].sum(), 1.0)
+        elif key.endswith("mem_update"):
+            counts = stacked[key[:-len("mem_update")] + "num_tokens"]
+            out[key] = (value * counts).sum() / jnp.maximum(counts.sum(), 1.0)
+        else:
+            raise ValueError(f"config.grad_accum={k}: no rule combines the step metric {key!r} over microbatches "
+                             "(per-example metrics end in _B, per-tag counts in _T)")
+    return out
 
 
 def make_eval_step(run: Run, memsinks_mode: str = "train", excluded_ids=None) -> Callable:

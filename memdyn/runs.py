@@ -28,8 +28,10 @@ _IDENTITY_FIELDS = {"size": ("model", "size"), "params": ("model", "params"), "c
                     "seq_len": ("data", "seq_len")}
 
 # Fields that may differ between a checkpoint's run and the run continuing it: how long to train, where, how often
-# to save and evaluate, what to insert. Everything else (model, data, optimizer, seed) must match.
-RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint.", "eval.", "sharding.", "insert.")
+# to save and evaluate, what to insert, and how to fit a step in memory (microbatches, rematerialisation: the same
+# math up to rounding). Everything else (model, data, optimizer, seed) must match.
+RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint.", "eval.", "sharding.", "insert.", "grad_accum",
+                     "model.remat")
 
 
 # -- files ---------------------------------------------------------------------------------------------------------
@@ -78,6 +80,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields
         for field, value in (("parallel_residual", False), ("norm_eps", 1e-5), ("rotary_base", 10000.0)):
             model.setdefault(field, value)
+    stored.setdefault("grad_accum", 1)
     stored.setdefault("data", {}).setdefault("chunk_len", None)
     stored.setdefault("eval", {}).setdefault("memsinks_modes", [])
     stored["eval"].setdefault("pos", False)  # per-tag counts came later; a run made before did not compute them
