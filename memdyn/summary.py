@@ -3,10 +3,15 @@
 Model shape and parameters, training FLOPs per token, mesh and parameter shardings, data and steps per epoch, the
 config fields that differ from configs/base.py, and an estimate of memory per device:
   parameters and optimizer state   exact: the bytes of each array's shard on one device
+  gradients                        exact: the size of the parameters (float32, sharded like them)
   activations                      an estimate of what the backward pass keeps without rematerialization, per
-                                   layer B'·L·(14·D + k·F' + 2·H'·L) values (k = 4 GELU, 5 SwiGLU; B' = batch per
-                                   data-parallel shard, F' and H' the hidden units and heads per tensor shard),
-                                   plus 3·B'·L·V' float32 logits (logits, softmax, gradient)
+                                   layer B'·L·(14·D + k·F' + 2·H'·L) values (k = 4 GELU, 5 SwiGLU; B' = rows of one
+                                   microbatch per data-parallel shard, F' and H' the hidden units and heads per
+                                   tensor shard), plus 3·B'·L·V' float32 logits (logits, softmax, gradient). With
+                                   model.remat=block each layer keeps only its input (B'·L·D values) and one
+                                   layer's activations at a time are recomputed; with dots / dots_no_batch the
+                                   layers keep their matmul outputs, per layer B'·L·(7·D + F' + H'·L) values
+                                   (dots_no_batch: B'·L·(6·D + F'))
 """
 
 from __future__ import annotations
@@ -34,13 +39,19 @@ def activation_bytes(run) -> int:
     """The activation estimate of the module docstring, per device."""
     shape, mesh = run.shape, run.mesh
     tensor = mesh.shape["tensor"]
-    batch = run.config.batch_size // sharding.data_parallel_size(mesh)
+    batch = run.config.batch_size // sharding.data_parallel_size(mesh) // run.config.grad_accum
     length = run.config.data.seq_len - (1 if run.config.model.causal else 0)
     per_value = np.dtype(run.config.model.dtype).itemsize
-    hidden = (5 if shape.mlp == "swiglu" else 4) * shape.d_ff // tensor
-    per_layer = batch * length * (14 * shape.d_model + hidden + 2 * max(shape.num_heads // tensor, 1) * length)
+    heads, d_ff = max(shape.num_heads // tensor, 1), shape.d_ff // tensor
+    hidden = (5 if shape.mlp == "swiglu" else 4) * d_ff
+    per_layer = batch * length * (14 * shape.d_model + hidden + 2 * heads * length)
+    kept = {"none": per_layer,
+            "block": batch * length * shape.d_model,
+            "dots": batch * length * (7 * shape.d_model + d_ff + heads * length),
+            "dots_no_batch": batch * length * (6 * shape.d_model + d_ff)}[run.config.model.remat]
+    recomputed = 0 if run.config.model.remat == "none" else per_layer  # one layer's, during its backward pass
     logits = 3 * batch * length * math.ceil(shape.vocab_size / tensor) * 4
-    return shape.num_layers * per_layer * per_value + logits
+    return (shape.num_layers * kept + recomputed) * per_value + logits
 
 
 def non_default_fields(config) -> list[str]:
@@ -77,8 +88,10 @@ def describe(run, requested_config) -> str:
         f"data: {run.data.train.num_examples:,} training examples of {c.data.seq_len} tokens, batch {c.batch_size}, "
         f"{run.order.steps_per_epoch} steps per epoch; {c.num_steps} steps = {epochs:.2f} epochs; sets "
         f"{sorted(run.data.sets)}",
-        f"memory per device: parameters {mib(params)}, optimizer state {mib(opt)}, activations ≈ {mib(acts)} "
-        f"(estimate), total ≈ {mib(params + opt + acts)}",
+        f"memory per device: parameters {mib(params)}, optimizer state {mib(opt)}, gradients {mib(params)}, "
+        f"activations ≈ {mib(acts)} (estimate"
+        + (f", {c.grad_accum} microbatches" if c.grad_accum > 1 else "")
+        + (f", remat {c.model.remat}" if c.model.remat != "none" else "") + f"), total ≈ {mib(2 * params + opt + acts)}",
     ]
     changed = non_default_fields(requested_config)
     lines.append("config fields that differ from configs/base.py:" + ("" if changed else " none"))

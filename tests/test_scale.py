@@ -87,3 +87,20 @@ def test_k_microbatches_equal_one_batch(tmp_path, causal):
 def test_grad_accum_must_divide_the_batch():
     with pytest.raises(ValueError, match="config.batch_size=8 is not divisible by config.grad_accum=3"):
         config_lib.validate(tiny_config(grad_accum=3))
+
+
+@pytest.mark.parametrize("grad_accum", [1, 4])
+def test_activation_estimate_is_near_what_xla_allocates(tmp_path, grad_accum):
+    """`memdyn train --dry_run`'s activation estimate against the temporary memory XLA's compiled train step
+    takes (tiny, batch 32 x 128 tokens). Measured on this project's CPU: 394 MiB estimated vs 390 MiB compiled
+    with one batch, 99 vs 95 MiB with 4 microbatches. (Rematerialisation is not checked: XLA's CPU compiler undoes
+    it: the compiled step took 8-10% more, not less, at tiny and small; its estimate is for accelerators.)"""
+    from memdyn import summary
+    config = tiny_config(**{"model.size": "tiny", "batch_size": 32, "data.seq_len": 128, "grad_accum": grad_accum,
+                            "data.synthetic.vocab_size": 2000, "data.synthetic.num_train_docs": 200})
+    run = core.build_run(config, build.prepare(config, str(tmp_path)))
+    with run.context():
+        compiled = core.make_train_step(run).lower(run.abstract_params, run.abstract_opt_state,
+                                                   run.feeder.train_batch(0), np.int32(0)).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert summary.activation_bytes(run) == pytest.approx(temp, rel=0.25), (summary.activation_bytes(run), temp)
