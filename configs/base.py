@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # loss and metrics stay float32
     c.model.attention = "xla"  # jax.nn.dot_product_attention's implementation: xla, or cudnn (NVIDIA GPUs, bfloat16)
     c.model.remat = "none"  # rematerialise each block in the backward pass: none, block, dots, dots_no_batch
+    c.model.scan_layers = False  # the blocks as one scanned module: compile time independent of depth
     for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
                         ("max_len", int), ("positions", str), ("rotary_fraction", float),
                         ("tie_embeddings", bool), ("mlp", str),  # mlp: gelu | swiglu (MemSinks' model)

@@ -113,7 +113,8 @@ class _Contexts:
 def build_model(shape: ModelShape, config: config_dict.ConfigDict) -> Transformer:
     return Transformer(shape, causal=config.model.causal, rngs=nnx.Rngs(params=config.seed),
                        dtype=config.model.dtype, gated_layers=tuple(config.memsinks.layers),
-                       attention=config.model.attention, remat=config.model.remat)
+                       attention=config.model.attention, remat=config.model.remat,
+                       scan_layers=config.model.scan_layers)
 
 
 def build_run(config: config_dict.ConfigDict, data: run_data.RunData,

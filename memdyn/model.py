@@ -217,16 +217,23 @@ class Transformer(nnx.Module):
     """Causal LM (``causal=True``) or masked LM (bidirectional attention)."""
 
     def __init__(self, shape: ModelShape, *, causal: bool, rngs: nnx.Rngs, dtype: str = "float32",
-                 gated_layers: tuple[int, ...] = (), attention: str = "xla", remat: str = "none"):
+                 gated_layers: tuple[int, ...] = (), attention: str = "xla", remat: str = "none",
+                 scan_layers: bool = False):
         """``gated_layers``: the layers whose MLP takes the MLP gates (MemSinks' sinks); empty: every layer.
         ``attention``: the attention implementation (see ``Attention``); ``remat``: a ``REMAT_POLICIES`` name,
-        applied to every block of the full forward pass (same numbers, less activation memory, more compute)."""
+        applied to every block of the full forward pass (same numbers, less activation memory, more compute).
+        ``scan_layers``: the blocks are one module, ``blocks``, whose parameters carry a leading ``layers`` axis,
+        and the forward pass is a scan over it (compiled once, whatever the depth); else ``block_00``, ..."""
         if attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"config.model.attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
         if remat not in REMAT_POLICIES:
             raise ValueError(f"config.model.remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
         self.remat = remat
+        self.scan_layers = scan_layers
         shape.validate()
+        if scan_layers and gated_layers and tuple(gated_layers) != tuple(range(shape.num_layers)):
+            raise ValueError(f"config.memsinks.layers={list(gated_layers)} with config.model.scan_layers=True: a "
+                             "scanned model runs the same block in every layer, so its MLP gates act in all of them")
         for layer in gated_layers:
             if not 0 <= layer < shape.num_layers:
                 raise ValueError(f"config.memsinks.layers: layer {layer} does not exist (the model has "
@@ -238,10 +245,18 @@ class Transformer(nnx.Module):
         self.embed = _param(rngs, (shape.vocab_size, shape.d_model), ("vocab", "embed"))
         if shape.positions == "learned":
             self.position_embed = _param(rngs, (shape.max_len, shape.d_model), ("positions", "embed"))
-        # Named attributes rather than a list keep checkpoint paths plain strings ("block_00", ...).
-        self.block_names = tuple(f"block_{i:02d}" for i in range(shape.num_layers))
-        for name in self.block_names:
-            setattr(self, name, Block(shape, rngs=rngs, attention=attention))
+        if scan_layers:
+            @nnx.split_rngs(splits=shape.num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def stacked_blocks(rngs):
+                return Block(shape, rngs=rngs, attention=attention)
+            self.blocks = stacked_blocks(rngs)
+            self.block_names = ()
+        else:
+            # Named attributes rather than a list keep checkpoint paths plain strings ("block_00", ...).
+            self.block_names = tuple(f"block_{i:02d}" for i in range(shape.num_layers))
+            for name in self.block_names:
+                setattr(self, name, Block(shape, rngs=rngs, attention=attention))
         self.final_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         if not shape.tie_embeddings:
             self.unembed = _param(rngs, (shape.d_model, shape.vocab_size), ("embed", "vocab"))
@@ -303,14 +318,21 @@ class Transformer(nnx.Module):
         mask_Bx1x1xS = (valid_BxS & (jnp.arange(max_len) <= position))[:, None, None, :]
         gate_Bx1xF = None if mlp_gate_BxF is None else mlp_gate_BxF[:, None, :]
         keys, values = [], []
-        for i, name in enumerate(self.block_names):
-            x_Bx1xD, (keys_BxSxHxK, values_BxSxHxK) = getattr(self, name).with_kv(
+        for i, block in enumerate(self._blocks()):
+            x_Bx1xD, (keys_BxSxHxK, values_BxSxHxK) = block.with_kv(
                 x_Bx1xD, mask_Bx1x1xS, positions_Bx1, self._layer_gate(i, gate_Bx1xF),
                 (cache.keys[i], cache.values[i]), position)
             keys.append(keys_BxSxHxK)
             values.append(values_BxSxHxK)
         logits_BxV = self._unembed(x_Bx1xD)[:, 0]
         return logits_BxV, KVCache(keys=tuple(keys), values=tuple(values), valid_BxS=valid_BxS)
+
+    def _blocks(self) -> list[Block]:
+        """The blocks in order; of a scanned model, each a view of its layer's slice of the stacked parameters."""
+        if not self.scan_layers:
+            return [getattr(self, name) for name in self.block_names]
+        graphdef, state = nnx.split(self.blocks)
+        return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(self.shape.num_layers)]
 
     def _require_causal(self) -> None:
         if not self.causal:
@@ -336,7 +358,8 @@ class Transformer(nnx.Module):
 
     def _forward(self, tokens_BxL, valid_BxL, mlp_gate_BxLxF, segment_ids_BxL=None, mlp_grad_gate_BxLxF=None):
         """Full forward pass: the last block's output [B, L, D] (before the final norm) and every layer's keys and
-        values, one [B, L, H, K] array per layer (unused outputs cost nothing under jit)."""
+        values, [B, L, H, K] per layer: lists, or one stacked array of a scanned model (unused outputs cost nothing
+        under jit)."""
         batch, length = tokens_BxL.shape
         if length > self.shape.max_len:
             raise ValueError(f"sequence length {length} exceeds the position table (config.model.max_len="
@@ -356,6 +379,13 @@ class Transformer(nnx.Module):
 
         if self.remat != "none":
             block_forward = nnx.remat(block_forward, policy=REMAT_POLICIES[self.remat])
+        if self.scan_layers:  # every layer gated alike (checked in __init__): the gates are the same each step
+            graphdef, stacked = nnx.split(self.blocks)
+
+            def each_layer(x_BxLxD, layer_state):  # a plain lax.scan over the layers' slices of the parameters
+                return block_forward(nnx.merge(graphdef, layer_state), x_BxLxD, mlp_gate_BxLxF, mlp_grad_gate_BxLxF)
+            x_BxLxD, (keys_NxBxLxHxK, values_NxBxLxHxK) = jax.lax.scan(each_layer, x_BxLxD, stacked)
+            return x_BxLxD, keys_NxBxLxHxK, values_NxBxLxHxK  # indexed by layer, like the lists below
         keys, values = [], []
         for i, name in enumerate(self.block_names):
             x_BxLxD, (keys_BxLxHxK, values_BxLxHxK) = block_forward(
@@ -364,3 +394,20 @@ class Transformer(nnx.Module):
             keys.append(keys_BxLxHxK)
             values.append(values_BxLxHxK)
         return x_BxLxD, keys, values
+
+
+def stack_blocks(params: dict) -> dict:
+    """Parameters of an unrolled model (``block_00``, ...) as those of the scanned one (``blocks``, with a leading
+    layers axis); ``unstack_blocks`` is the inverse. Pure dicts of arrays, e.g. a checkpoint's."""
+    names = sorted(k for k in params if k.startswith("block_"))
+    out = {k: v for k, v in params.items() if not k.startswith("block_")}
+    out["blocks"] = jax.tree.map(lambda *layers: jnp.stack(layers), *[params[name] for name in names])
+    return out
+
+
+def unstack_blocks(params: dict) -> dict:
+    out = {k: v for k, v in params.items() if k != "blocks"}
+    num_layers = jax.tree.leaves(params["blocks"])[0].shape[0]
+    for i in range(num_layers):
+        out[f"block_{i:02d}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+    return out

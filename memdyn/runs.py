@@ -77,6 +77,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     model.setdefault("mlp", "gelu")
     model.setdefault("attention", "xla")  # the einsum attention before it computed what "xla" computes
     model.setdefault("remat", "none")
+    model.setdefault("scan_layers", False)
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields
         for field, value in (("parallel_residual", False), ("norm_eps", 1e-5), ("rotary_base", 10000.0)):
             model.setdefault(field, value)
@@ -133,7 +134,10 @@ def check_compatible(stored: dict[str, Any], config: config_dict.ConfigDict, whe
     problems = [d for d in config_lib.differences(stored, requested)
                 if not d.split(":")[0].startswith(RESUMABLE_CHANGES)]
     if problems:
-        raise ValueError(f"{where} holds a run with an incompatible config: " + "; ".join(problems[:10]))
+        hint = ("; a scanned model's checkpoint holds its blocks stacked (`blocks`), an unrolled one's apart "
+                "(`block_00`, ...): keep the run's own model.scan_layers") \
+            if any(d.startswith("model.scan_layers") for d in problems) else ""
+        raise ValueError(f"{where} holds a run with an incompatible config: " + "; ".join(problems[:10]) + hint)
 
 
 # -- checkpoints, without orbax ------------------------------------------------------------------------------------

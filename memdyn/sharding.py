@@ -28,6 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),
     ("head_dim", None),
     ("positions", None),
+    ("layers", None),  # a scanned model's stacked blocks (config.model.scan_layers)
     # activations
     ("batch", ("data", "fsdp")),
     ("length", None),

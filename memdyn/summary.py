@@ -74,7 +74,7 @@ def describe(run, requested_config) -> str:
     length = c.data.seq_len - (1 if c.model.causal else 0)
     with run.context():
         specs = {name: str(s.spec) for name, s in (("embed", run.param_shardings["embed"]),
-                                                    ("mlp in_kernel", run.param_shardings["block_00"]["mlp"]
+                                                    ("mlp in_kernel", run.param_shardings["blocks" if c.model.scan_layers else "block_00"]["mlp"]
                                                      ["in_kernel"]))}
     epochs = c.num_steps / run.order.steps_per_epoch
     lines = [
