@@ -61,3 +61,21 @@ def test_losses_equal_across_meshes():
     assert result["None"]["specs"]["devices"] == 1
     # training moved the loss, so equality is not trivially of constants
     assert reference[-1][0] < reference[0][0]
+
+
+def test_scanned_model_with_microbatches_gives_the_same_losses_across_meshes():
+    """model.scan_layers (stacked blocks: a leading, unsharded layers axis) with grad_accum=2, on the same meshes."""
+    worker = (_WORKER.replace('"batch_size": 8}', '"batch_size": 16, "model.scan_layers": True, "grad_accum": 2}')
+              .replace('["block_00"]', '["blocks"]'))
+    assert worker.count('"model.scan_layers": True') == 2
+    proc = run_python(worker, devices=8)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    reference = result["None"]["losses"]
+    for mesh, r in result.items():
+        for got, want in zip(r["losses"], reference):
+            for g, w in zip(got, want):
+                assert abs(g - w) <= 1e-4 * max(1.0, abs(w)), (mesh, got, want)
+    assert result["(1, 2, 4)"]["specs"]["mlp_in"] == "P(None, 'fsdp', 'tensor')"
+    assert result["(1, 2, 4)"]["specs"]["mu_mlp_in"] == "P(None, 'fsdp', 'tensor')"
+    assert reference[-1][0] < reference[0][0]
