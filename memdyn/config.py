@@ -27,6 +27,12 @@ _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.
 COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's
 
+def eval_batch_size(config: config_dict.ConfigDict) -> int:
+    """Rows per evaluation (and extraction) batch: a microbatch's, since a run that needs gradient accumulation to
+    fit may not fit a whole batch's float32 logits either. Per-example results do not depend on it."""
+    return config.batch_size // config.get("grad_accum", 1)
+
+
 def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelShape:
     """Preset shape with the config's explicit overrides applied."""
     m = config.model

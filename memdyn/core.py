@@ -55,11 +55,21 @@ def make_schedule(opt: config_dict.ConfigDict, num_steps: int) -> optax.Schedule
     return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
 
 
+DECAYED = ("kernel", "embed", "unembed")  # parameter names (or name endings) that weight decay applies to
+
+
+def _decays(path) -> bool:
+    name = str(getattr(path[-1], "key", path[-1]))
+    return name.endswith(DECAYED)
+
+
 def make_optimizer(opt: config_dict.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation,
                                                                           optax.Schedule]:
     schedule = make_schedule(opt, num_steps)
-    # Decay matrices only (kernels, embeddings), never biases or layer-norm parameters.
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    # Decay matrices only (kernels, embeddings), never biases or layer-norm parameters. By name: a bias may be 2-D
+    # ([heads, head_dim]) and a scanned model's biases carry a layers axis.
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda path, p: _decays(path), params)
     adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
                         mask=decay_mask)
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw) if opt.grad_clip > 0 else adamw

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from memdyn import checkpoint, core, evaluate, extract, memsinks, runs
+from memdyn import config as config_lib
 from memdyn.data import run_data
 
 
@@ -46,8 +47,8 @@ def evaluate_checkpoint(workdir: str, set_name: str, step: int | None = None, *,
     label = set_name if memsinks_mode == "train" else f"{set_name}@{memsinks_mode}"
     with run.context():
         eval_step = core.make_eval_step(run, memsinks_mode, excluded)
-        pending = evaluate.evaluate(eval_step, restored.params, run.feeder, store, config.batch_size, label,
-                                    restored.step)
+        pending = evaluate.evaluate(eval_step, restored.params, run.feeder, store, config_lib.eval_batch_size(config),
+                                    label, restored.step)
         aggregates, per_example = pending.result()
     aggregates = {"set": label, "step": restored.step, **aggregates}
     for subset in pending.subsets():  # a document-ID run's content positions: <label>@content-<step>.csv
@@ -114,7 +115,7 @@ def _extractability(run: core.Run, params, store, prompt_len: int, num_new: int,
     full_ids = np.asarray(store.example_ids)[store.token_counts(run.data.pad_id) >= prompt_len + num_new]
     with run.context():
         outputs = []
-        for rows in run.feeder.set_rows(store, run.config.batch_size):
+        for rows in run.feeder.set_rows(store, config_lib.eval_batch_size(run.config)):
             batch = run.feeder.batch(store, rows)
             outputs.append(extract.extractability(run.graphdef, params, batch, prompt_len, num_new,
                                                   mlp_gate_BxF=core.sequence_gates(run, batch, mode, excluded)))

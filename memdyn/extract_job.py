@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from memdyn import config as config_lib
 from memdyn import core, eval_checkpoint, extract, runs
 from memdyn.data import indexed as indexed_lib, run_data, token_sources
 from memdyn.data.feeder import row_batches
@@ -59,7 +60,7 @@ def run_extract(workdir: str, step: int | None = None, *, out: str | None = None
     if length > config.model.max_len:
         raise ValueError(f"--prompt_len + --num_new = {length} is longer than the model's positions "
                          f"(config.model.max_len={config.model.max_len})")
-    batch_size = batch_size or config.batch_size
+    batch_size = batch_size or config_lib.eval_batch_size(config)
     if batch_size < 1 or chunk_batches < 1:
         raise ValueError(f"--batch_size={batch_size} and the chunk of {chunk_batches} batches must be positive")
     if config.memsinks.method != "none" and not set_name:

@@ -32,7 +32,8 @@ def evaluates_inserted_set(insert: config_dict.ConfigDict, first_insertion: int 
 
 
 def insert_batch_size(num_examples: int, batch_size: int, shards: int) -> int:
-    """Rows per inserted batch: the set in ceil(n / B) equal batches, rounded up to a multiple of the data shards.
+    """Rows per inserted batch: the set in ceil(n / B) equal batches, rounded up to a multiple of ``shards`` (the
+    data shards times the microbatches of gradient accumulation).
 
     Equal batches avoid one full batch followed by a nearly empty one whose few examples would get a whole
     update to themselves; the last batch is completed with padding rows, which count for nothing.

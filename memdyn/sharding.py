@@ -80,6 +80,8 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
                 raise ValueError(f"config.sharding.rules: logical axis {name!r} maps to unknown mesh axis "
                                  f"{axis!r}; mesh axes are {MESH_AXES}")
         normalized.append((str(name), axes))
+    if not any(name == "layers" for name, _ in normalized):  # rules written before scanned layers existed
+        normalized.append(("layers", None))
     return tuple(normalized)
 
 

@@ -3,7 +3,8 @@
 Model shape and parameters, training FLOPs per token, mesh and parameter shardings, data and steps per epoch, the
 config fields that differ from configs/base.py, and an estimate of memory per device:
   parameters and optimizer state   exact: the bytes of each array's shard on one device
-  gradients                        exact: the size of the parameters (float32, sharded like them)
+  gradients                        exact: the size of the parameters (float32, sharded like them); twice that
+                                   with microbatches (the running sum and the microbatch's own)
   activations                      an estimate of what the backward pass keeps without rematerialization, per
                                    layer B'·L·(14·D + k·F' + 2·H'·L) values (k = 4 GELU, 5 SwiGLU; B' = rows of one
                                    microbatch per data-parallel shard, F' and H' the hidden units and heads per
@@ -71,6 +72,7 @@ def describe(run, requested_config) -> str:
     mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
     params, opt = _device_bytes(run.abstract_params), _device_bytes(run.abstract_opt_state)
     acts = activation_bytes(run)
+    grads = params * (2 if c.grad_accum > 1 else 1)  # with microbatches: the running sum and the current one
     length = c.data.seq_len - (1 if c.model.causal else 0)
     with run.context():
         specs = {name: str(s.spec) for name, s in (("embed", run.param_shardings["embed"]),
@@ -88,10 +90,10 @@ def describe(run, requested_config) -> str:
         f"data: {run.data.train.num_examples:,} training examples of {c.data.seq_len} tokens, batch {c.batch_size}, "
         f"{run.order.steps_per_epoch} steps per epoch; {c.num_steps} steps = {epochs:.2f} epochs; sets "
         f"{sorted(run.data.sets)}",
-        f"memory per device: parameters {mib(params)}, optimizer state {mib(opt)}, gradients {mib(params)}, "
+        f"memory per device: parameters {mib(params)}, optimizer state {mib(opt)}, gradients {mib(grads)}, "
         f"activations ≈ {mib(acts)} (estimate"
         + (f", {c.grad_accum} microbatches" if c.grad_accum > 1 else "")
-        + (f", remat {c.model.remat}" if c.model.remat != "none" else "") + f"), total ≈ {mib(2 * params + opt + acts)}",
+        + (f", remat {c.model.remat}" if c.model.remat != "none" else "") + f"), total ≈ {mib(params + grads + opt + acts)}",
     ]
     changed = non_default_fields(requested_config)
     lines.append("config fields that differ from configs/base.py:" + ("" if changed else " none"))

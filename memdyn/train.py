@@ -82,10 +82,12 @@ class Trainer:
             with run.context():
                 shards = sharding.data_parallel_size(run.mesh)
             self.insert_rows = run.feeder.set_rows(run.data.sets[c.insert.set],
-                                                   insertion.insert_batch_size(n, c.batch_size, shards))
+                                                   insertion.insert_batch_size(n, c.batch_size,
+                                                                               shards * c.grad_accum))
         self.checkpointer = checkpoint.Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=c.checkpoint.keep, keep_steps=tuple(c.checkpoint.keep_steps),
             async_save=c.checkpoint.async_save, every=c.checkpoint.every, save_steps=(c.num_steps,))
+        self.eval_batch_size = config_lib.eval_batch_size(c)
         self._preempted = False
 
     def train(self, start: checkpoint.Restored | None = None, resume_files: bool = True) -> dict[str, Any]:
@@ -191,7 +193,7 @@ class Trainer:
         run = self.run
         extra = dict(update=counters.update, inserted_updates=counters.inserted_updates, at_insertion=at_insertion)
         steps = {name: self.eval_step, **{f"{name}@{mode}": fn for mode, fn in self.mode_steps.items()}}
-        return [("eval", evaluate_lib.evaluate(fn, params, run.feeder, self.stores[name], run.config.batch_size,
+        return [("eval", evaluate_lib.evaluate(fn, params, run.feeder, self.stores[name], self.eval_batch_size,
                                                label, counters.step, **extra), None) for label, fn in steps.items()]
 
     def _label(self, steps_done: int) -> str:

@@ -188,12 +188,22 @@ def _numpy_attention(attn, x_BxLxD, mask_BxLxS):
     return np.einsum("bhls,bshk,hkd->bld", probs, v, p["out_kernel"]) + p["out_bias"]
 
 
+def _max_attention_weight(attn, x_BxLxD, mask_BxLxS):
+    q, k = (np.einsum("bld,dhk->blhk", np.asarray(x_BxLxD, np.float64), np.asarray(getattr(attn, f"{n}_kernel")[...]))
+            for n in ("query", "key"))
+    scores = np.where(mask_BxLxS[:, None], np.einsum("blhk,bshk->bhls", q, k) / np.sqrt(q.shape[-1]), -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    return np.nanmax(probs / probs.sum(-1, keepdims=True))
+
+
 @pytest.mark.parametrize("masks", ["causal", "causal+padding", "block-causal", "bidirectional+padding"])
 def test_attention_through_dot_product_attention_equals_softmax_attention(masks):
     """jax.nn.dot_product_attention with each mask memdyn builds equals softmax attention recomputed in NumPy."""
     from memdyn.model import Attention
     shape = sizes.ModelShape(num_layers=1, d_model=32, num_heads=4, d_ff=64, vocab_size=50, max_len=16)
     attn = Attention(shape, rngs=nnx.Rngs(params=1))
+    for name in ("query_kernel", "key_kernel"):  # sharp attention, not the near-uniform one of a fresh init
+        getattr(attn, name)[...] = getattr(attn, name)[...] * 30
     batch, length = 3, 12
     x = jax.random.normal(jax.random.key(0), (batch, length, shape.d_model))
     lengths = np.array([12, 9, 5]) if "padding" in masks else np.full(batch, length)
@@ -206,6 +216,7 @@ def test_attention_through_dot_product_attention_equals_softmax_attention(masks)
         mask &= segment[None, :, None] == segment[None, None, :]
     out = np.asarray(attn(x, jnp.asarray(mask[:, None]), jnp.broadcast_to(jnp.arange(length), (batch, length))))
     expected = _numpy_attention(attn, x, mask)
+    assert _max_attention_weight(attn, x, mask) > 0.5  # the check has teeth: some query attends mostly to one key
     rows = mask.any(-1)  # a query with no key to attend to (padding, masked LMs) has no defined output
     np.testing.assert_allclose(out[rows], expected[rows], rtol=1e-5, atol=1e-5)
 
