@@ -63,7 +63,10 @@ def check_resources(resources: Resources, sweep_dir: str) -> None:
                          ">= 1")
     if resources.max_running is not None and resources.max_running < 1:
         raise ValueError(f"--max_running={resources.max_running} must be at least 1")
-    partitions = _lines(["sinfo", "-h", "-o", "%R"])
+    try:
+        partitions = _lines(["sinfo", "-h", "-o", "%R"])
+    except RuntimeError as e:  # no controller answers: say so, before anything is written
+        raise ValueError(f"--backend=slurm: the SLURM controller does not answer ({e})") from None
     if resources.partition is not None and resources.partition not in partitions:
         raise ValueError(f"--partition={resources.partition!r} is not a partition of this cluster; its partitions: "
                          f"{', '.join(sorted(set(partitions)))}")

@@ -285,7 +285,7 @@ def run_tpu(config_path: str, config_arg: str | None, sweep_dir: str, specs: lis
     for run in runs:
         done = runs_lib.is_complete(run["workdir"], run["config"].num_steps)
         run["status"] = "skipped" if done else "to run" if dry_run else "pending"
-        run["command"] = tpu.worker_command(pod, [_config_flag(config_path, config_arg),
+        run["command"] = tpu.worker_command(pod, [_worker_config_flag(config_path, config_arg),
                                                   *_run_flags(run, base_overrides)])
     if dry_run:
         return [_public(r) for r in runs]
@@ -382,6 +382,15 @@ def _train_each(todo, total: int, manifest: _Manifest, lifecycle, train) -> None
 
 def _config_flag(config_path: str, config_arg: str | None) -> str:
     return f"--config={config_path}" + (f":{config_arg}" if config_arg is not None else "")
+
+
+def _worker_config_flag(config_path: str, config_arg: str | None) -> str:
+    """The config flag for another machine's memdyn: a packaged config by name (its path there differs), any
+    other config by its path (which must be the same there: a shared filesystem)."""
+    if os.path.dirname(config_path) == os.path.abspath(config_lib.CONFIG_DIR):
+        name = os.path.splitext(os.path.basename(config_path))[0]
+        return f"--config={name}" + (f":{config_arg}" if config_arg is not None else "")
+    return _config_flag(config_path, config_arg)
 
 
 def _run_flags(run: dict[str, Any], base_overrides: dict[str, Any]) -> list[str]:

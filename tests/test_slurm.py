@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, run_memdyn
 from memdyn import slurm, writers
 from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (a fixture)
+from slurm_cluster import unavailable as slurm_cluster_unavailable
 
 FLAGS = ["--config=base", "--config.model.size=nano", "--config.batch_size=8", "--config.data.seq_len=32",
          "--config.data.synthetic.vocab_size=256", "--config.data.synthetic.num_train_docs=40",
@@ -127,6 +128,19 @@ def test_bad_slurm_input_fails_before_submission(slurm_cluster, tmp_path, flags,
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert not os.path.exists(sweep_dir)
     assert _squeue(slurm_cluster) == {}
+
+
+def test_no_controller_is_said_plainly(tmp_path):
+    """Without a reachable controller (an empty config), one line says so; no traceback, nothing written."""
+    if slurm_cluster_unavailable():
+        pytest.skip(slurm_cluster_unavailable())
+    empty = tmp_path / "slurm.conf"
+    empty.write_text("ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort=1\n")
+    proc = subprocess.run([sys.executable, "-m", "memdyn", "sweep", *FLAGS, *SWEEP, f"--workdir={tmp_path / 's'}",
+                           "--backend=slurm", "--gpus_per_node=0"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, SLURM_CONF=str(empty), JAX_PLATFORMS="cpu"), timeout=300)
+    assert proc.returncode == 2 and "the SLURM controller does not answer" in proc.stderr, proc.stderr[-1000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "s").exists()
 
 
 def test_dry_run_prints_the_script_and_submits_nothing(slurm_cluster, tmp_path):

@@ -210,7 +210,9 @@ def test_tpu_backend_runs_each_run_on_every_worker(tmp_path, monkeypatch):
     command = planned[0]["command"]
     assert command[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod-1", "--zone=us-central2-b",
                            "--project=proj"]
-    assert command[8] == "--worker=all" and command[9].startswith("--command=python3 -m memdyn train --distributed ")
+    # a packaged config goes by name: its path on the workers is their own install's
+    assert command[8] == "--worker=all" and command[9].startswith("--command=python3 -m memdyn train --distributed "
+                                                                  "--config=base ")
     assert f"--workdir={os.path.join(sweep_dir, 'seed=0')}" in command[9] and "--config.seed=0" in command[9]
 
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
