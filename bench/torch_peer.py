@@ -61,16 +61,9 @@ class TransformerLM(nn.Module):
         return self.ln_f(x) @ self.tok.weight.T
 
 
-def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size,
-                               steps=10, warmup=3, threads=None, seed=0) -> dict:
-    """Time AdamW training steps of ``TransformerLM`` on random tokens.
-
-    One step = zero_grad, forward, next-token cross-entropy, backward,
-    clip_grad_norm_(1.0), optimizer step; argmax accuracy is computed on
-    device every step but only read back (``.item()``) at the end.
-    Returns tokens_per_sec (from the median step time), step_time_s (median)
-    and params (trainable parameter count; tied embedding counted once).
-    """
+def make_torch_step(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size, threads=None,
+                    seed=0):
+    """One AdamW training step of ``TransformerLM`` on fixed random tokens, as a callable (see below)."""
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -89,6 +82,20 @@ def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_si
         opt.step()
         return logits.detach().argmax(-1).eq(targets).float().mean()
 
+    return step
+
+
+def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size,
+                               steps=10, warmup=3, threads=None, seed=0) -> dict:
+    """Time AdamW training steps of ``TransformerLM`` on random tokens.
+
+    One step = zero_grad, forward, next-token cross-entropy, backward,
+    clip_grad_norm_(1.0), optimizer step; argmax accuracy is computed on
+    device every step but only read back (``.item()``) at the end.
+    Returns tokens_per_sec (from the median step time) and step_time_s (median).
+    """
+    step = make_torch_step(num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=d_ff,
+                           vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size, threads=threads, seed=seed)
     for _ in range(warmup):
         step()
     times = []
@@ -101,7 +108,6 @@ def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_si
     return {
         "tokens_per_sec": batch_size * seq_len / step_time,
         "step_time_s": step_time,
-        "params": sum(p.numel() for p in model.parameters()),
     }
 
 

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.mlm_scored = "mask"  # masked LM: M scored at <mask> positions (the paper's) | "selected" (all 15%)
     c.model.dtype = "float32"  # compute dtype (float32 or bfloat16); parameters, optimizer state, logits,
     # loss and metrics stay float32
-    c.model.attention = "xla"  # jax.nn.dot_product_attention's implementation: xla, or cudnn (NVIDIA GPUs, bfloat16)
+    c.model.attention = "einsum"  # einsum (memdyn's, fastest on CPU); jax.nn.dot_product_attention's xla or cudnn
+    # (fused attention on NVIDIA GPUs, with model.dtype=bfloat16)
     c.model.remat = "none"  # rematerialise each block in the backward pass: none, block, dots, dots_no_batch
     c.model.scan_layers = False  # the blocks as one scanned module: compile time independent of depth
     for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),

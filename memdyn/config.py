@@ -25,7 +25,7 @@ _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")  # memdyn's own, jax.nn.dot_product_attention's two
 
 def eval_batch_size(config: config_dict.ConfigDict) -> int:
     """Rows per evaluation (and extraction) batch: a microbatch's, since a run that needs gradient accumulation to
@@ -109,7 +109,7 @@ def validate(config: config_dict.ConfigDict) -> None:
                          "dtype; parameters, optimizer state, logits, loss and metrics stay float32)")
     if config.model.attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"config.model.attention={config.model.attention!r}: expected one of "
-                         f"{ATTENTION_IMPLEMENTATIONS} (jax.nn.dot_product_attention's implementation)")
+                         f"{ATTENTION_IMPLEMENTATIONS} (einsum: memdyn's own; xla, cudnn: jax.nn.dot_product_attention's)")
     from memdyn.model import REMAT_POLICIES
     if config.model.remat not in REMAT_POLICIES:
         raise ValueError(f"config.model.remat={config.model.remat!r}: expected one of {tuple(REMAT_POLICIES)}")

@@ -75,7 +75,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     """A config stored before a field existed gets the field's default, which is what that run did."""
     model = stored.setdefault("model", {})
     model.setdefault("mlp", "gelu")
-    model.setdefault("attention", "xla")  # the einsum attention before it computed what "xla" computes
+    model.setdefault("attention", "einsum")
     model.setdefault("remat", "none")
     model.setdefault("scan_layers", False)
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields

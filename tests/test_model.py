@@ -196,12 +196,14 @@ def _max_attention_weight(attn, x_BxLxD, mask_BxLxS):
     return np.nanmax(probs / probs.sum(-1, keepdims=True))
 
 
+@pytest.mark.parametrize("implementation", ["einsum", "xla"])
 @pytest.mark.parametrize("masks", ["causal", "causal+padding", "block-causal", "bidirectional+padding"])
-def test_attention_through_dot_product_attention_equals_softmax_attention(masks):
-    """jax.nn.dot_product_attention with each mask memdyn builds equals softmax attention recomputed in NumPy."""
+def test_attention_equals_softmax_attention(masks, implementation):
+    """memdyn's einsum attention and jax.nn.dot_product_attention ("xla"), with each mask memdyn builds, equal
+    softmax attention recomputed in NumPy."""
     from memdyn.model import Attention
     shape = sizes.ModelShape(num_layers=1, d_model=32, num_heads=4, d_ff=64, vocab_size=50, max_len=16)
-    attn = Attention(shape, rngs=nnx.Rngs(params=1))
+    attn = Attention(shape, rngs=nnx.Rngs(params=1), implementation=implementation)
     for name in ("query_kernel", "key_kernel"):  # sharp attention, not the near-uniform one of a fresh init
         getattr(attn, name)[...] = getattr(attn, name)[...] * 30
     batch, length = 3, 12
