@@ -27,12 +27,32 @@ def token_metrics(logits_BxLxV: jax.Array, targets_BxL: jax.Array, loss_weights_
     if score_weights_BxL is None:
         score_weights_BxL = loss_weights_BxL
     ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-    correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).astype(jnp.float32)
+    correct_BxL = argmax_is_target(logits_BxLxV, targets_BxL).astype(jnp.float32)
     out = {"loss": mean_loss(logits_BxLxV, targets_BxL, loss_weights_BxL, ce_BxL),
            **_scored(ce_BxL, correct_BxL, score_weights_BxL)}
     for name, weights_BxL in (subsets or {}).items():
         out.update({f"{name}_{k}": v for k, v in _scored(ce_BxL, correct_BxL, weights_BxL).items()})
     return out
+
+
+def argmax_is_target(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+    """``argmax(logits, -1) == targets`` for finite logits, ties going to the first index as ``jnp.argmax``'s:
+    the target's logit is above every earlier logit and not below any later one. Same answer, one elementwise pass
+    and an and-reduction instead of argmax's two-output reduction (about 15x faster on the CPU at V=2048)."""
+    target_logit_BxLx1 = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)
+    earlier_BxLxV = jnp.arange(logits_BxLxV.shape[-1]) < targets_BxL[..., None]
+    beaten_BxLxV = jnp.where(earlier_BxLxV, logits_BxLxV < target_logit_BxLx1, logits_BxLxV <= target_logit_BxLx1)
+    return beaten_BxLxV.all(axis=-1)
+
+
+def first_argmax(logits_BxLxV: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, -1)`` for finite logits (the first index of the maximum), as the smallest index whose
+    logit equals the maximum: two single-output reductions, about 5x faster on the CPU than argmax's two-output
+    one at V=2048."""
+    vocab = logits_BxLxV.shape[-1]
+    is_max_BxLxV = logits_BxLxV == logits_BxLxV.max(axis=-1, keepdims=True)
+    first_BxL = jnp.where(is_max_BxLxV, jnp.arange(vocab, dtype=jnp.float32), float(vocab)).min(axis=-1)
+    return jnp.minimum(first_BxL, vocab - 1).astype(jnp.int32)  # all-NaN rows: no index equals the max
 
 
 def _scored(ce_BxL: jax.Array, correct_BxL: jax.Array, weights_BxL: jax.Array) -> dict[str, jax.Array]:

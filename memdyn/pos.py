@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memdyn import metrics
+
 COUNTS = ("positions", "right", "exact")
 
 
@@ -40,7 +42,7 @@ def token_tags(tokens_NxL: np.ndarray, tags_NxL: np.ndarray, vocab_size: int, nu
 def tag_counts(logits_BxLxV: jax.Array, targets_BxL: jax.Array, target_tags_BxL: jax.Array,
                weights_BxL: jax.Array, token_tags_V: jax.Array, num_tags: int) -> dict[str, jax.Array]:
     """``pos_positions_T``, ``pos_right_T`` and ``pos_exact_T`` (float32 [tags]) over the weighted positions."""
-    predicted_BxL = jnp.argmax(logits_BxLxV, axis=-1)
+    predicted_BxL = metrics.first_argmax(logits_BxLxV)
     onehot_BxLxT = jax.nn.one_hot(target_tags_BxL.astype(jnp.int32), num_tags, dtype=jnp.float32)
     onehot_BxLxT = onehot_BxLxT * weights_BxL[..., None]
     right_BxL = (token_tags_V[predicted_BxL] == target_tags_BxL).astype(jnp.float32)
