@@ -1,7 +1,7 @@
 """Train-step throughput of memdyn across sizes, MFU against the measured matmul peak, the overhead of the
 per-batch memorization metrics, and a plain-PyTorch training step of the same shape — all in one run.
 
-    python -m bench.train_step [--sizes=tiny,small,medium] [--batch=16] [--seq=128] [--steps=10] [--rounds=5]
+    python -m bench.train_step [--sizes=tiny,small,medium] [--batch=16] [--seq=128] [--steps=10] [--rounds=6]
         [--warmup=5]
 
 memdyn's step (with and without the metrics) and PyTorch's are timed in interleaved windows after the same
@@ -34,6 +34,9 @@ from memdyn import config as config_lib, core, sizes  # noqa: E402
 from memdyn.data import build  # noqa: E402
 
 
+SETTLE_SECONDS = 0.5  # idle time before each window, so neither side's worker threads still spin in the other's
+
+
 def _config(size: str, batch: int, seq: int):
     c = config_lib.load_config_file(os.path.join(config_lib.CONFIG_DIR, "base.py"))
     c.model.size, c.batch_size, c.data.seq_len = size, batch, seq + 1  # a causal model reads seq_len - 1 tokens
@@ -54,7 +57,7 @@ def time_steps(step_fn, params, opt_state, tokens, steps: int, windows: int = 3)
     return statistics.median(times), params, opt_state
 
 
-def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_dir: str, rounds: int = 5,
+def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_dir: str, rounds: int = 6,
                warmup: int = 5) -> dict:
     """memdyn's step with and without the memorization metrics and the PyTorch peer, timed in interleaved
     windows of ``steps`` steps (``rounds`` of three windows) after ``warmup`` steps of each; a round in which
@@ -97,8 +100,17 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
         for make in windows.values():  # compile and warm up all three before timing any
             make(warmup)()
         kept, others = [], []
-        for _ in range(rounds):
-            times = {name: timed_window(make(steps)) for name, make in windows.items()}
+        names = list(windows)
+        for r in range(rounds):
+            # The order rotates each round: the window right after PyTorch's runs slower (thread pools and caches
+            # handed back), which a fixed order would charge to one side.
+            order = names[r % len(names):] + names[:r % len(names)]
+            times = {}
+            for name in order:
+                time.sleep(SETTLE_SECONDS)
+                times[name] = timed_window(windows[name](steps))
+            print(f"  {size} round {r}: " + ", ".join(f"{n} {1e3 * times[n][0] / steps:.1f} ms" for n in order),
+                  file=sys.stderr, flush=True)
             other = max(o for _, o in times.values())
             others.append(other)
             if not other > MAX_OTHER_CORES:  # NaN (no /proc/stat) counts as quiet
@@ -124,7 +136,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
     peak = measure_matmul_peak()

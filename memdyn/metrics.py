@@ -46,13 +46,13 @@ def argmax_is_target(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Arr
 
 
 def first_argmax(logits_BxLxV: jax.Array) -> jax.Array:
-    """``jnp.argmax(logits, -1)`` for finite logits (the first index of the maximum), as the smallest index whose
-    logit equals the maximum: two single-output reductions, about 5x faster on the CPU than argmax's two-output
-    one at V=2048."""
+    """``jnp.argmax(logits, -1)`` for finite logits (the first index of the maximum): the smallest of index + V *
+    sign(max - logit), i.e. of the indices holding the maximum. Arithmetic and two single-output reductions, which
+    XLA's CPU backend runs as vectorized kernels, about 7x faster than its argmax at V=2048."""
     vocab = logits_BxLxV.shape[-1]
-    is_max_BxLxV = logits_BxLxV == logits_BxLxV.max(axis=-1, keepdims=True)
-    first_BxL = jnp.where(is_max_BxLxV, jnp.arange(vocab, dtype=jnp.float32), float(vocab)).min(axis=-1)
-    return jnp.minimum(first_BxL, vocab - 1).astype(jnp.int32)  # all-NaN rows: no index equals the max
+    below_max_BxLxV = jnp.sign(logits_BxLxV.max(axis=-1, keepdims=True) - logits_BxLxV)  # 0 at the maximum, else 1
+    first_BxL = (jnp.arange(vocab, dtype=jnp.float32) + vocab * below_max_BxLxV).min(axis=-1)  # exact below 2**24
+    return jnp.clip(first_BxL, 0, vocab - 1).astype(jnp.int32)  # NaN logits give no meaningful index
 
 
 def _scored(ce_BxL: jax.Array, correct_BxL: jax.Array, weights_BxL: jax.Array) -> dict[str, jax.Array]:
