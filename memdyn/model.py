@@ -68,6 +68,59 @@ def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base
     return jnp.concatenate([x_rot.astype(x_BxLxHxK.dtype), x_pass], axis=-1)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, ``x * Phi(x)``, as 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's formula). ``jax.nn.gelu``'s exact form
+    goes through erfc, which XLA's CPU backend evaluates about 2.5x slower; the two differ in the last bits only."""
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
+
+
+@jax.custom_vjp
+def softmax(x: jax.Array) -> jax.Array:
+    """``jax.nn.softmax`` over the last axis (same forward arithmetic) whose backward pass reads only the saved
+    probabilities, p * (g - sum(g * p)): a custom VJP rather than JAX's JVP rule, which on the CPU left XLA
+    materializing a broadcast of the normalizer per layer (the tiny train step 3% faster)."""
+    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
+    return unnormalized / unnormalized.sum(-1, keepdims=True)
+
+
+def _softmax_fwd(x):
+    probs = softmax(x)
+    return probs, probs
+
+
+def _softmax_bwd(probs, g):
+    return (probs * (g - (g * probs).sum(-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+@jax.custom_vjp
+def store_gradient(x: jax.Array) -> jax.Array:
+    """The identity, whose gradient XLA computes once and stores on the CPU. Without it XLA's CPU fusion copies
+    the residual stream's gradient (LayerNorm backward plus the residual sum) into each of its consumers (weight
+    gradients, transposes, the next layer's backward) and recomputes it there. A conditional is a fusion barrier
+    that XLA keeps (``optimization_barrier`` it strips); on other backends, where a conditional may cost a host
+    round trip, the gradient passes through untouched. Same gradient either way."""
+    return x
+
+
+def _store_fwd(x):
+    return x, None
+
+
+def _store_bwd(_, g):
+    if jax.default_backend() != "cpu":
+        return (g,)
+    first = g.ravel()[0]
+    # Both branches return g (a non-finite g stays non-finite); distinct branches keep XLA from turning the
+    # conditional into a select, which would be fused again.
+    return (jax.lax.cond(jnp.isfinite(first), lambda g: g, lambda g: g + first * 0, g),)
+
+
+store_gradient.defvjp(_store_fwd, _store_bwd)
+
+
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")  # as config.ATTENTION_IMPLEMENTATIONS (no config import)
 # Rematerialisation (config.model.remat): what each block keeps for the backward pass; the rest is recomputed.
 REMAT_POLICIES = {
@@ -131,7 +184,7 @@ class Attention(nnx.Module):
             scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK,
                                         preferred_element_type=jnp.float32) * scale
             scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
-            probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(dtype)
+            probs_BxHxLxS = softmax(scores_BxHxLxS).astype(dtype)
             out_BxLxHxK = jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK)
         else:
             out_BxLxHxK = jax.nn.dot_product_attention(
@@ -173,7 +226,7 @@ class MLP(nnx.Module):
             h_BxLxF = jax.nn.silu(pre_BxLxF) * up_BxLxF
         else:
             h_BxLxF = x_BxLxD @ self.in_kernel[...].astype(dtype) + self.in_bias[...].astype(dtype)
-            h_BxLxF = sharding.constrain(jax.nn.gelu(h_BxLxF, approximate=False), names)
+            h_BxLxF = sharding.constrain(gelu(h_BxLxF), names)
         if gate_BxLxF is not None:  # MemSinks: the sink units of other sequences are switched off
             h_BxLxF = h_BxLxF * sharding.constrain(gate_BxLxF.astype(dtype), names)
         out_kernel = self.out_kernel[...].astype(dtype)
@@ -199,10 +252,11 @@ class Block(nnx.Module):
     def with_kv(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None, cache_kv=None, start=0,
                 grad_gate_BxLxF=None):
         """Block output and the attention's keys/values (see ``Attention.with_kv`` for ``cache_kv``)."""
+        x_BxLxD = store_gradient(x_BxLxD)  # the residual stream's gradient, stored once per sublayer (CPU)
         attended_BxLxD, kv = self.attention.with_kv(self.attention_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL,
                                                     cache_kv, start)
         # Parallel residual (GPT-NeoX): the MLP reads the block's input, not the attention's output.
-        mlp_input_BxLxD = x_BxLxD if self.parallel_residual else x_BxLxD + attended_BxLxD
+        mlp_input_BxLxD = x_BxLxD if self.parallel_residual else store_gradient(x_BxLxD + attended_BxLxD)
         x_BxLxD = x_BxLxD + attended_BxLxD + self.mlp(self.mlp_norm(mlp_input_BxLxD), gate_BxLxF, grad_gate_BxLxF)
         return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed")), kv
 

@@ -229,3 +229,48 @@ def test_attention_implementation_is_validated():
         config_lib.validate(tiny_config(**{"model.attention": "flash"}))
     with pytest.raises(ValueError, match="config.model.attention='cudnn' needs config.model.dtype='bfloat16'"):
         config_lib.validate(tiny_config(**{"model.attention": "cudnn"}))
+
+
+def test_gelu_and_softmax_equal_their_definitions_forward_and_backward():
+    """memdyn's GELU (erf form) and softmax (custom VJP) against the exact GELU x * Phi(x) and softmax in float64
+    NumPy, values and gradients."""
+    from math import erf
+
+    from memdyn.model import gelu, softmax
+    x = np.linspace(-8, 8, 4001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    phi = 0.5 * (1 + np.vectorize(erf)(x64 / np.sqrt(2)))
+    pdf = np.exp(-0.5 * x64 ** 2) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(gelu(jnp.asarray(x)), x64 * phi, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda v: gelu(v).sum())(jnp.asarray(x)), phi + x64 * pdf, rtol=1e-5,
+                               atol=1e-6)
+
+    s = np.asarray(jax.random.normal(jax.random.key(1), (3, 5, 7))) * 4
+    g = np.asarray(jax.random.normal(jax.random.key(2), (3, 5, 7)))
+    p = np.exp(s.astype(np.float64) - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax(jnp.asarray(s)), p, rtol=1e-6, atol=1e-7)
+    grad = jax.vjp(softmax, jnp.asarray(s))[1](jnp.asarray(g))[0]
+    np.testing.assert_allclose(grad, p * (g - (g * p).sum(-1, keepdims=True)), rtol=1e-5, atol=1e-6)
+    masked = np.where(np.arange(7) < 4, s, np.finfo(np.float32).min)  # masked keys: probability 0, gradient 0
+    assert np.all(np.asarray(softmax(jnp.asarray(masked)))[..., 4:] == 0)
+
+
+def test_stored_residual_gradient_is_the_same_gradient_and_a_barrier_on_the_cpu():
+    """store_gradient changes nothing in value or gradient (bitwise), and the compiled CPU step keeps one
+    conditional per stored residual gradient (two per sequential block) for XLA's fusion not to cross."""
+    from memdyn.model import store_gradient
+    x = jax.random.normal(jax.random.key(0), (4, 8))
+    f = lambda v: (jnp.tanh(v) ** 2).sum()  # noqa: E731
+    np.testing.assert_array_equal(jax.grad(lambda v: f(store_gradient(v)))(x), jax.grad(f)(x))
+    bad = x.at[0, 0].set(jnp.nan)  # a non-finite gradient stays non-finite
+    assert np.isnan(np.asarray(jax.grad(lambda v: f(store_gradient(v)))(bad))).any()
+
+    model = Transformer(SHAPE, causal=True, rngs=nnx.Rngs(params=0))
+    graphdef, params = nnx.split(model)
+    tokens = jnp.zeros((2, 8), jnp.int32)
+
+    def loss(p):
+        return nnx.merge(graphdef, p)(tokens).mean()
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    assert hlo.count(" conditional(") == 2 * SHAPE.num_layers
