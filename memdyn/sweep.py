@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -297,7 +298,7 @@ def run_tpu(config_path: str, config_arg: str | None, sweep_dir: str, specs: lis
     for run in [r for r in runs if r["status"] == "pending"]:
         log_path = os.path.join(sweep_dir, "logs", f"{run['name']}.log")
         logging.info("run %s on every worker of %s (its log: %s)", run["name"], pod.name, log_path)
-        run["status"] = "running"
+        _mark_running(run, os.getpid())
         manifest.save()
         returncode = tpu.run(run["command"], log_path)
         _finish(run, returncode, log_path)
@@ -311,8 +312,9 @@ def run_tpu(config_path: str, config_arg: str | None, sweep_dir: str, specs: lis
 
 def sweep_status(sweep_dir: str) -> list[dict[str, Any]]:
     """Every run of sweep.json: ``status`` done (trained to its num_steps), running or pending (the scheduler's
-    word for a SLURM task; sweep.json's for a local or TPU run), failed (a SLURM task the scheduler no longer holds,
-    or a run sweep.json says failed or was interrupted) or not started; ``step``: its latest checkpoint."""
+    word for a SLURM task; sweep.json's for a local or TPU run), interrupted (sweep.json says so, or says running
+    while the process it names on this host is gone), failed (a SLURM task the scheduler no longer holds, or a run
+    sweep.json says failed) or not started; ``step``: its latest checkpoint."""
     path = os.path.join(os.path.abspath(sweep_dir), SWEEP_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--workdir={sweep_dir!r} holds no sweep ({SWEEP_FILE} is missing)")
@@ -328,12 +330,33 @@ def sweep_status(sweep_dir: str) -> list[dict[str, Any]]:
             status = "done"
         elif run.get("slurm_job"):
             status = queue.get(run["slurm_job"], "failed")
+        elif run.get("status") == "running" and not _still_running(run):
+            status = "interrupted"  # its process ended without recording how (killed, or the host restarted)
         else:
             status = {"running": "running", "pending": "pending", "failed": "failed", "interrupted": "interrupted",
                       "complete": "failed", "skipped": "failed"}.get(run.get("status"), "not started")
         out.append({"name": run["name"], "status": status, "step": step, "num_steps": num_steps,
                     "job": run.get("slurm_job"), "log": run.get("log") or run.get("error")})
     return out
+
+
+def _mark_running(run: dict[str, Any], pid: int) -> None:
+    """Records the run as running in process ``pid`` of this host, for ``sweep_status`` to check it is alive."""
+    run.update(status="running", host=socket.gethostname(), pid=pid)
+
+
+def _still_running(run: dict[str, Any]) -> bool:
+    """False when sweep.json names a process of this host that no longer exists; True when it exists or cannot be
+    checked from here (another host, or a sweep.json written before memdyn recorded processes)."""
+    if run.get("host") != socket.gethostname() or not run.get("pid"):
+        return True
+    try:
+        os.kill(run["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _run_in_process(todo: list[tuple[int, dict]], total: int, manifest: _Manifest, cache_env: dict[str, str]) -> None:
@@ -365,7 +388,7 @@ def _compile_cache(cache_env: dict[str, str]):
 def _train_each(todo, total: int, manifest: _Manifest, lifecycle, train) -> None:
     for i, run in todo:
         logging.info("run %d/%d: %s", i, total, run["name"])
-        run["status"] = "running"
+        _mark_running(run, os.getpid())
         manifest.save()
         try:
             lifecycle.train(run["config"], run["workdir"])
@@ -475,7 +498,7 @@ def _run_processes(todo: list[tuple[int, dict]], total: int, manifest: _Manifest
                     proc = subprocess.Popen([*command, *_run_flags(run, base_overrides)], env={**env, **devices},
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 running[proc] = (run, log_path, (slot, devices))
-                run["status"] = "running"
+                _mark_running(run, proc.pid)
                 if devices:
                     run["devices"] = devices
                 manifest.save()

@@ -231,3 +231,20 @@ def test_tpu_backend_runs_each_run_on_every_worker(tmp_path, monkeypatch):
     assert [r["status"] for r in again] == ["skipped", "skipped"] and len(calls.read_text().splitlines()) == 2
     with pytest.raises(ValueError, match="--backend=tpu needs --zone"):
         sweep.run_tpu(BASE, None, sweep_dir, ["seed=0"], TINY, tpu.Pod(name="pod-1", zone=None))
+
+
+def test_sweep_status_finds_runs_whose_process_is_gone(tmp_path):
+    """sweep.json says running: a process of this host that ended makes the run interrupted; a live one, another
+    host's or an unrecorded one keeps it running (nothing to check from here)."""
+    import socket
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    recorded = [("dead", host, gone.pid), ("alive", host, os.getpid()), ("elsewhere", "another-host", gone.pid),
+                ("unrecorded", None, None)]
+    runs = [{"name": name, "workdir": str(tmp_path / name), "status": "running", "host": h, "pid": pid}
+            for name, h, pid in recorded]
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    status = {r["name"]: r["status"] for r in sweep.sweep_status(str(tmp_path))}
+    assert status == {"dead": "interrupted", "alive": "running", "elsewhere": "running", "unrecorded": "running"}
