@@ -19,8 +19,10 @@ into the Hugging Face model):
   other jobs also use, OpenMP's barriers can make all-core torch many times slower than one thread.
 
 Each contender is warmed up (compiled) first; then ``rounds`` rounds run every contender once per round, in turn
-(interleaved, so drift of a busy machine hits all alike), each timing a window of repeated calls of at least
-``--min-window`` seconds. Throughput = B / median seconds per call. The ported weights also give a correctness
+(interleaved, so drift hits all alike; the order rotates each round and each window follows a short idle pause),
+each timing a window of repeated calls of at least ``--min-window`` seconds. A round in which other processes kept
+more than a tenth of a core busy is discarded (bench.windows). Throughput = B / median seconds per call over the
+kept rounds; ratios are per round, then the median. The ported weights also give a correctness
 check: the fraction of greedy tokens on which memdyn's KV-cache decoding and HF generate agree, equal scores, and
 one-pass prefix lengths equal to the decoded ones (each row's continuation starts with a planted greedy prefix of
 0..N tokens, so scores, prefix lengths and ``memorized`` are not all zero).
@@ -44,6 +46,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.windows import MAX_OTHER_CORES, SETTLE_SECONDS, timed_calls  # noqa: E402
 from memdyn import extract, sizes  # noqa: E402
 from memdyn.model import Transformer  # noqa: E402
 
@@ -110,17 +113,6 @@ def with_threads(threads: int, fn):
     return run
 
 
-def seconds_per_call(fn, min_window: float) -> float:
-    """Mean seconds per call over a window of repeated calls lasting at least ``min_window`` seconds."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_window:
-            return elapsed / calls
-
-
 def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int, rounds: int,
                min_window: float) -> dict:
     max_len = prompt_len + num_new
@@ -156,11 +148,23 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     results = {name: fn() for name, fn in contenders.items()}  # warm-up: compile memdyn, warm torch
     for fn in contenders.values():
         fn()
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            times[name].append(seconds_per_call(fn, min_window))
-    per_sec = {name: batch / statistics.median(t) for name, t in times.items()}
+    names, kept, others = list(contenders), [], []
+    for r in range(rounds):  # order rotated each round, a settle pause before each window (bench.windows)
+        times = {}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(SETTLE_SECONDS)
+            times[name] = timed_calls(contenders[name], min_window)
+        others.append(max(other for _, other in times.values()))
+        if not others[-1] > MAX_OTHER_CORES:  # NaN (no /proc/stat) counts as quiet
+            kept.append({name: seconds for name, (seconds, _) in times.items()})
+    if not kept:
+        raise RuntimeError(f"{size}: every round was noisy (other processes kept up to {max(others):.2f} cores "
+                           "busy); run the benchmark on an idle machine")
+    per_sec = {name: batch / statistics.median(r[name] for r in kept) for name in names}
+    # Ratios per round, then the median: each ratio compares windows minutes apart at most.
+    ratios = {"one_pass_hf": statistics.median(r["hf_nocache"] / r["one_pass"] for r in kept),
+              "kv_hf": statistics.median(r["hf_nocache"] / r["kv"] for r in kept),
+              "decode_hf_cache": statistics.median(r["hf_cache"] / r["decode"] for r in kept)}
 
     memdyn_cont = np.asarray(results["kv"]["continuation"])
     agree = float(np.mean(memdyn_cont == results["hf_nocache"]["continuation"].numpy()))
@@ -172,7 +176,8 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     one_pass_ok = bool((prefix == greedy_prefix).all() and (np.asarray(results["one_pass"]["prefix_match"]) == prefix
                                                             ).all())
     score_ok = bool(np.array_equal(np.asarray(results["kv"]["score"]), results["hf_nocache"]["score"].numpy()))
-    return {"size": size, "params": sizes.count_params(shape), "hf_params": hf_params, **per_sec,
+    return {"size": size, "params": sizes.count_params(shape), "hf_params": hf_params, **per_sec, **ratios,
+            "rounds": f"{len(kept)}/{rounds}", "max_other": max(others),
             "agree": agree, "agree_cache": agree_cache, "one_pass_ok": one_pass_ok, "score_ok": score_ok,
             "memorized": int(np.asarray(results["kv"]["memorized"]).sum())}
 
@@ -198,18 +203,19 @@ def main() -> None:
           f"transformers {transformers.__version__}; load average at start "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"batch {args.batch} sequences x {args.prompt_len + args.num_new} tokens, M = {args.prompt_len}, "
-          f"N = {args.num_new}, vocab {args.vocab}, fp32, greedy; median of {args.rounds} interleaved rounds\n")
+          f"N = {args.num_new}, vocab {args.vocab}, fp32, greedy; median of {args.rounds} interleaved rounds "
+          "(ratios: per round, then the median)\n")
     print("| size | params | memdyn one-pass seq/s | memdyn decode seq/s | memdyn KV-cache score seq/s | "
           "HF generate no-cache seq/s | HF generate cache seq/s | one-pass / HF no-cache | KV score / HF no-cache "
-          "| decode / HF cache |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| decode / HF cache | rounds kept | most other load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     checks = []
     for size in args.sizes.split(","):
         r = bench_size(size, args.batch, args.prompt_len, args.num_new, args.vocab, args.rounds, args.min_window)
         print(f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['one_pass']:,.0f} | {r['decode']:,.0f} | "
               f"{r['kv']:,.0f} | {r['hf_nocache']:,.1f} | {r['hf_cache']:,.1f} | "
-              f"{r['one_pass'] / r['hf_nocache']:,.0f}x | {r['kv'] / r['hf_nocache']:,.1f}x | "
-              f"{r['decode'] / r['hf_cache']:,.2f}x |", flush=True)
+              f"{r['one_pass_hf']:,.0f}x | {r['kv_hf']:,.1f}x | {r['decode_hf_cache']:,.2f}x | {r['rounds']} | "
+              f"{r['max_other']:.2f} cores |", flush=True)
         checks.append(f"{size}: HF params {r['hf_params']:,} (memdyn {r['params']:,}); greedy tokens agreeing "
                       f"memdyn KV vs HF no-cache {100 * r['agree']:.1f}%, HF cache vs no-cache "
                       f"{100 * r['agree_cache']:.1f}%; memdyn scores == HF scores: {r['score_ok']}; one-pass "

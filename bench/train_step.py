@@ -29,12 +29,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.peak import measure_matmul_peak  # noqa: E402
-from bench.windows import MAX_OTHER_CORES, timed_window  # noqa: E402
+from bench.windows import MAX_OTHER_CORES, SETTLE_SECONDS, timed_window  # noqa: E402
 from memdyn import config as config_lib, core, sizes  # noqa: E402
 from memdyn.data import build  # noqa: E402
-
-
-SETTLE_SECONDS = 0.5  # idle time before each window, so neither side's worker threads still spin in the other's
 
 
 def _config(size: str, batch: int, seq: int):
@@ -102,8 +99,6 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
         kept, others = [], []
         names = list(windows)
         for r in range(rounds):
-            # The order rotates each round: the window right after PyTorch's runs slower (thread pools and caches
-            # handed back), which a fixed order would charge to one side.
             order = names[r % len(names):] + names[:r % len(names)]
             times = {}
             for name in order:

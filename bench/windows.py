@@ -3,7 +3,9 @@
 On a 2-core CPU, another process holding a core slows PyTorch (2 threads) 10-25x and XLA about 2x, so a ratio
 taken under load means nothing. ``timed_window`` measures a window's wall time and how many cores other processes
 kept busy during it (from /proc/stat, minus this process's own CPU time); windows above ``MAX_OTHER_CORES`` are
-discarded by the callers and counted.
+discarded by the callers and counted. Callers also rotate the order of their windows each round and let the
+machine settle for ``SETTLE_SECONDS`` before each window: right after a PyTorch window, XLA's next window ran up to
+50% slower (and the other way round), which a fixed order charges to one side.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import resource
 import time
 from typing import Callable
 
+SETTLE_SECONDS = 0.5  # idle time before each window
 MAX_OTHER_CORES = 0.10  # a window during which other processes used more than a tenth of a core is noisy
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -42,3 +45,17 @@ def timed_window(run: Callable[[], None]) -> tuple[float, float]:
     if busy is None or after is None:
         return wall, float("nan")
     return wall, max(0.0, (after - busy) - (_own_seconds() - own)) / wall
+
+
+def timed_calls(fn: Callable[[], object], min_window: float) -> tuple[float, float]:
+    """Calls ``fn`` repeatedly for at least ``min_window`` seconds; returns (seconds per call, cores other
+    processes kept busy meanwhile; NaN off Linux)."""
+    calls = [0]
+
+    def run():
+        start = time.perf_counter()
+        while not calls[0] or time.perf_counter() - start < min_window:
+            fn()
+            calls[0] += 1
+    wall, other = timed_window(run)
+    return wall / calls[0], other
