@@ -210,3 +210,27 @@ def test_insertion_and_evaluation_with_microbatches(tmp_path):
     inserted = pd.read_csv(tmp_path / "insertions.csv")
     assert len(inserted) >= 1 and np.isfinite(inserted["loss"]).all()
     assert {"special", "validation"} <= set(pd.read_csv(tmp_path / "eval.csv")["set"])
+
+
+@pytest.mark.parametrize("extra", [
+    {"data.source": "tfds", "data.tfds.name": "memdyn_synthetic", "data.vocab.model_type": "word",
+     "data.vocab.size": None, "data.tags": "gold", "data.doc_ids": "prefix", "data.chunk_len": 29},  # content, POS
+    {"memsinks.method": "sinks", "memsinks.p_gen": 0.7, "memsinks.p_mem": 0.3},  # MemSinks' gated MLPs
+    {"memsinks.method": "shared", "memsinks.p_gen": 0.7, "memsinks.p_mem": 0.3},  # and their gradient gates
+], ids=["content+pos", "memsinks", "memsinks-shared"])
+def test_every_step_metric_combines_over_microbatches(tmp_path, extra):
+    """Every metric the step returns, the content subset's, the per-tag counts and MemSinks runs' included,
+    is the same with 2 microbatches as with one batch (float32 rounding; counts exactly)."""
+    if extra.get("data.source") == "tfds":
+        extra = {**extra, "data.tfds.data_dir": str(tmp_path / "tfds")}
+    _, _, _, ref_metrics = _train(tmp_path / "one", steps=2, **extra)
+    _, _, _, metrics = _train(tmp_path / "k2", steps=2, grad_accum=2, **extra)
+    assert {k for k in ref_metrics[0] if k.endswith("_T")} and set(metrics[0]) == set(ref_metrics[0])
+    if "data.doc_ids" in extra:
+        assert "content_mem_update" in ref_metrics[0]
+    for a, b in zip(ref_metrics, metrics):
+        for key in a:
+            if key.endswith(("_T", "num_tokens", "num_tokens_B", "ids_B")) or key == "loss_tokens":
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            else:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=2e-6, err_msg=key)
