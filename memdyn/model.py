@@ -112,7 +112,7 @@ def _store_fwd(x):
 def _store_bwd(_, g):
     if jax.default_backend() != "cpu":
         return (g,)
-    first = g.ravel()[0]
+    first = g[(0,) * g.ndim]  # one element (a ravel could move a sharded array)
     # Both branches return g (a non-finite g stays non-finite); distinct branches keep XLA from turning the
     # conditional into a select, which would be fused again.
     return (jax.lax.cond(jnp.isfinite(first), lambda g: g, lambda g: g + first * 0, g),)
