@@ -6,7 +6,7 @@ config fields that differ from configs/base.py, and an estimate of memory per de
   gradients                        exact: the size of the parameters (float32, sharded like them); twice that
                                    with microbatches (the running sum and the microbatch's own)
   activations                      an estimate of what the backward pass keeps without rematerialization, per
-                                   layer B'·L·(14·D + k·F' + 2·H'·L) values (k = 4 GELU, 5 SwiGLU; B' = rows of one
+                                   layer B'·L·(14·D + k·F' + H'·L) values (k = 3 GELU, 5 SwiGLU; B' = rows of one
                                    microbatch per data-parallel shard, F' and H' the hidden units and heads per
                                    tensor shard), plus 3·B'·L·V' float32 logits (logits, softmax, gradient). With
                                    model.remat=block each layer keeps only its input (B'·L·D values) and one
@@ -44,8 +44,8 @@ def activation_bytes(run) -> int:
     length = run.config.data.seq_len - (1 if run.config.model.causal else 0)
     per_value = np.dtype(run.config.model.dtype).itemsize
     heads, d_ff = max(shape.num_heads // tensor, 1), shape.d_ff // tensor
-    hidden = (5 if shape.mlp == "swiglu" else 4) * d_ff
-    per_layer = batch * length * (14 * shape.d_model + hidden + 2 * heads * length)
+    hidden = (5 if shape.mlp == "swiglu" else 3) * d_ff
+    per_layer = batch * length * (14 * shape.d_model + hidden + heads * length)
     kept = {"none": per_layer,
             "block": batch * length * shape.d_model,
             "dots": batch * length * (7 * shape.d_model + d_ff + heads * length),
