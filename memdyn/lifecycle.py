@@ -1,13 +1,16 @@
 """A run's life (``memdyn train``): check the config, prepare the data, then start, resume or fork, and train.
 
 A workdir that already holds the run resumes from its latest complete checkpoint (a finished run is left alone);
-``config.init_from`` starts a new run from another run's checkpoint (a fork, e.g. to insert a special set). A
+``config.init_from`` starts a new run from another run's checkpoint (a fork, e.g. to insert a special set, or to
+continue in the other layer layout, ``model.scan_layers``: the checkpoint is converted). A
 stored run whose model, data, optimizer or seed differ is refused before any compute (``runs.check_compatible``,
 the same check ``memdyn sweep`` makes). With several processes, process 0 builds the data while the others wait.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import shutil
 from typing import Any
@@ -18,6 +21,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_dict
 
 from memdyn import checkpoint, plots, runs, summary
+from memdyn import model as model_lib
 from memdyn import config as config_lib
 from memdyn.core import Run, build_run
 from memdyn.data import build, run_data
@@ -109,17 +113,36 @@ def restore_parent(run: Run, init_from: str) -> checkpoint.Restored:
     ckpt_dir = os.path.join(parent, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"--init_from={init_from!r}: {parent!r} has no checkpoints")
+    parent_scanned = bool(stored["model"].get("scan_layers", False))
+    # The parent's layout (blocks stacked or apart) is the restore target; a fork in the other layout converts.
+    target = run if parent_scanned == run.config.model.scan_layers else _in_layout(run, parent_scanned)
     parent_ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
     try:
         if at is not None and at not in parent_ckpt.steps():
             raise ValueError(f"--init_from={init_from!r}: no checkpoint {at}; available: {parent_ckpt.steps()}")
         with run.context():
-            restored = parent_ckpt.restore_latest(run.abstract_params, run.abstract_opt_state, at_most=at)
+            restored = parent_ckpt.restore_latest(target.abstract_params, target.abstract_opt_state, at_most=at)
     finally:
         parent_ckpt.close()
     if restored is None or (at is not None and restored.step != at):
         raise ValueError(f"--init_from={init_from!r}: no readable checkpoint" + (f" {at}" if at is not None else ""))
+    if target is not run:
+        with run.context():
+            params, opt_state = (model_lib.convert_layout(tree, scanned=run.config.model.scan_layers)
+                                 for tree in (restored.params, restored.opt_state))
+            restored = dataclasses.replace(restored, params=jax.device_put(params, run.param_shardings),
+                                           opt_state=jax.device_put(opt_state, run.opt_shardings))
+        logging.info("converted %s's checkpoint %d to %s layers", parent, restored.step,
+                     "scanned" if run.config.model.scan_layers else "unrolled")
     return restored
+
+
+def _in_layout(run: Run, scanned: bool) -> Run:
+    """The same run with its blocks stacked (``scanned``) or apart: only its abstract state is used."""
+    config = copy.deepcopy(run.config)
+    with config.unlocked():
+        config.model.scan_layers = scanned
+    return build_run(config, run.data)
 
 
 def _prepare_data(config: config_dict.ConfigDict, workdir: str) -> run_data.RunData:

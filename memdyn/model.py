@@ -474,3 +474,20 @@ def unstack_blocks(params: dict) -> dict:
     for i in range(num_layers):
         out[f"block_{i:02d}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
     return out
+
+
+def convert_layout(tree, scanned: bool):
+    """Parameters, or an optimizer state holding parameter-shaped trees (Adam's moments), with their blocks
+    stacked (``scanned``: ``stack_blocks``) or apart (``unstack_blocks``), wherever in ``tree`` they occur."""
+    if isinstance(tree, dict):
+        tree = {k: convert_layout(v, scanned) for k, v in tree.items()}
+        if scanned and any(k.startswith("block_") for k in tree):
+            return stack_blocks(tree)
+        if not scanned and "blocks" in tree:
+            return unstack_blocks(tree)
+        return tree
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # optax states are named tuples
+        return type(tree)(*(convert_layout(v, scanned) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(convert_layout(v, scanned) for v in tree)
+    return tree

@@ -32,6 +32,7 @@ _IDENTITY_FIELDS = {"size": ("model", "size"), "params": ("model", "params"), "c
 # math up to rounding). Everything else (model, data, optimizer, seed) must match.
 RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint.", "eval.", "sharding.", "insert.", "grad_accum",
                      "model.remat")
+FORK_CHANGES = ("model.scan_layers",)  # a fork converts the parent's checkpoint to its own layout
 
 
 # -- files ---------------------------------------------------------------------------------------------------------
@@ -131,11 +132,12 @@ def check_compatible(stored: dict[str, Any], config: config_dict.ConfigDict, whe
     requested = json.loads(config_lib.to_json(resolved))
     if fork:
         requested["init_from"] = stored.get("init_from")
-    problems = [d for d in config_lib.differences(stored, requested)
-                if not d.split(":")[0].startswith(RESUMABLE_CHANGES)]
+    allowed = RESUMABLE_CHANGES + (FORK_CHANGES if fork else ())
+    problems = [d for d in config_lib.differences(stored, requested) if not d.split(":")[0].startswith(allowed)]
     if problems:
         hint = ("; a scanned model's checkpoint holds its blocks stacked (`blocks`), an unrolled one's apart "
-                "(`block_00`, ...): keep the run's own model.scan_layers") \
+                "(`block_00`, ...): keep the run's own model.scan_layers, or fork it in the other layout "
+                "(`memdyn train --init_from=<this run> --config.model.scan_layers=...`)") \
             if any(d.startswith("model.scan_layers") for d in problems) else ""
         raise ValueError(f"{where} holds a run with an incompatible config: " + "; ".join(problems[:10]) + hint)
 
