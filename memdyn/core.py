@@ -252,10 +252,13 @@ def forward_parts(run: Run, memorization_metrics: bool = True, memsinks_mode: st
         if run.content_start:  # target index t is token t + 1 (causal) or t (masked): either way t >= prefix
             content_L = jnp.arange(targets_BxL.shape[1]) >= run.content_start
             subsets["content"] = score_weights_BxL * content_L
-        out = metrics_lib.token_metrics(logits, targets_BxL, loss_weights_BxL, score_weights_BxL, subsets)
-        if run.tag_names and "tags_BxL" in batch:
+        pos = bool(run.tag_names) and "tags_BxL" in batch
+        predicted_BxL = metrics_lib.first_argmax(logits) if pos else None  # POS needs the tokens themselves
+        out = metrics_lib.token_metrics(logits, targets_BxL, loss_weights_BxL, score_weights_BxL, subsets,
+                                        predicted_BxL)
+        if pos:
             tags_BxL = batch["tags_BxL"][:, 1:] if config.model.causal else batch["tags_BxL"]  # the targets' tags
-            out.update(pos_lib.tag_counts(logits, targets_BxL, tags_BxL, score_weights_BxL,
+            out.update(pos_lib.tag_counts(predicted_BxL, targets_BxL, tags_BxL, score_weights_BxL,
                                           jnp.asarray(run.token_tags_V), len(run.tag_names)))
         for batch_metric in run.batch_metrics:
             out.update(batch_metric(batch, logits, targets_BxL, score_weights_BxL))

@@ -14,7 +14,8 @@ import optax
 
 def token_metrics(logits_BxLxV: jax.Array, targets_BxL: jax.Array, loss_weights_BxL: jax.Array,
                   score_weights_BxL: jax.Array | None = None,
-                  subsets: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+                  subsets: dict[str, jax.Array] | None = None,
+                  predicted_BxL: jax.Array | None = None) -> dict[str, jax.Array]:
     """The objective's loss and the exact-match statistics; positions of weight 0 are ignored.
 
     ``loss`` is the training objective: mean cross-entropy over the ``loss_weights`` positions. Everything else is
@@ -23,11 +24,14 @@ def token_metrics(logits_BxLxV: jax.Array, targets_BxL: jax.Array, loss_weights_
     ``loss_B``, ``exact_match_B`` (fraction of scored positions whose argmax is the target, NaN-free: 0 for an
     example with none) and ``num_tokens_B``. Each of ``subsets`` (name -> weights [B, L], a part of the scored
     positions) adds the same statistics over its positions, named ``<name>_mem_update``, ``<name>_loss_B``, ...
+    ``predicted_BxL``: the argmax tokens (``first_argmax``) when the caller has them; else exact match is decided
+    without computing them (``argmax_is_target``).
     """
     if score_weights_BxL is None:
         score_weights_BxL = loss_weights_BxL
     ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-    correct_BxL = argmax_is_target(logits_BxLxV, targets_BxL).astype(jnp.float32)
+    correct_BxL = (argmax_is_target(logits_BxLxV, targets_BxL) if predicted_BxL is None
+                   else predicted_BxL == targets_BxL).astype(jnp.float32)
     out = {"loss": mean_loss(logits_BxLxV, targets_BxL, loss_weights_BxL, ce_BxL),
            **_scored(ce_BxL, correct_BxL, score_weights_BxL)}
     for name, weights_BxL in (subsets or {}).items():

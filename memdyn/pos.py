@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memdyn import metrics
-
 COUNTS = ("positions", "right", "exact")
 
 
@@ -39,10 +37,10 @@ def token_tags(tokens_NxL: np.ndarray, tags_NxL: np.ndarray, vocab_size: int, nu
     return np.where(counts_VxT.sum(1) > 0, counts_VxT.argmax(1), 0).astype(np.int32)
 
 
-def tag_counts(logits_BxLxV: jax.Array, targets_BxL: jax.Array, target_tags_BxL: jax.Array,
+def tag_counts(predicted_BxL: jax.Array, targets_BxL: jax.Array, target_tags_BxL: jax.Array,
                weights_BxL: jax.Array, token_tags_V: jax.Array, num_tags: int) -> dict[str, jax.Array]:
-    """``pos_positions_T``, ``pos_right_T`` and ``pos_exact_T`` (float32 [tags]) over the weighted positions."""
-    predicted_BxL = metrics.first_argmax(logits_BxLxV)
+    """``pos_positions_T``, ``pos_right_T`` and ``pos_exact_T`` (float32 [tags]) over the weighted positions, from
+    the predicted (argmax) tokens (``metrics.first_argmax``)."""
     onehot_BxLxT = jax.nn.one_hot(target_tags_BxL.astype(jnp.int32), num_tags, dtype=jnp.float32)
     onehot_BxLxT = onehot_BxLxT * weights_BxL[..., None]
     right_BxL = (token_tags_V[predicted_BxL] == target_tags_BxL).astype(jnp.float32)
