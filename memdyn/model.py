@@ -121,6 +121,27 @@ def _store_bwd(_, g):
 store_gradient.defvjp(_store_fwd, _store_bwd)
 
 
+@jax.custom_vjp
+def dense(x_BxLxD: jax.Array, kernel_DxF: jax.Array) -> jax.Array:
+    """``x @ kernel`` with the kernel's gradient written as one 2-D matmul, x[N, D]^T @ g[N, F] (N = B·L): the
+    gradient JAX derives contracts over B and L at once, which XLA's CPU backend sends to a generic matmul rather
+    than its fast kernels (measured: the tiny train step 9% faster, side by side)."""
+    return x_BxLxD @ kernel_DxF
+
+
+def _dense_fwd(x_BxLxD, kernel_DxF):
+    return x_BxLxD @ kernel_DxF, (x_BxLxD, kernel_DxF)
+
+
+def _dense_bwd(residuals, g_BxLxF):
+    x_BxLxD, kernel_DxF = residuals
+    x_NxD, g_NxF = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), g_BxLxF.reshape(-1, g_BxLxF.shape[-1])
+    return g_BxLxF @ kernel_DxF.T, x_NxD.T @ g_NxF
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")  # as config.ATTENTION_IMPLEMENTATIONS (no config import)
 # Rematerialisation (config.model.remat): what each block keeps for the backward pass; the rest is recomputed.
 REMAT_POLICIES = {
@@ -221,20 +242,20 @@ class MLP(nnx.Module):
         dtype = x_BxLxD.dtype
         names = ("batch", "length", "act_mlp")
         if self.kind == "swiglu":
-            pre_BxLxF = sharding.constrain(x_BxLxD @ self.in_kernel[...].astype(dtype), names)
-            up_BxLxF = sharding.constrain(x_BxLxD @ self.up_kernel[...].astype(dtype), names)
+            pre_BxLxF = sharding.constrain(dense(x_BxLxD, self.in_kernel[...].astype(dtype)), names)
+            up_BxLxF = sharding.constrain(dense(x_BxLxD, self.up_kernel[...].astype(dtype)), names)
             h_BxLxF = jax.nn.silu(pre_BxLxF) * up_BxLxF
         else:
-            h_BxLxF = x_BxLxD @ self.in_kernel[...].astype(dtype) + self.in_bias[...].astype(dtype)
+            h_BxLxF = dense(x_BxLxD, self.in_kernel[...].astype(dtype)) + self.in_bias[...].astype(dtype)
             h_BxLxF = sharding.constrain(gelu(h_BxLxF), names)
         if gate_BxLxF is not None:  # MemSinks: the sink units of other sequences are switched off
             h_BxLxF = h_BxLxF * sharding.constrain(gate_BxLxF.astype(dtype), names)
         out_kernel = self.out_kernel[...].astype(dtype)
         if grad_gate_BxLxF is None:
-            out = h_BxLxF @ out_kernel
+            out = dense(h_BxLxF, out_kernel)
         else:
             g = sharding.constrain(grad_gate_BxLxF.astype(dtype), names)
-            out = (h_BxLxF * g) @ out_kernel + jax.lax.stop_gradient((h_BxLxF * (1 - g)) @ out_kernel)
+            out = dense(h_BxLxF * g, out_kernel) + jax.lax.stop_gradient((h_BxLxF * (1 - g)) @ out_kernel)
         return out if self.kind == "swiglu" else out + self.out_bias[...].astype(dtype)
 
 
