@@ -4,7 +4,8 @@ per-batch memorization metrics, and a plain-PyTorch training step of the same sh
     python -m bench.train_step [--sizes=tiny,small,medium] [--batch=16] [--seq=128] [--steps=10] [--rounds=6]
         [--warmup=5]
 
-memdyn's step (with and without the metrics) and PyTorch's are timed in interleaved windows after the same
+memdyn's step (with the memorization metrics and the per-tag POS counts of the tagged corpus, with the
+memorization metrics alone, and with the loss alone) and PyTorch's are timed in interleaved windows after the same
 warm-up, and a round of windows in which other processes kept more than a tenth of a core busy is discarded
 (bench.windows): on 2 cores another process slows PyTorch 10-25x and XLA about 2x.
 
@@ -57,7 +58,7 @@ def time_steps(step_fn, params, opt_state, tokens, steps: int, windows: int = 3)
 def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_dir: str, rounds: int = 6,
                warmup: int = 5) -> dict:
     """memdyn's step with and without the memorization metrics and the PyTorch peer, timed in interleaved
-    windows of ``steps`` steps (``rounds`` of three windows) after ``warmup`` steps of each; a round in which
+    windows of ``steps`` steps (``rounds`` of four windows) after ``warmup`` steps of each; a round in which
     other processes kept more than ``windows.MAX_OTHER_CORES`` busy is discarded. Ratios are per round, then the
     median."""
     from bench.torch_peer import make_torch_step  # torch only when the peer runs
@@ -66,7 +67,10 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
     data = build.prepare(config, os.path.join(data_dir, f"L{seq}"))
     run = core.build_run(config, data)
     params, opt_state = core.init_state(run)
+    no_pos = config.copy_and_resolve_references()
+    no_pos.eval.pos = False  # the memorization metrics alone, without the per-tag counts of the tagged corpus
     fns = {"with": core.make_train_step(run, memorization_metrics=True),
+           "memorization": core.make_train_step(core.build_run(no_pos, data), memorization_metrics=True),
            "without": core.make_train_step(run, memorization_metrics=False)}
     shape = run.shape
     peer_step = make_torch_step(num_layers=shape.num_layers, d_model=shape.d_model, num_heads=shape.num_heads,
@@ -92,8 +96,8 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
                 acc.item()
             return go
 
-        windows = {"with": lambda n: memdyn_window(fns["with"], n), "without": lambda n: memdyn_window(
-            fns["without"], n), "torch": torch_window}
+        windows = {**{name: (lambda n, fn=fn: memdyn_window(fn, n)) for name, fn in fns.items()},
+                   "torch": torch_window}
         for make in windows.values():  # compile and warm up all three before timing any
             make(warmup)()
         kept, others = [], []
@@ -119,6 +123,7 @@ def bench_size(size: str, batch: int, seq: int, steps: int, peak: float, data_di
     return {"size": size, "params": run.config.model.params, "tokens_per_sec": tokens_per_step / step_with,
             "step_ms": 1e3 * step_with, "mfu": flops / peak,
             "metric_overhead": statistics.median(r["with"] / r["without"] for r in kept) - 1,
+            "memorization_overhead": statistics.median(r["memorization"] / r["without"] for r in kept) - 1,
             "torch_tokens_per_sec": tokens_per_step / statistics.median(r["torch"] for r in kept),
             "vs_torch": statistics.median(r["torch"] / r["with"] for r in kept),
             "vs_torch_range": (min(r["torch"] / r["with"] for r in kept), max(r["torch"] / r["with"] for r in kept)),
@@ -139,15 +144,16 @@ def main() -> None:
     print(f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} cores, {platform.processor() or ''}"
           f" jax {jax.__version__}; measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"batch {args.batch} x seq {args.seq}, fp32, AdamW, grad clipping\n")
-    print("| size | params | memdyn tokens/s | step ms | MFU | metrics overhead | PyTorch tokens/s | memdyn / PyTorch "
-          "(range) | rounds kept | most other load |")
+    print("| size | params | memdyn tokens/s | step ms | MFU | metrics overhead: M / M + POS | PyTorch tokens/s | "
+          "memdyn / PyTorch (range) | rounds kept | most other load |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as data_dir:
         for size in args.sizes.split(","):
             r = bench_size(size, args.batch, args.seq, args.steps, peak, data_dir, args.rounds, args.warmup)
             lo, hi = r["vs_torch_range"]
             print(f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['tokens_per_sec']:,.0f} | {r['step_ms']:.1f} | "
-                  f"{100 * r['mfu']:.1f}% | {100 * r['metric_overhead']:+.1f}% | {r['torch_tokens_per_sec']:,.0f} | "
+                  f"{100 * r['mfu']:.1f}% | {100 * r['memorization_overhead']:+.1f}% / "
+                  f"{100 * r['metric_overhead']:+.1f}% | {r['torch_tokens_per_sec']:,.0f} | "
                   f"{r['vs_torch']:.2f}x ({lo:.2f}-{hi:.2f}) | {r['rounds']} | {r['max_other']:.2f} cores |",
                   flush=True)
 
