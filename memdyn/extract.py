@@ -68,12 +68,13 @@ def _greedy_decode(graphdef, params, prompts_BxM, num_new, mlp_gate_BxF):
     _check_lengths(model, prompt_len, num_new)
     logits_BxMxV, cache = model.prefill(prompts_BxM, prompt_len + num_new - 1, mlp_gate_BxF=mlp_gate_BxF)
     new_BxN = jnp.zeros((batch, num_new), jnp.int32).at[:, 0].set(jnp.argmax(logits_BxMxV[:, -1], axis=-1))
+    layers = model.layer_slices()  # a scanned model's per-layer weights, sliced once, not once per token
 
     def step(i, carry):
         new_BxN, cache = carry
         # Merged per iteration so the loop body traces its own module from the (closed-over) arrays.
         logits_BxV, cache = _merge(graphdef, params).decode_step(new_BxN[:, i - 1], cache, prompt_len + i - 1,
-                                                                 mlp_gate_BxF=mlp_gate_BxF)
+                                                                 mlp_gate_BxF=mlp_gate_BxF, layers=layers)
         return new_BxN.at[:, i].set(jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)), cache
 
     new_BxN, _ = jax.lax.fori_loop(1, num_new, step, (new_BxN, cache))

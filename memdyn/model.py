@@ -386,12 +386,15 @@ class Transformer(nnx.Module):
         return logits_BxMxV, cache
 
     def decode_step(self, token_B: jax.Array, cache: KVCache, position: jax.Array | int, *,
-                    mlp_gate_BxF: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+                    mlp_gate_BxF: jax.Array | None = None,
+                    layers: tuple[nnx.GraphDef, list[nnx.State]] | None = None) -> tuple[jax.Array, KVCache]:
         """Feeds one token per sequence at ``position`` (same for the whole batch; may be traced) and returns its
         next-token logits [B, V] in float32 and the cache with this token's keys/values added.
 
         Positions must be fed in order, starting at the prompt length given to ``prefill``; ``position`` must be
         below the cache length (not checkable when traced: out-of-range writes are clamped by XLA).
+        ``layers``: a scanned model's ``layer_slices()``, taken once before a decoding loop (else every token
+        slices the stacked weights again).
         """
         self._require_causal()
         batch = token_B.shape[0]
@@ -402,7 +405,7 @@ class Transformer(nnx.Module):
         mask_Bx1x1xS = (valid_BxS & (jnp.arange(max_len) <= position))[:, None, None, :]
         gate_Bx1xF = None if mlp_gate_BxF is None else mlp_gate_BxF[:, None, :]
         keys, values = [], []
-        for i, block in enumerate(self._blocks()):
+        for i, block in enumerate(self._blocks(layers)):
             x_Bx1xD, (keys_BxSxHxK, values_BxSxHxK) = block.with_kv(
                 x_Bx1xD, mask_Bx1x1xS, positions_Bx1, self._layer_gate(i, gate_Bx1xF),
                 (cache.keys[i], cache.values[i]), position)
@@ -411,12 +414,21 @@ class Transformer(nnx.Module):
         logits_BxV = self._unembed(x_Bx1xD)[:, 0]
         return logits_BxV, KVCache(keys=tuple(keys), values=tuple(values), valid_BxS=valid_BxS)
 
-    def _blocks(self) -> list[Block]:
-        """The blocks in order; of a scanned model, each a view of its layer's slice of the stacked parameters."""
+    def layer_slices(self) -> tuple[nnx.GraphDef, list[nnx.State]] | None:
+        """Of a scanned model, one block's graph and each layer's slice of the stacked parameters; None when
+        unrolled (its blocks are apart already)."""
+        if not self.scan_layers:
+            return None
+        graphdef, state = nnx.split(self.blocks)
+        return graphdef, [jax.tree.map(lambda x, i=i: x[i], state) for i in range(self.shape.num_layers)]
+
+    def _blocks(self, layers: tuple[nnx.GraphDef, list[nnx.State]] | None = None) -> list[Block]:
+        """The blocks in order; of a scanned model, each a view of its layer's slice of the stacked parameters
+        (``layers`` if given, from ``layer_slices``)."""
         if not self.scan_layers:
             return [getattr(self, name) for name in self.block_names]
-        graphdef, state = nnx.split(self.blocks)
-        return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(self.shape.num_layers)]
+        graphdef, states = layers or self.layer_slices()
+        return [nnx.merge(graphdef, state) for state in states]
 
     def _require_causal(self) -> None:
         if not self.causal:

@@ -145,6 +145,41 @@ def test_scanned_layers_equal_unrolled_ones():
     np.testing.assert_allclose(decoded[0], decoded[1], atol=2e-6)
 
 
+def _layer_slices(jaxpr, num_layers: int, in_loop: bool = False) -> list[bool]:
+    """For every slice of a [num_layers, ...] array in ``jaxpr`` (nested ones included): whether it sits inside a
+    loop (fori_loop with static bounds traces as a scan)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        operand = eqn.invars[0].aval if eqn.invars and hasattr(eqn.invars[0], "aval") else None
+        if (eqn.primitive.name in ("slice", "dynamic_slice", "gather") and getattr(operand, "ndim", 0) >= 2
+                and operand.shape[0] == num_layers):
+            found.append(in_loop)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    found += _layer_slices(getattr(inner, "jaxpr", inner), num_layers,
+                                           in_loop or eqn.primitive.name in ("while", "scan"))
+    return found
+
+
+def test_scanned_greedy_decoding_slices_its_layers_once():
+    """A scanned model's greedy decoding takes each layer's weights out of the stacked ones before the token loop,
+    not once per token, and decodes the unrolled model's tokens."""
+    from flax import nnx
+    from memdyn import extract
+    from memdyn.model import stack_blocks
+    unrolled, scanned = _model(False), _model(True)
+    nnx.update(scanned, stack_blocks(nnx.to_pure_dict(nnx.state(unrolled))))
+    prompts = jax.random.randint(jax.random.key(2), (2, 6), 4, 50)  # batch 2: not the 3 layers
+    decoded = [np.asarray(extract.greedy_decode(*nnx.split(m), prompts, 5)) for m in (unrolled, scanned)]
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+    graphdef, params = nnx.split(scanned)
+    jaxpr = jax.make_jaxpr(lambda p: extract._greedy_decode.__wrapped__(graphdef, p, prompts, 5, None))(params)
+    in_loop = _layer_slices(jaxpr.jaxpr, num_layers=3)
+    assert in_loop and not any(in_loop), f"{sum(in_loop)} of {len(in_loop)} layer slices inside the token loop"
+
+
 def test_scanned_model_traces_once_whatever_its_depth():
     """What makes compile time independent of depth: the scanned model's program is the same size at 2 and 8
     layers, the unrolled one's grows with the layers."""
