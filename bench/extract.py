@@ -15,6 +15,8 @@ into the Hugging Face model):
   do_sample=False, use_cache=False)``, then the position-wise score against the true tokens. fp32 on CPU here
   (they ran fp16 on GPUs, batches of 1024).
 * HF cache: the same generate with ``use_cache=True``, an extra column.
+* Scanned decode, below the table: ``greedy_decode`` of the same weights stacked for ``model.scan_layers=True``,
+  against the unrolled model's decode (the layout big presets train in, and extract from).
 * Below the table, both HF runs again with one torch thread instead of all cores: on a shared machine whose cores
   other jobs also use, OpenMP's barriers can make all-core torch many times slower than one thread.
 
@@ -48,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.windows import MAX_OTHER_CORES, SETTLE_SECONDS, timed_calls  # noqa: E402
 from memdyn import extract, sizes  # noqa: E402
-from memdyn.model import Transformer  # noqa: E402
+from memdyn.model import Transformer, stack_blocks  # noqa: E402
 
 
 def hf_model(shape: sizes.ModelShape, params):
@@ -130,12 +132,17 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     tokens_jax = jnp.asarray(tokens_np)
     tokens_torch = torch.from_numpy(tokens_np.astype(np.int64))
     hf, hf_params = hf_model(shape, params)
+    scanned_graphdef, scanned_state = nnx.split(Transformer(shape, causal=True, rngs=nnx.Rngs(0), scan_layers=True))
+    nnx.replace_by_pure_dict(scanned_state, stack_blocks(params))
+    scanned_params = nnx.to_pure_dict(scanned_state)
 
     contenders = {
         "one_pass": lambda: jax.block_until_ready(
             extract.teacher_forced_extractability(graphdef, params, tokens_jax, prompt_len, num_new)),
         "decode": lambda: jax.block_until_ready(
             extract.greedy_decode(graphdef, params, tokens_jax[:, :prompt_len], num_new)),
+        "decode_scanned": lambda: jax.block_until_ready(
+            extract.greedy_decode(scanned_graphdef, scanned_params, tokens_jax[:, :prompt_len], num_new)),
         "kv": lambda: jax.block_until_ready(
             extract.extractability(graphdef, params, {"tokens_BxL": tokens_jax}, prompt_len, num_new)),
         "hf_nocache": lambda: hf_extractability(hf, tokens_torch, prompt_len, num_new, use_cache=False),
@@ -164,7 +171,8 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     # Ratios per round, then the median: each ratio compares windows minutes apart at most.
     ratios = {"one_pass_hf": statistics.median(r["hf_nocache"] / r["one_pass"] for r in kept),
               "kv_hf": statistics.median(r["hf_nocache"] / r["kv"] for r in kept),
-              "decode_hf_cache": statistics.median(r["hf_cache"] / r["decode"] for r in kept)}
+              "decode_hf_cache": statistics.median(r["hf_cache"] / r["decode"] for r in kept),
+              "scanned_unrolled": statistics.median(r["decode_scanned"] / r["decode"] for r in kept)}
 
     memdyn_cont = np.asarray(results["kv"]["continuation"])
     agree = float(np.mean(memdyn_cont == results["hf_nocache"]["continuation"].numpy()))
@@ -175,10 +183,11 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     greedy_prefix = np.cumprod(memdyn_cont == tokens_np[:, prompt_len:], axis=1).sum(axis=1)
     one_pass_ok = bool((prefix == greedy_prefix).all() and (np.asarray(results["one_pass"]["prefix_match"]) == prefix
                                                             ).all())
+    scanned_ok = bool(np.array_equal(np.asarray(results["decode_scanned"]), np.asarray(results["decode"])))
     score_ok = bool(np.array_equal(np.asarray(results["kv"]["score"]), results["hf_nocache"]["score"].numpy()))
     return {"size": size, "params": sizes.count_params(shape), "hf_params": hf_params, **per_sec, **ratios,
             "rounds": f"{len(kept)}/{rounds}", "max_other": max(others),
-            "agree": agree, "agree_cache": agree_cache, "one_pass_ok": one_pass_ok, "score_ok": score_ok,
+            "agree": agree, "agree_cache": agree_cache, "one_pass_ok": one_pass_ok, "score_ok": score_ok, "scanned_ok": scanned_ok,
             "memorized": int(np.asarray(results["kv"]["memorized"]).sum())}
 
 
@@ -225,6 +234,9 @@ def main() -> None:
                       f"{r['hf_nocache_1t']:,.1f} seq/s, cache {r['hf_cache_1t']:,.1f} seq/s; memdyn one-pass / "
                       f"HF no-cache 1 thread {r['one_pass'] / r['hf_nocache_1t']:,.0f}x, KV / HF no-cache 1 thread "
                       f"{r['kv'] / r['hf_nocache_1t']:,.1f}x")
+        checks.append(f"{size}, decoding with model.scan_layers=True (same weights, stacked): "
+                      f"{r['decode_scanned']:,.0f} seq/s, scanned / unrolled time {r['scanned_unrolled']:.2f}x, "
+                      f"same tokens: {r['scanned_ok']}")
     print()
     for line in checks:
         print("- " + line)
