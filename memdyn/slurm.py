@@ -14,6 +14,8 @@ filesystem of the sweep directory (several nodes must share it), and the script 
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import hashlib
 import os
 import shlex
 import shutil
@@ -166,6 +168,24 @@ def submit(path: str) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+def job_name(sweep_dir: str) -> str:
+    """The name of every array of a sweep: its directory's name and a hash of its absolute path. The queue then
+    tells which tasks are the sweep's even where sweep.json does not (a submission cut short between ``sbatch``
+    and writing sweep.json)."""
+    path = os.path.abspath(sweep_dir)
+    return f"memdyn-{os.path.basename(path)}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def queued_by_name(name: str) -> dict[str, str]:
+    """``{"<array id>_<index>": "pending" | "running"}`` for this user's queued array tasks named ``name``."""
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-n", name, "-u", getpass.getuser()],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"squeue failed, so which runs are still queued is unknown (nothing submitted): "
+                           f"{proc.stderr.strip()}")
+    return _queued_tasks(proc.stdout)
+
+
 def queued(array_ids: list[str]) -> dict[str, str]:
     """``{"<array id>_<index>": "pending" | "running"}`` for the array tasks the scheduler still holds."""
     if not array_ids:
@@ -182,8 +202,13 @@ def queued(array_ids: list[str]) -> dict[str, str]:
         for array_id in set(array_ids):
             found.update(queued([array_id]))
         return found
+    return _queued_tasks(proc.stdout)
+
+
+def _queued_tasks(squeue_out: str) -> dict[str, str]:
+    """Parses ``squeue -r -o "%i %T"`` lines into the queued tasks' states."""
     tasks = {}
-    for line in proc.stdout.splitlines():
+    for line in squeue_out.splitlines():
         job, _, state = line.strip().partition(" ")
         if state in QUEUED_STATES:
             tasks[job] = QUEUED_STATES[state]

@@ -236,6 +236,7 @@ def submit_slurm(config_path: str, config_arg: str | None, sweep_dir: str, specs
     manifest_path = os.path.join(sweep_dir, SWEEP_FILE)
     earlier = {r["name"]: r for r in _read_runs(manifest_path)}
     queue = slurm.queued([r["slurm_job"].split("_")[0] for r in earlier.values() if r.get("slurm_job")])
+    unrecorded = _queued_by_index(sweep_dir)
     todo = []
     for run in runs:
         before = earlier.get(run["name"], {})
@@ -243,12 +244,15 @@ def submit_slurm(config_path: str, config_arg: str | None, sweep_dir: str, specs
             run["status"] = "skipped"
         elif before.get("slurm_job") in queue:  # still the scheduler's: leave it
             run.update(status=queue[before["slurm_job"]], slurm_job=before["slurm_job"], log=before.get("log"))
+        elif run["index"] in unrecorded:  # queued, though sweep.json does not say so: leave it, and record it
+            job, state = unrecorded[run["index"]]
+            run.update(status=state, slurm_job=job, log=_slurm_log(sweep_dir, job))
         else:
             todo.append(run)
     tasks = [{"index": run["index"], "name": run["name"], "args": _run_flags(run, base_overrides)} for run in todo]
     command = [sys.executable, "-m", "memdyn", "train", _config_flag(config_path, config_arg)]
     env = {**_package_env(), **compile_cache_env(sweep_dir)}
-    text = slurm.script(tasks, command, env, resources, sweep_dir, "memdyn-" + os.path.basename(sweep_dir))
+    text = slurm.script(tasks, command, env, resources, sweep_dir, slurm.job_name(sweep_dir))
     if todo:  # SLURM's own check, before anything is written
         with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as f:
             f.write(text)
@@ -258,7 +262,11 @@ def submit_slurm(config_path: str, config_arg: str | None, sweep_dir: str, specs
         for run in todo:
             run["status"] = "to submit"
         return {"runs": [_public(r) for r in runs], "array_id": None, "script": text if todo else None}
+    header = {"config": config_path, "config_arg": config_arg, "specs": list(specs), "base_overrides": base_overrides,
+              "backend": "slurm"}
     if not todo:
+        if unrecorded:  # what the queue told about runs sweep.json had lost
+            _Manifest(sweep_dir, header, runs).save()
         return {"runs": [_public(r) for r in runs], "array_id": None, "script": None}
     os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
     script_dir = os.path.join(sweep_dir, slurm.SCRIPT_DIR)
@@ -269,11 +277,20 @@ def submit_slurm(config_path: str, config_arg: str | None, sweep_dir: str, specs
     array_id = slurm.submit(path)
     for run in todo:
         job = f"{array_id}_{run['index']}"
-        run.update(status="submitted", slurm_job=job, log=os.path.join(sweep_dir, "logs", f"slurm-{job}.log"))
-    header = {"config": config_path, "config_arg": config_arg, "specs": list(specs), "base_overrides": base_overrides,
-              "backend": "slurm"}
+        run.update(status="submitted", slurm_job=job, log=_slurm_log(sweep_dir, job))
     _Manifest(sweep_dir, header, runs).save()
     return {"runs": [_public(r) for r in runs], "array_id": array_id, "script": path}
+
+
+def _queued_by_index(sweep_dir: str) -> dict[int, tuple[str, str]]:
+    """The sweep's queued array tasks by run index (array task i is run i): ``{i: (job, state)}``, found by the
+    sweep's job name whether or not sweep.json recorded them."""
+    return {int(m.group(1)): (job, state) for job, state in slurm.queued_by_name(slurm.job_name(sweep_dir)).items()
+            if (m := re.fullmatch(r"\d+_(\d+)", job))}
+
+
+def _slurm_log(sweep_dir: str, job: str) -> str:
+    return os.path.join(sweep_dir, "logs", f"slurm-{job}.log")
 
 
 def run_tpu(config_path: str, config_arg: str | None, sweep_dir: str, specs: list[str],

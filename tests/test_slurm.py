@@ -113,6 +113,28 @@ def test_slurm_sweep_preempts_requeues_resubmits_and_matches_a_local_run(slurm_c
                                       check_exact=True, obj=f"{name}/examples")
 
 
+def test_a_submission_cut_short_before_sweep_json_is_not_submitted_twice(slurm_cluster, tmp_path):
+    """sbatch returned but sweep.json was never written (the submitting process died in between): submitting again
+    finds the queued tasks by the sweep's job name, submits nothing, and records them."""
+    cluster, sweep_dir = slurm_cluster, str(tmp_path / "sweep")
+    submit = [*FLAGS, *SWEEP, f"--workdir={sweep_dir}", "--backend=slurm", "--gpus_per_node=0",
+              f"--partition={PARTITION}", "--sbatch_arg=--hold"]  # held: the tasks stay pending
+    proc = _memdyn(cluster, "sweep", *submit)
+    assert proc.returncode == 0, proc.stderr
+    first = {r["name"]: r["slurm_job"] for r in json.load(open(os.path.join(sweep_dir, "sweep.json")))["runs"]}
+    try:
+        os.remove(os.path.join(sweep_dir, "sweep.json"))
+        again = _memdyn(cluster, "sweep", *submit)
+        assert again.returncode == 0, again.stderr
+        assert "nothing to submit" in again.stdout, again.stdout
+        assert sorted(_squeue(cluster)) == sorted(first.values())  # the first array's two tasks, no others
+        recorded = {r["name"]: r["slurm_job"] for r in json.load(open(os.path.join(sweep_dir, "sweep.json")))["runs"]}
+        assert recorded == first
+        assert _status(cluster, sweep_dir) == {"seed=0": "pending", "seed=1": "pending"}
+    finally:
+        subprocess.run(["scancel", first["seed=0"].split("_")[0]], env=dict(os.environ, **cluster.env), check=True)
+
+
 @pytest.mark.parametrize("flags, message", [
     ([], "--backend=slurm needs --gpus_per_node=<G>"),
     (["--gpus_per_node=0", "--partition=gpu"], "--partition='gpu' is not a partition of this cluster; its "
