@@ -331,13 +331,15 @@ def sweep_status(sweep_dir: str) -> list[dict[str, Any]]:
     """Every run of sweep.json: ``status`` done (trained to its num_steps), running or pending (the scheduler's
     word for a SLURM task; sweep.json's for a local or TPU run), interrupted (sweep.json says so, or says running
     while the process it names on this host is gone), failed (a SLURM task the scheduler no longer holds, or a run
-    sweep.json says failed) or not started; ``step``: its latest checkpoint."""
+    sweep.json says failed) or not started; ``step``: its latest checkpoint. A SLURM run the queue holds under the
+    sweep's job name shows that task, whatever sweep.json recorded (a submission cut short before recording it)."""
     path = os.path.join(os.path.abspath(sweep_dir), SWEEP_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--workdir={sweep_dir!r} holds no sweep ({SWEEP_FILE} is missing)")
     recorded = _read_runs(path)
-    queue = slurm.queued([r["slurm_job"].split("_")[0] for r in recorded if r.get("slurm_job")]) \
-        if any(r.get("slurm_job") for r in recorded) else {}
+    on_slurm = any(r.get("slurm_job") for r in recorded)
+    queue = slurm.queued([r["slurm_job"].split("_")[0] for r in recorded if r.get("slurm_job")]) if on_slurm else {}
+    by_index = _queued_by_index(os.path.dirname(path)) if on_slurm else {}
     out = []
     for run in recorded:
         stored = runs_lib.read_config(run["workdir"])
@@ -345,6 +347,9 @@ def sweep_status(sweep_dir: str) -> list[dict[str, Any]]:
         num_steps = stored.get("num_steps") if stored else None
         if stored is not None and step is not None and num_steps is not None and step >= num_steps:
             status = "done"
+        elif run.get("slurm_job") and run["slurm_job"] not in queue and run.get("index") in by_index:
+            job, status = by_index[run["index"]]
+            run = {**run, "slurm_job": job, "log": _slurm_log(os.path.dirname(path), job)}
         elif run.get("slurm_job"):
             status = queue.get(run["slurm_job"], "failed")
         elif run.get("status") == "running" and not _still_running(run):

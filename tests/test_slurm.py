@@ -114,8 +114,9 @@ def test_slurm_sweep_preempts_requeues_resubmits_and_matches_a_local_run(slurm_c
 
 
 def test_a_submission_cut_short_before_sweep_json_is_not_submitted_twice(slurm_cluster, tmp_path):
-    """sbatch returned but sweep.json was never written (the submitting process died in between): submitting again
-    finds the queued tasks by the sweep's job name, submits nothing, and records them."""
+    """sbatch returned but sweep.json was never written (the submitting process died in between), or holds an
+    older submission's jobs: `sweep status` and submitting again find the queued tasks by the sweep's job name;
+    submitting again submits nothing and records them."""
     cluster, sweep_dir = slurm_cluster, str(tmp_path / "sweep")
     submit = [*FLAGS, *SWEEP, f"--workdir={sweep_dir}", "--backend=slurm", "--gpus_per_node=0",
               f"--partition={PARTITION}", "--sbatch_arg=--hold"]  # held: the tasks stay pending
@@ -123,7 +124,13 @@ def test_a_submission_cut_short_before_sweep_json_is_not_submitted_twice(slurm_c
     assert proc.returncode == 0, proc.stderr
     first = {r["name"]: r["slurm_job"] for r in json.load(open(os.path.join(sweep_dir, "sweep.json")))["runs"]}
     try:
-        os.remove(os.path.join(sweep_dir, "sweep.json"))
+        manifest = os.path.join(sweep_dir, "sweep.json")
+        stale = json.load(open(manifest))
+        for run in stale["runs"]:
+            run["slurm_job"] = "999999_" + run["slurm_job"].split("_")[1]  # a job the scheduler does not hold
+        json.dump(stale, open(manifest, "w"))
+        assert _status(cluster, sweep_dir) == {"seed=0": "pending", "seed=1": "pending"}
+        os.remove(manifest)
         again = _memdyn(cluster, "sweep", *submit)
         assert again.returncode == 0, again.stderr
         assert "nothing to submit" in again.stdout, again.stdout
