@@ -187,7 +187,8 @@ def bench_size(size: str, batch: int, prompt_len: int, num_new: int, vocab: int,
     score_ok = bool(np.array_equal(np.asarray(results["kv"]["score"]), results["hf_nocache"]["score"].numpy()))
     return {"size": size, "params": sizes.count_params(shape), "hf_params": hf_params, **per_sec, **ratios,
             "rounds": f"{len(kept)}/{rounds}", "max_other": max(others),
-            "agree": agree, "agree_cache": agree_cache, "one_pass_ok": one_pass_ok, "score_ok": score_ok, "scanned_ok": scanned_ok,
+            "agree": agree, "agree_cache": agree_cache, "one_pass_ok": one_pass_ok, "score_ok": score_ok,
+            "scanned_ok": scanned_ok,
             "memorized": int(np.asarray(results["kv"]["memorized"]).sum())}
 
 
