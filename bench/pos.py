@@ -1,4 +1,5 @@
-"""Step-time overhead of the per-part-of-speech counts (memdyn.pos) in the train step, side by side in one run.
+"""Step-time overhead of the per-part-of-speech counts (memdyn.studies.pos.counts) in the train step, side by side in
+one run.
 
     python -m bench.pos [--sizes=tiny,small] [--batch=32] [--seq=64] [--steps=20] [--rounds=5]
 
@@ -22,8 +23,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.train_step import time_steps  # noqa: E402
-from memdyn import config as config_lib, core  # noqa: E402
+from memdyn import config as config_lib  # noqa: E402
 from memdyn.data import build  # noqa: E402
+from memdyn.train import steps as core
 
 
 def _config(size: str, batch: int, seq: int, pos: bool):
@@ -54,8 +56,14 @@ def bench_size(size: str, batch: int, seq: int, steps: int, rounds: int, data_di
                 t, params, opt_state = time_steps(fn, params, opt_state, batch_arrays, steps, windows=1)
                 times[pos].append(t)
     with_pos, without = statistics.median(times[True]), statistics.median(times[False])
-    return {"size": size, "params": runs[True].config.model.params, "tags": len(runs[True].tag_names),
-            "with_ms": 1e3 * with_pos, "without_ms": 1e3 * without, "overhead": with_pos / without - 1}
+    return {
+        "size": size,
+        "params": runs[True].config.model.params,
+        "tags": len(runs[True].tag_names),
+        "with_ms": 1e3 * with_pos,
+        "without_ms": 1e3 * without,
+        "overhead": with_pos / without - 1,
+    }
 
 
 def main() -> None:
@@ -67,17 +75,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} cores, {platform.processor() or ''}"
-          f" jax {jax.__version__}; load average at start {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"batch {args.batch} x seq {args.seq}, fp32, memorization metrics on in both; median of {args.rounds} "
-          f"alternating windows of {args.steps} steps\n")
+    print(
+        f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} cores, {platform.processor() or ''}"
+        f" jax {jax.__version__}; load average at start {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"batch {args.batch} x seq {args.seq}, fp32, memorization metrics on in both; median of {args.rounds} "
+        f"alternating windows of {args.steps} steps\n"
+    )
     print("| size | params | tags | step ms without POS | step ms with POS | POS overhead |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as data_dir:
         for size in args.sizes.split(","):
             r = bench_size(size, args.batch, args.seq, args.steps, args.rounds, data_dir)
-            print(f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['tags']} | {r['without_ms']:.2f} | "
-                  f"{r['with_ms']:.2f} | {100 * r['overhead']:+.1f}% |", flush=True)
+            print(
+                f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['tags']} | {r['without_ms']:.2f} | "
+                f"{r['with_ms']:.2f} | {100 * r['overhead']:+.1f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

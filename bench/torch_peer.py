@@ -61,14 +61,14 @@ class TransformerLM(nn.Module):
         return self.ln_f(x) @ self.tok.weight.T
 
 
-def make_torch_step(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size, threads=None,
-                    seed=0):
+def make_torch_step(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size, threads=None, seed=0):
     """One AdamW training step of ``TransformerLM`` on fixed random tokens, as a callable (see below)."""
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = TransformerLM(num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=d_ff,
-                          vocab_size=vocab_size, seq_len=seq_len)
+    model = TransformerLM(
+        num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=d_ff, vocab_size=vocab_size, seq_len=seq_len
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
     tokens = torch.randint(0, vocab_size, (batch_size, seq_len + 1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -85,8 +85,9 @@ def make_torch_step(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len
     return step
 
 
-def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size,
-                               steps=10, warmup=3, threads=None, seed=0) -> dict:
+def torch_train_tokens_per_sec(
+    *, num_layers, d_model, num_heads, d_ff, vocab_size, seq_len, batch_size, steps=10, warmup=3, threads=None, seed=0
+) -> dict:
     """Time AdamW training steps of ``TransformerLM`` on random tokens.
 
     One step = zero_grad, forward, next-token cross-entropy, backward,
@@ -94,8 +95,17 @@ def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_si
     device every step but only read back (``.item()``) at the end.
     Returns tokens_per_sec (from the median step time) and step_time_s (median).
     """
-    step = make_torch_step(num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=d_ff,
-                           vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size, threads=threads, seed=seed)
+    step = make_torch_step(
+        num_layers=num_layers,
+        d_model=d_model,
+        num_heads=num_heads,
+        d_ff=d_ff,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        threads=threads,
+        seed=seed,
+    )
     for _ in range(warmup):
         step()
     times = []
@@ -112,5 +122,8 @@ def torch_train_tokens_per_sec(*, num_layers, d_model, num_heads, d_ff, vocab_si
 
 
 if __name__ == "__main__":
-    print(torch_train_tokens_per_sec(num_layers=4, d_model=256, num_heads=4, d_ff=1024,
-                                     vocab_size=2048, seq_len=128, batch_size=16))
+    print(
+        torch_train_tokens_per_sec(
+            num_layers=4, d_model=256, num_heads=4, d_ff=1024, vocab_size=2048, seq_len=128, batch_size=16
+        )
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 SETTLE_SECONDS = 0.5  # idle time before each window
 MAX_OTHER_CORES = 0.10  # a window during which other processes used more than a tenth of a core is noisy
@@ -57,5 +57,6 @@ def timed_calls(fn: Callable[[], object], min_window: float) -> tuple[float, flo
         while not calls[0] or time.perf_counter() - start < min_window:
             fn()
             calls[0] += 1
+
     wall, other = timed_window(run)
     return wall / calls[0], other

@@ -1,13 +1,13 @@
 """Base config: a causal LM trained for many epochs on the embedded synthetic corpus (CPU scale).
 
 Every experiment config builds on this one: ``config = base.get_config()`` then changes what it studies.
-Model shape fields left as None come from the size preset (memdyn/sizes.py); set one to override the preset.
+Model shape fields left as None come from the size preset (memdyn/model/sizes.py); set one to override the preset.
 """
 
 from ml_collections import config_dict
 
 from memdyn.data.build.corpus import CorpusConfig
-from memdyn.sharding import DEFAULT_RULES
+from memdyn.model.sharding import DEFAULT_RULES
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.record_examples = True  # per-example exact-match records for T(N, tau) and trajectories
 
     c.model = config_dict.ConfigDict()
-    c.model.size = "tiny"  # a preset name from memdyn/sizes.py
+    c.model.size = "tiny"  # a preset name from memdyn/model/sizes.py
     c.model.causal = True  # False: masked LM (bidirectional attention, 15% masking)
     c.model.mask_prob = 0.15
     c.model.mlm_scored = "mask"  # masked LM: M scored at <mask> positions (the paper's) | "selected" (all 15%)
@@ -30,10 +30,20 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # (fused attention on NVIDIA GPUs, with model.dtype=bfloat16)
     c.model.remat = "none"  # rematerialise each block in the backward pass: none, block, dots, dots_no_batch
     c.model.scan_layers = False  # the blocks as one scanned module: compile time independent of depth
-    for field, kind in (("num_layers", int), ("d_model", int), ("num_heads", int), ("d_ff", int),
-                        ("max_len", int), ("positions", str), ("rotary_fraction", float),
-                        ("tie_embeddings", bool), ("mlp", str),  # mlp: gelu | swiglu (MemSinks' model)
-                        ("parallel_residual", bool), ("norm_eps", float), ("rotary_base", float)):
+    for field, kind in (
+        ("num_layers", int),
+        ("d_model", int),
+        ("num_heads", int),
+        ("d_ff", int),
+        ("max_len", int),
+        ("positions", str),
+        ("rotary_fraction", float),
+        ("tie_embeddings", bool),
+        ("mlp", str),  # mlp: gelu | swiglu (MemSinks' model)
+        ("parallel_residual", bool),
+        ("norm_eps", float),
+        ("rotary_base", float),
+    ):
         c.model[field] = config_dict.placeholder(kind)
 
     c.optimizer = config_dict.ConfigDict()
@@ -106,9 +116,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # in-step estimate from the per-example records.
     c.eval.epoch_sets = ("train",)
     c.eval.every_epochs = 1
-    c.eval.pos = True  # per part of speech R(p) and R_mem(p) into pos.csv, when the data has tags (memdyn/pos.py)
+    c.eval.pos = (
+        True  # per part of speech R(p) and R_mem(p) into pos.csv, when the data has tags (memdyn/studies/pos/counts.py)
+    )
     # MemSinks runs: every evaluation of a set is repeated in each of these modes, written as "<set>@<mode>"
-    # (train | all | dropout | exclude; see memdyn/memsinks.py). The set itself is evaluated with the training masks.
+    # (train | all | dropout | exclude; see memdyn/studies/memsinks/masks.py). The set itself is evaluated with the
+    # training masks.
     c.eval.memsinks_modes = ()
 
     c.checkpoint = config_dict.ConfigDict()
@@ -127,7 +140,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.insert.eval_every = 10  # evaluate the inserted set every n steps after the first insertion
     c.insert.sham = False  # the control arm: the same schedule and evaluations, without the inserted updates
 
-    # MemSinks (Ghosal et al. 2025): sink units in the MLPs (memdyn/memsinks.py). method: none | sinks (sequence-tied
+    # MemSinks (Ghosal et al. 2025): sink units in the MLPs (memdyn/studies/memsinks/masks.py). method: none | sinks
+    # (sequence-tied
     # sink masks) | shared (Section 4's baseline: one shared sink, repeated rows update only it).
     c.memsinks = config_dict.ConfigDict()
     c.memsinks.method = "none"

@@ -16,13 +16,11 @@ normally while M on the special set is evaluated every ``insert.eval_every`` ste
 The argument is the size preset (default ``tiny``).
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import base
 
 
 def get_config(size: str = "tiny"):
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.model.size = size
     c.data.synthetic.num_train_docs = 400  # 890 examples: 28 steps per epoch at batch 32
     c.data.special_docs = 16  # the special set: 16 held-out documents (≈33 examples)

@@ -12,13 +12,11 @@ after every epoch. Sweep sizes, peak learning rates and seeds, then read T(N, ta
 The argument is the size preset (default ``tiny``).
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import memorization
 
 
 def get_config(size: str = "tiny"):
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "memorization.py"), size)
+    c = memorization.get_config(size)
     c.data.synthetic.num_train_docs = 100
     c.num_steps = 280  # 40 epochs of 7 steps
     return c

@@ -10,18 +10,16 @@ learns from 15% of the positions of each example per epoch, so it trains 80 epoc
         --sweep=model.size=nano,micro,tiny,small --sweep=seed=0,1,2
     memdyn analyze memorization --sweep=runs/masked_lm --taus=0.1,0.15,0.2,0.3,0.5,0.7,0.9
 
-docs/masked_lm.md adds the three smaller sizes at 3e-3 (``--sweep=optimizer.lr=0.003``).
+docs/masked_lm/README.md adds the three smaller sizes at 3e-3 (``--sweep=optimizer.lr=0.003``).
 
 The argument is the size preset (default ``tiny``).
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import learning_rate
 
 
 def get_config(size: str = "tiny"):
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "learning_rate.py"), size)
+    c = learning_rate.get_config(size)
     c.model.causal = False
     c.num_steps = 560  # 80 epochs of 7 steps
     return c

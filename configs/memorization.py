@@ -12,13 +12,11 @@ sizes and seeds:
 The argument is the size preset (default ``tiny``).
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import base
 
 
 def get_config(size: str = "tiny"):
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.model.size = size
     c.data.synthetic.num_train_docs = 200
     c.data.synthetic.num_validation_docs = 100

@@ -19,9 +19,7 @@ with the sinks dropped (``<set>@dropout``) and at the pool's expected activation
 ``launch/memsinks.py`` runs every condition for several seeds, the per-id deletions, and the analysis.
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import base
 
 CONDITIONS = ("standard", "memsinks", "shared", "dedup", "placebo")
 
@@ -29,7 +27,7 @@ CONDITIONS = ("standard", "memsinks", "shared", "dedup", "placebo")
 def get_config(condition: str = "memsinks"):
     if condition not in CONDITIONS:
         raise ValueError(f"configs/memsinks.py:{condition}: expected one of {CONDITIONS}")
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.model.size = "tiny"
     c.model.mlp = "swiglu"  # the authors' MLP
     c.data.seq_len = 128  # most documents (48-160 tokens) are one sequence

@@ -11,16 +11,14 @@ The argument is the model size (default ``tiny``). Every size trains the same st
 ``memdyn analyze predict``.
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import base
 
 NUM_STEPS = 720  # 30 epochs of the ~24 steps the corpus below makes at batch 32
 KEPT = (90, 180, 360, 540, NUM_STEPS)  # 1/8, 1/4, 1/2, 3/4 and all of training
 
 
 def get_config(size: str = "tiny"):
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.model.size = size
     c.data.seq_len = 64  # prompt 32 + continuation 32, Biderman et al.'s k = 32
     c.data.synthetic.num_train_docs = 200

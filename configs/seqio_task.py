@@ -16,7 +16,7 @@ import os
 import seqio
 import tensorflow as tf
 
-from memdyn.config import load_config_file
+from memdyn.configs import base
 from memdyn.data.build import corpus as corpus_lib
 
 TASK = "memdyn_example_bytes"
@@ -27,7 +27,8 @@ def _documents(split: str, shuffle_files: bool, seed=None, num_docs: int = 300) 
     corpus = corpus_lib.generate(corpus_lib.CorpusConfig(num_train_docs=num_docs, num_validation_docs=60))
     docs = corpus.train if split == "train" else corpus.validation
     return tf.data.Dataset.from_tensor_slices(
-        {"targets": [corpus.decode(d.tokens[d.tokens != corpus_lib.EOS_ID]) for d in docs]})
+        {"targets": [corpus.decode(d.tokens[d.tokens != corpus_lib.EOS_ID]) for d in docs]}
+    )
 
 
 if TASK not in seqio.TaskRegistry.names():
@@ -35,11 +36,12 @@ if TASK not in seqio.TaskRegistry.names():
         TASK,
         source=seqio.FunctionDataSource(functools.partial(_documents), splits=("train", "validation")),
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-        output_features={"targets": seqio.Feature(seqio.ByteVocabulary(), add_eos=True)})
+        output_features={"targets": seqio.Feature(seqio.ByteVocabulary(), add_eos=True)},
+    )
 
 
 def get_config():
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.data.source = "seqio"
     c.data.seqio.task = TASK
     c.data.seqio.module = os.path.abspath(__file__)

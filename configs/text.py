@@ -9,13 +9,11 @@ The argument is a directory, file or glob pattern (more with --config.data.text.
 Held-out sets come from --config.data.text.validation_paths, or else the last data.validation_docs documents.
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import base
 
 
 def get_config(paths: str | None = None):
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.data.source = "text"
     c.data.text.paths = (paths,) if paths else ()
     c.data.text.format = "lines"

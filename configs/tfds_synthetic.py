@@ -9,11 +9,9 @@ aligned to the tokens, and the unique-identifier experiment of Tirumala et al. a
 The control enlarges the vocabulary by as many ids as the doc_ids run adds and changes nothing else.
 """
 
-import os
-
 from ml_collections import config_dict
 
-from memdyn.config import load_config_file
+from memdyn.configs import base
 
 VARIANTS = ("plain", "doc_ids", "control")
 
@@ -21,7 +19,7 @@ VARIANTS = ("plain", "doc_ids", "control")
 def get_config(variant: str = "plain"):
     if variant not in VARIANTS:
         raise ValueError(f"configs/tfds_synthetic.py:{variant}: expected one of {VARIANTS}")
-    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.data.source = "tfds"
     c.data.tfds.name = "memdyn_synthetic"
     c.data.vocab.model_type = "word"

@@ -18,19 +18,16 @@ training set and validation evaluated after every epoch:
 The argument is the size preset (default ``small``).
 """
 
-import os
-
-from memdyn.config import load_config_file
+from memdyn.configs import memorization, tfds_synthetic
 
 PREFIX_LEN = 3  # "document", "ID" and <id>: one token each in a word vocabulary
 
 
 def get_config(size: str = "small"):
-    here = os.path.dirname(os.path.abspath(__file__))
-    c = load_config_file(os.path.join(here, "tfds_synthetic.py"))
-    memorization = load_config_file(os.path.join(here, "memorization.py"), size)
+    c = tfds_synthetic.get_config()
+    sized = memorization.get_config(size)
     for field in ("model", "optimizer", "eval", "checkpoint"):
-        c[field] = memorization[field]
+        c[field] = sized[field]
     c.data.synthetic.num_train_docs = 100
     c.data.synthetic.num_validation_docs = 100
     c.data.special_docs = 0

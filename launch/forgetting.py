@@ -24,10 +24,13 @@ _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.py` in a checkout
     sys.path.insert(0, _CHECKOUT)
 
-from memdyn import config as config_lib, lifecycle, logs, runs as runs_lib  # noqa: E402
-from memdyn.analysis import forgetting  # noqa: E402
+from memdyn import config as config_lib  # noqa: E402
+from memdyn.cli import logs
 from memdyn.data import build  # noqa: E402
 from memdyn.data.order import StepOrder  # noqa: E402
+from memdyn.rundir import runs as runs_lib
+from memdyn.studies.forgetting import analysis as forgetting  # noqa: E402
+from memdyn.train import job
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
 SPACED_TIMES = 4
@@ -45,8 +48,9 @@ def steps_per_epoch() -> int:
         return StepOrder(data.train.num_examples, c.batch_size, c.seed).steps_per_epoch
 
 
-def plan(sizes: list[str], seed: int, epoch: int, before: int, after: int, insert_epochs: list[int],
-         repeats: bool) -> tuple[dict, dict]:
+def plan(
+    sizes: list[str], seed: int, epoch: int, before: int, after: int, insert_epochs: list[int], repeats: bool
+) -> tuple[dict, dict]:
     """(parents: size -> (num_steps, keep_steps), forks: name -> (size, fork step, config fields))."""
     largest = sizes[-1]
     points = {size: [before * epoch] for size in sizes}
@@ -67,8 +71,13 @@ def plan(sizes: list[str], seed: int, epoch: int, before: int, after: int, inser
     if repeats:
         at = before * epoch
         add(f"repeat{REPEATS}_{largest}", largest, at, {"insert.repeats": REPEATS}, after * epoch)
-        add(f"spaced{SPACED_TIMES}_{largest}", largest, at, {"insert.every": epoch, "insert.times": SPACED_TIMES},
-            after * epoch + (SPACED_TIMES - 1) * epoch)
+        add(
+            f"spaced{SPACED_TIMES}_{largest}",
+            largest,
+            at,
+            {"insert.every": epoch, "insert.times": SPACED_TIMES},
+            after * epoch + (SPACED_TIMES - 1) * epoch,
+        )
     for e in insert_epochs:
         if e != before:
             add(f"epoch{e:02d}_{largest}", largest, e * epoch, {}, after * epoch)
@@ -91,15 +100,19 @@ def main() -> None:
     sizes = args.sizes.split(",")
     insert_epochs = [int(e) for e in args.insert_epochs.split(",") if e]
     for seed in [int(s) for s in args.seeds.split(",")]:
-        parents, forks = plan(sizes, seed, epoch, args.epochs_before, args.epochs_after, insert_epochs,
-                              not args.no_repeats)
-        parent_dir = lambda size: os.path.join(args.out, "parents", f"seed={seed}", size)  # noqa: E731
+        parents, forks = plan(
+            sizes, seed, epoch, args.epochs_before, args.epochs_after, insert_epochs, not args.no_repeats
+        )
+        parent_dir = lambda size, seed=seed: os.path.join(args.out, "parents", f"seed={seed}", size)
         for size, (num_steps, keep) in parents.items():
-            lifecycle.train(_config(size, seed=seed, num_steps=num_steps, **{"checkpoint.keep_steps": keep}),
-                            parent_dir(size))
+            job.train(
+                _config(size, seed=seed, num_steps=num_steps, **{"checkpoint.keep_steps": keep}), parent_dir(size)
+            )
         for name, (size, at, fields) in forks.items():
-            lifecycle.train(_config(size, init_from=f"{parent_dir(size)}@{at}", **fields),
-                            os.path.join(args.out, "forks", f"seed={seed}", name))
+            job.train(
+                _config(size, init_from=f"{parent_dir(size)}@{at}", **fields),
+                os.path.join(args.out, "forks", f"seed={seed}", name),
+            )
 
     workdirs = [r.workdir for r in runs_lib.find_runs(os.path.join(args.out, "forks"))]
     _, summary = forgetting.analyze_runs(workdirs, out_dir=args.out)

@@ -9,7 +9,8 @@ Each condition is a sweep over the seeds in ``<out>/<condition>/seed=<s>`` (``--
 ``dedup``). In every MemSinks run the sink units of the first k repeated sequences (k in ``--deletions``) are
 excluded at the last checkpoint (``memdyn eval --memsinks_mode=exclude``): ``deletion.csv`` holds the loss of
 those k sequences, of the other repeated sequences and of validation data, and the fraction of the pool the k
-ids cover, beside the same split of the same losses with the sinks kept (mode train), at p_mem (all) and dropped. ``memdyn analyze memsinks`` is
+ids cover, beside the same split of the same losses with the sinks kept (mode train), at p_mem (all) and dropped.
+``memdyn analyze memsinks`` is
 called at the end. Complete runs are skipped, interrupted ones resume.
 """
 
@@ -26,8 +27,12 @@ if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.p
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from memdyn import config as config_lib, eval_checkpoint, logs, runs as runs_lib, sweep  # noqa: E402
-from memdyn.analysis import memsinks as analysis  # noqa: E402
+from memdyn import config as config_lib  # noqa: E402
+from memdyn.cli import logs
+from memdyn.extraction import eval_checkpoint
+from memdyn.rundir import runs as runs_lib
+from memdyn.studies.memsinks import analysis as analysis  # noqa: E402
+from memdyn.sweeps import sweep
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "memsinks.py")
 CONDITIONS = ("standard", "memsinks", "shared", "dedup", "placebo")
@@ -55,10 +60,17 @@ def measure_deletion(workdir: str, counts: list[int]) -> pd.DataFrame:
             repeated, validation, per_example = losses(mode, k)
             excluded = np.arange(len(per_example)) < k  # the set's first k rows, in store order
             mean = lambda part: float(np.average(part["loss"], weights=part["num_tokens"]))  # noqa: E731
-            rows.append(dict(mode=mode, excluded_ids=k, step=repeated["step"],
-                             pool_fraction_excluded=repeated.get("pool_fraction_excluded", 0.0),
-                             excluded_loss=mean(per_example[excluded]),
-                             other_repeated_loss=mean(per_example[~excluded]), validation_loss=validation["loss"]))
+            rows.append(
+                dict(
+                    mode=mode,
+                    excluded_ids=k,
+                    step=repeated["step"],
+                    pool_fraction_excluded=repeated.get("pool_fraction_excluded", 0.0),
+                    excluded_loss=mean(per_example[excluded]),
+                    other_repeated_loss=mean(per_example[~excluded]),
+                    validation_loss=validation["loss"],
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -67,8 +79,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/memsinks")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--repeats", type=int, default=None, help="occurrences of each repeated sequence per epoch "
-                        "(the run length stays config.num_steps unless --num_steps is given)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="occurrences of each repeated sequence per epoch "
+        "(the run length stays config.num_steps unless --num_steps is given)",
+    )
     parser.add_argument("--num_steps", type=int, default=None)
     parser.add_argument("--parallel", type=int, default=3, help="seeds trained at once (processes)")
     parser.add_argument("--deletions", default="1,4", help="numbers of repeated sequences whose sinks are excluded")
@@ -83,15 +100,16 @@ def main() -> None:
         fields = dict(overrides)
         if args.repeats is not None and condition != "dedup":
             fields["data.tracked.duplicate_count"] = args.repeats
-        sweep.run_sweep(CONFIG, condition, os.path.join(args.out, condition), [f"seed={args.seeds}"], fields,
-                        parallel=args.parallel)
+        sweep.run_sweep(
+            CONFIG, condition, os.path.join(args.out, condition), [f"seed={args.seeds}"], fields, parallel=args.parallel
+        )
     counts = [int(k) for k in args.deletions.split(",") if k]
     for run in runs_lib.find_runs(args.out):
         config = runs_lib.read_config(run.workdir)
         path = os.path.join(run.workdir, "deletion.csv")
         if analysis.condition(config) == "memsinks" and counts and not os.path.isfile(path):
             frame = measure_deletion(run.workdir, counts)
-            runs_lib.atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+            runs_lib.atomic_write(path, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     workdirs = [r.workdir for r in runs_lib.find_runs(args.out)]
     analysis.analyze_runs(workdirs, out_dir=args.out)
     print(open(os.path.join(args.out, "memsinks_conditions.md")).read())

@@ -20,8 +20,12 @@ _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.py` in a checkout
     sys.path.insert(0, _CHECKOUT)
 
-from memdyn import config as config_lib, extract_job, logs, runs as runs_lib, sweep  # noqa: E402
-from memdyn.analysis import predict as analysis  # noqa: E402
+from memdyn import config as config_lib  # noqa: E402
+from memdyn.cli import logs
+from memdyn.extraction import extract_job
+from memdyn.rundir import runs as runs_lib
+from memdyn.studies.predict import analysis as analysis  # noqa: E402
+from memdyn.sweeps import sweep
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "predict.py")
 
@@ -45,16 +49,23 @@ def main() -> None:
     if args.num_steps is not None:
         if args.num_steps < 1:
             parser.error(f"--num_steps={args.num_steps} must be positive")
-        overrides = {"num_steps": args.num_steps, "checkpoint.keep_steps": kept_steps(
-            args.num_steps, default.num_steps, tuple(default.checkpoint.keep_steps))}
-    sweep.run_sweep(CONFIG, None, args.out, [f"model.size={args.sizes}", f"seed={args.seeds}"], overrides,
-                    parallel=args.parallel)
+        overrides = {
+            "num_steps": args.num_steps,
+            "checkpoint.keep_steps": kept_steps(
+                args.num_steps, default.num_steps, tuple(default.checkpoint.keep_steps)
+            ),
+        }
+    sweep.run_sweep(
+        CONFIG, None, args.out, [f"model.size={args.sizes}", f"seed={args.seeds}"], overrides, parallel=args.parallel
+    )
     for run in runs_lib.find_runs(args.out):
         config = runs_lib.read_config(run.workdir)
         for step in config["checkpoint"]["keep_steps"]:
             totals = extract_job.run_extract(run.workdir, step, set_name="train", score=True)
-            print(f"{runs_lib.run_name(run.workdir)} step {step}: {totals['memorized_fraction']:.4f} memorized of "
-                  f"{totals['scored']}")
+            print(
+                f"{runs_lib.run_name(run.workdir)} step {step}: {totals['memorized_fraction']:.4f} memorized of "
+                f"{totals['scored']}"
+            )
     analysis.analyze_runs([r.workdir for r in runs_lib.find_runs(args.out)], out_dir=args.out)
     print(open(os.path.join(args.out, "predict_tables.md")).read())
 

@@ -1,3 +1,3 @@
-from memdyn.main import run
+from memdyn.cli.main import run
 
 run()

@@ -15,7 +15,8 @@ from typing import Any
 from absl import logging
 from ml_collections import config_dict
 
-from memdyn import objective, sizes
+from memdyn.model import sizes
+from memdyn.train import objective
 
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 SOURCES = ("synthetic", "tfds", "text", "seqio", "store", "imported")  # imported: no data (memdyn import-hf)
@@ -26,6 +27,7 @@ _SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(sizes.ModelShape) if f.
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # float16 would need loss scaling
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")  # memdyn's own, jax.nn.dot_product_attention's two
+
 
 def eval_batch_size(config: config_dict.ConfigDict) -> int:
     """Rows per evaluation (and extraction) batch: a microbatch's, since a run that needs gradient accumulation to
@@ -40,8 +42,7 @@ def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelS
     if m.size == sizes.CUSTOM:  # every field of the shape given (an imported model)
         missing = [f for f in ("num_layers", "d_model", "num_heads", "d_ff") if m.get(f) is None]
         if missing:
-            raise ValueError(f"config.model.size='custom' needs config.model.{missing[0]} (and every one of "
-                             f"{missing})")
+            raise ValueError(f"config.model.size='custom' needs config.model.{missing[0]} (and every one of {missing})")
         shape = sizes.ModelShape(m.num_layers, m.d_model, m.num_heads, m.d_ff, vocab_size, default_len)
     else:
         shape = sizes.preset_shape(m.size, vocab_size=vocab_size, max_len=default_len)
@@ -58,20 +59,26 @@ def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.C
     validate(config)
     shape = model_shape(config, vocab_size)
     if shape.vocab_size < vocab_size:
-        raise ValueError(f"the data's vocabulary has {vocab_size} ids but config.model.size={config.model.size!r} "
-                         f"has vocab_size={shape.vocab_size}")
+        raise ValueError(
+            f"the data's vocabulary has {vocab_size} ids but config.model.size={config.model.size!r} "
+            f"has vocab_size={shape.vocab_size}"
+        )
     seq_len = config.data.seq_len - (1 if config.model.causal else 0)  # causal models read L-1 tokens
     if seq_len > shape.max_len:
-        raise ValueError(f"config.data.seq_len={config.data.seq_len} is longer than the position table "
-                         f"(config.model.max_len={shape.max_len})")
-    from memdyn import memsinks
+        raise ValueError(
+            f"config.data.seq_len={config.data.seq_len} is longer than the position table "
+            f"(config.model.max_len={shape.max_len})"
+        )
+    from memdyn.studies.memsinks import masks as memsinks
+
     if config.memsinks.method != "none" and min(memsinks.split_units(shape.d_ff, config.memsinks.p_gen)) < 1:
-        raise ValueError(f"config.memsinks.p_gen={config.memsinks.p_gen} leaves no general or no sink unit of "
-                         f"the {shape.d_ff} hidden units")
+        raise ValueError(
+            f"config.memsinks.p_gen={config.memsinks.p_gen} leaves no general or no sink unit of "
+            f"the {shape.d_ff} hidden units"
+        )
     for layer in config.memsinks.layers:
         if not isinstance(layer, int) or not 0 <= layer < shape.num_layers:
-            raise ValueError(f"config.memsinks.layers: {layer!r} is not a layer of this {shape.num_layers}-layer "
-                             "model")
+            raise ValueError(f"config.memsinks.layers: {layer!r} is not a layer of this {shape.num_layers}-layer model")
     resolved = config_dict.ConfigDict(config.to_dict())
     with resolved.unlocked():
         for field in _SHAPE_FIELDS:
@@ -85,6 +92,7 @@ def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.C
 
 def validate(config: config_dict.ConfigDict) -> None:
     """Checks of values that need no data; each error names the field and value."""
+
     def positive(name: str, value: Any) -> None:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"config.{name}={value!r} must be a positive integer")
@@ -94,28 +102,39 @@ def validate(config: config_dict.ConfigDict) -> None:
     positive("log_every", config.log_every)
     positive("grad_accum", config.grad_accum)
     if config.batch_size % config.grad_accum:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by config.grad_accum="
-                         f"{config.grad_accum} microbatches")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible by config.grad_accum="
+            f"{config.grad_accum} microbatches"
+        )
     if config.model.size not in sizes.PRESET_NAMES + (sizes.CUSTOM,):
-        raise ValueError(f"config.model.size={config.model.size!r} is not a known size preset; known: "
-                         f"{', '.join(sizes.PRESET_NAMES)} (or 'custom' with every shape field given)")
+        raise ValueError(
+            f"config.model.size={config.model.size!r} is not a known size preset; known: "
+            f"{', '.join(sizes.PRESET_NAMES)} (or 'custom' with every shape field given)"
+        )
     if config.model.mlm_scored not in objective.SCORED:
         raise ValueError(f"config.model.mlm_scored={config.model.mlm_scored!r}: expected one of {objective.SCORED}")
     for field in ("every", "every_epochs"):
         if not isinstance(config.eval[field], int) or config.eval[field] < 0:
             raise ValueError(f"config.eval.{field}={config.eval[field]!r} must be a non-negative integer")
     if config.model.dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"config.model.dtype={config.model.dtype!r}: expected one of {COMPUTE_DTYPES} (the compute "
-                         "dtype; parameters, optimizer state, logits, loss and metrics stay float32)")
+        raise ValueError(
+            f"config.model.dtype={config.model.dtype!r}: expected one of {COMPUTE_DTYPES} (the compute "
+            "dtype; parameters, optimizer state, logits, loss and metrics stay float32)"
+        )
     if config.model.attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"config.model.attention={config.model.attention!r}: expected one of "
-                         f"{ATTENTION_IMPLEMENTATIONS} (einsum: memdyn's own; xla, cudnn: jax.nn.dot_product_attention's)")
-    from memdyn.model import REMAT_POLICIES
+        raise ValueError(
+            f"config.model.attention={config.model.attention!r}: expected one of "
+            f"{ATTENTION_IMPLEMENTATIONS} (einsum: memdyn's own; xla, cudnn: jax.nn.dot_product_attention's)"
+        )
+    from memdyn.model.transformer import REMAT_POLICIES
+
     if config.model.remat not in REMAT_POLICIES:
         raise ValueError(f"config.model.remat={config.model.remat!r}: expected one of {tuple(REMAT_POLICIES)}")
     if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
-        raise ValueError("config.model.attention='cudnn' needs config.model.dtype='bfloat16' (cuDNN's fused "
-                         f"attention takes bfloat16 or float16 inputs, not {config.model.dtype})")
+        raise ValueError(
+            "config.model.attention='cudnn' needs config.model.dtype='bfloat16' (cuDNN's fused "
+            f"attention takes bfloat16 or float16 inputs, not {config.model.dtype})"
+        )
     if not 0.0 < config.model.mask_prob < 1.0:
         raise ValueError(f"config.model.mask_prob={config.model.mask_prob} must be in (0, 1)")
     opt = config.optimizer
@@ -126,8 +145,13 @@ def validate(config: config_dict.ConfigDict) -> None:
     if opt.warmup_steps < 0:
         raise ValueError(f"config.optimizer.warmup_steps={opt.warmup_steps} must be non-negative")
     if opt.warmup_steps > config.num_steps:  # a smoke test of a few steps should just run
-        logging.warning("config.optimizer.warmup_steps=%d is longer than the run (num_steps=%d): the learning "
-                        "rate never reaches config.optimizer.lr=%g", opt.warmup_steps, config.num_steps, opt.lr)
+        logging.warning(
+            "config.optimizer.warmup_steps=%d is longer than the run (num_steps=%d): the learning "
+            "rate never reaches config.optimizer.lr=%g",
+            opt.warmup_steps,
+            config.num_steps,
+            opt.lr,
+        )
     _validate_memsinks(config)
     if config.data.source not in SOURCES:
         raise ValueError(f"config.data.source={config.data.source!r}: expected one of {SOURCES}")
@@ -139,10 +163,15 @@ def validate(config: config_dict.ConfigDict) -> None:
 
 
 def _validate_memsinks(config: config_dict.ConfigDict) -> None:
-    from memdyn import memsinks
+    from memdyn.studies.memsinks import masks as memsinks
+
     m = config.memsinks
-    for field, allowed in (("method", memsinks.METHODS), ("mask", memsinks.MASK_KINDS),
-                           ("id_width", memsinks.ID_WIDTHS), ("ids", memsinks.IDS)):
+    for field, allowed in (
+        ("method", memsinks.METHODS),
+        ("mask", memsinks.MASK_KINDS),
+        ("id_width", memsinks.ID_WIDTHS),
+        ("ids", memsinks.IDS),
+    ):
         if m[field] not in allowed:
             raise ValueError(f"config.memsinks.{field}={m[field]!r}: expected one of {allowed}")
     if not 0.0 < m.p_gen < 1.0:
@@ -153,11 +182,12 @@ def _validate_memsinks(config: config_dict.ConfigDict) -> None:
         if mode not in memsinks.EVAL_MODES:
             raise ValueError(f"config.eval.memsinks_modes: {mode!r} is not one of {memsinks.EVAL_MODES}")
     if config.eval.memsinks_modes and m.method == "none":
-        raise ValueError("config.eval.memsinks_modes needs a MemSinks run (config.memsinks.method='sinks' or "
-                         "'shared')")
+        raise ValueError("config.eval.memsinks_modes needs a MemSinks run (config.memsinks.method='sinks' or 'shared')")
     if m.method == "shared" and set(config.eval.memsinks_modes) - {"train", "all", "dropout"}:
-        raise ValueError("config.memsinks.method='shared' has modes train, all and dropout only; "
-                         f"config.eval.memsinks_modes={tuple(config.eval.memsinks_modes)}")
+        raise ValueError(
+            "config.memsinks.method='shared' has modes train, all and dropout only; "
+            f"config.eval.memsinks_modes={tuple(config.eval.memsinks_modes)}"
+        )
     if "exclude" in config.eval.memsinks_modes and not m.exclude_set:
         raise ValueError("config.eval.memsinks_modes has 'exclude': set config.memsinks.exclude_set=<a set name>")
     if m.method == "shared" and m.ids == "placebo":
@@ -175,22 +205,31 @@ def _validate_source(data: config_dict.ConfigDict) -> None:
         # Options that act inside memdyn's tokenizing tasks; the synthetic corpus is pre-tokenized and tagged.
         for name, default in (("doc_ids", "none"), ("sentence_split", False), ("tags", "none")):
             if data[name] != default:
-                raise ValueError(f"config.data.{name}={data[name]!r} needs source 'tfds' or 'text' (for the "
-                                 f"synthetic corpus: source='tfds' with data.tfds.name='memdyn_synthetic')")
+                raise ValueError(
+                    f"config.data.{name}={data[name]!r} needs source 'tfds' or 'text' (for the "
+                    f"synthetic corpus: source='tfds' with data.tfds.name='memdyn_synthetic')"
+                )
     if data.doc_ids not in DOC_IDS:
         raise ValueError(f"config.data.doc_ids={data.doc_ids!r}: expected one of {DOC_IDS}")
-    if (data.doc_ids == "prefix" and data.vocab.model_type == "word" and data.vocab.size is not None
-            and not data.vocab.path):
+    if (
+        data.doc_ids == "prefix"
+        and data.vocab.model_type == "word"
+        and data.vocab.size is not None
+        and not data.vocab.path
+    ):
         # a word vocabulary cut to the most frequent words may leave out "document" and "ID" (then <unk>)
-        raise ValueError(f"config.data.doc_ids='prefix' with a word vocabulary needs every word kept: leave "
-                         f"config.data.vocab.size unset (it is {data.vocab.size})")
+        raise ValueError(
+            f"config.data.doc_ids='prefix' with a word vocabulary needs every word kept: leave "
+            f"config.data.vocab.size unset (it is {data.vocab.size})"
+        )
     chunk_len = data.get("chunk_len")
     if chunk_len is not None and data.source in ("seqio", "store"):
-        raise ValueError(f"config.data.chunk_len={chunk_len} needs source 'synthetic', 'tfds' or 'text' (a seqio "
-                         f"task or a store comes already cut into examples)")
+        raise ValueError(
+            f"config.data.chunk_len={chunk_len} needs source 'synthetic', 'tfds' or 'text' (a seqio "
+            f"task or a store comes already cut into examples)"
+        )
     if chunk_len is not None and not 2 <= chunk_len <= data.seq_len:
-        raise ValueError(f"config.data.chunk_len={chunk_len} must be between 2 and config.data.seq_len="
-                         f"{data.seq_len}")
+        raise ValueError(f"config.data.chunk_len={chunk_len} must be between 2 and config.data.seq_len={data.seq_len}")
     if data.vocab.extra_ids is not None and data.vocab.extra_ids < 0:
         raise ValueError(f"config.data.vocab.extra_ids={data.vocab.extra_ids} must be non-negative")
 
@@ -239,6 +278,7 @@ def config_path(spec: str) -> str:
 def load_config_file(path: str, arg: str | None = None) -> config_dict.ConfigDict:
     """``get_config(arg)`` of a config file, as ``--config=path[:arg]`` would load it."""
     import importlib.util
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"memdyn_config_{abs(hash(path))}", path)
@@ -254,7 +294,7 @@ def apply_overrides(config: config_dict.ConfigDict, overrides: dict[str, Any]) -
         node, *parents, leaf = [config, *dotted.split(".")]
         for i, part in enumerate(parents):
             if not isinstance(node, config_dict.ConfigDict) or part not in node:
-                raise ValueError(f"config.{dotted}: unknown field config.{'.'.join(parents[:i + 1])}")
+                raise ValueError(f"config.{dotted}: unknown field config.{'.'.join(parents[: i + 1])}")
             node = node[part]
         if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
             raise ValueError(f"config.{dotted}: unknown field")

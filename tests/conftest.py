@@ -36,13 +36,19 @@ def make_config():
 
 def run_python(code: str, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs ``code`` in a fresh interpreter with ``devices`` simulated CPU devices (set before jax imports)."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_PLATFORMS="cpu",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_memdyn(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "memdyn", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "memdyn", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -30,9 +30,14 @@ from memdyn.data.store import ExampleStore
 
 Batch = dict[str, jax.Array]
 # store array -> (batch field, device dtype, value in padding rows)
-STORE_FIELDS = {"tokens": ("tokens_BxL", np.int32, None), "example_ids": ("example_ids_B", np.int32, -1),
-                "doc_ids": ("doc_ids_B", np.int32, -1), "tags": ("tags_BxL", np.int8, 0),
-                "seq_ids": ("seq_ids_BxL", np.int32, 0), "dup_counts": ("dup_counts_B", np.int32, 0)}
+STORE_FIELDS = {
+    "tokens": ("tokens_BxL", np.int32, None),
+    "example_ids": ("example_ids_B", np.int32, -1),
+    "doc_ids": ("doc_ids_B", np.int32, -1),
+    "tags": ("tags_BxL", np.int8, 0),
+    "seq_ids": ("seq_ids_BxL", np.int32, 0),
+    "dup_counts": ("dup_counts_B", np.int32, 0),
+}
 _INT32 = np.iinfo(np.int32)
 
 
@@ -61,9 +66,12 @@ class Feeder:
         rows_B = np.asarray(rows_B)
         positions_b = process_batch_positions(self.sharding, len(rows_B))
         local = read_rows(store, rows_B[positions_b], self.pad_id)
-        return {field: jax.make_array_from_process_local_data(self.sharding, value,
-                                                              global_shape=(len(rows_B),) + value.shape[1:])
-                for field, value in local.items()}
+        return {
+            field: jax.make_array_from_process_local_data(
+                self.sharding, value, global_shape=(len(rows_B),) + value.shape[1:]
+            )
+            for field, value in local.items()
+        }
 
 
 def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -71,8 +79,8 @@ def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     batches = []
     for start in range(0, len(rows), batch_size):
         batch = np.full(batch_size, PADDING_ROW, np.int64)
-        real = rows[start:start + batch_size]
-        batch[:len(real)] = real
+        real = rows[start : start + batch_size]
+        batch[: len(real)] = real
         batches.append(batch)
     return batches
 
@@ -92,8 +100,9 @@ def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str,
         values = read[name]
         narrowed = np.dtype(dtype) == np.int32 and values.dtype.itemsize > 4  # ids are int64 on disk
         if narrowed and len(values) and (values.min() < _INT32.min or values.max() > _INT32.max):
-            raise ValueError(f"example store {store.path!r}: {name} do not fit in int32 (range "
-                             f"{values.min()}..{values.max()})")
+            raise ValueError(
+                f"example store {store.path!r}: {name} do not fit in int32 (range {values.min()}..{values.max()})"
+            )
         padded = np.full((len(rows_b),) + values.shape[1:], pad_id if fill is None else fill, dtype)
         padded[real] = values
         out[field] = padded

@@ -24,8 +24,7 @@ import numpy as np
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
-DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float64,
-          8: np.uint16}
+DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float64, 8: np.uint16}
 ROWS_PER_STEP = 1024  # Pythia: 1024 sequences of 2049 tokens per optimizer step
 
 
@@ -40,9 +39,9 @@ class IndexedDataset:
                 raise FileNotFoundError(f"--indexed={prefix!r}: {path} does not exist")
         with open(idx_path, "rb") as f:
             header = f.read(len(MAGIC) + 8 + 1 + 8 + 8)
-        if len(header) < 34 or header[:len(MAGIC)] != MAGIC:
+        if len(header) < 34 or header[: len(MAGIC)] != MAGIC:
             raise ValueError(f"--indexed={prefix!r}: {idx_path} is not a GPT-NeoX indexed dataset (bad magic)")
-        version, code, count, doc_count = struct.unpack("<QBQQ", header[len(MAGIC):])
+        version, code, count, doc_count = struct.unpack("<QBQQ", header[len(MAGIC) :])
         if version != VERSION or code not in DTYPES:
             raise ValueError(f"--indexed={prefix!r}: unsupported version {version} or dtype code {code}")
         self.dtype = np.dtype(DTYPES[code])
@@ -51,16 +50,20 @@ class IndexedDataset:
         offset = len(header)
         expected = offset + 12 * count + 8 * doc_count
         if os.path.getsize(idx_path) < expected:  # checked before mapping: numpy cannot map past the end
-            raise ValueError(f"--indexed={prefix!r}: {idx_path} is truncated ({os.path.getsize(idx_path)} bytes, "
-                             f"the header says {expected})")
+            raise ValueError(
+                f"--indexed={prefix!r}: {idx_path} is truncated ({os.path.getsize(idx_path)} bytes, "
+                f"the header says {expected})"
+            )
         if count == 0:
             raise ValueError(f"--indexed={prefix!r}: the dataset holds no sequence")
         self.sizes = np.memmap(idx_path, np.int32, "r", offset, (count,))
         self.pointers = np.memmap(idx_path, np.int64, "r", offset + 4 * count, (count,))
         needed = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize
         if os.path.getsize(bin_path) < needed:
-            raise ValueError(f"--indexed={prefix!r}: {bin_path} holds {os.path.getsize(bin_path)} bytes, its index "
-                             f"says at least {needed}")
+            raise ValueError(
+                f"--indexed={prefix!r}: {bin_path} holds {os.path.getsize(bin_path)} bytes, its index "
+                f"says at least {needed}"
+            )
         self.tokens = np.memmap(bin_path, self.dtype, "r")
 
     def __len__(self) -> int:

@@ -29,8 +29,7 @@ class StepOrder:
         if batch_size < 1:
             raise ValueError(f"config.batch_size={batch_size} must be positive")
         if num_examples < batch_size:  # every step would be the whole set plus padding: surely a mistake
-            raise ValueError(f"the training set has {num_examples} examples, fewer than config.batch_size="
-                             f"{batch_size}")
+            raise ValueError(f"the training set has {num_examples} examples, fewer than config.batch_size={batch_size}")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
@@ -40,7 +39,7 @@ class StepOrder:
     def epoch(self, step: int) -> int:
         return step // self.steps_per_epoch
 
-    @functools.lru_cache(maxsize=4)
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (an order lives as long as its run; 4 epochs cached)
     def permutation(self, epoch: int) -> np.ndarray:
         """Row order of ``epoch`` [N]."""
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
@@ -50,9 +49,9 @@ class StepOrder:
         if step < 0:
             raise ValueError(f"step={step} must be non-negative")
         k = step % self.steps_per_epoch
-        real = self.permutation(self.epoch(step))[self._bounds[k]:self._bounds[k + 1]]
+        real = self.permutation(self.epoch(step))[self._bounds[k] : self._bounds[k + 1]]
         rows = np.full(self.batch_size, PADDING_ROW, np.int64)
-        rows[:len(real)] = real
+        rows[: len(real)] = real
         return rows
 
     def examples_seen(self, steps_done: int) -> int:

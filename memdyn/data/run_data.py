@@ -26,7 +26,7 @@ class RunData:
     sentencepiece: str | None = None  # the SentencePiece model the ids come from, for decoding
     vocabulary: Any = None  # a user seqio task's vocabulary (anything with .decode(ids))
 
-    def evaluable(self) -> dict[str, "ExampleStore"]:
+    def evaluable(self) -> dict[str, ExampleStore]:
         """Every store a run can evaluate by name: ``train`` (the whole training set) and the tracked sets."""
         return {"train": self.train, **self.sets} if self.train is not None else dict(self.sets)
 
@@ -45,6 +45,7 @@ def open_run_data(workdir: str, config: config_dict.ConfigDict) -> RunData:
     data = _from_dir(data_dir, ExampleStore(os.path.join(data_dir, "train")), _open_sets(data_dir))
     if config.data.source == "seqio":
         from memdyn.data.build import sources  # imports the user's task module
+
         data = dataclasses.replace(data, vocabulary=sources.user_task_vocabulary(config.data))
     return data
 
@@ -52,16 +53,24 @@ def open_run_data(workdir: str, config: config_dict.ConfigDict) -> RunData:
 def _from_dir(data_dir: str, train: ExampleStore, sets: dict[str, ExampleStore]) -> RunData:
     m = train.manifest
     words_txt, model = os.path.join(data_dir, "vocab.txt"), os.path.join(data_dir, "vocab.model")
-    return RunData(train=train, sets=sets, words=vocab_lib.read_words(words_txt) if os.path.exists(words_txt) else None,
-                   vocab_size=int(m["vocab_size"]), pad_id=int(m.get("pad_id", vocab_lib.PAD_ID)),
-                   mask_id=m.get("mask_id", vocab_lib.MASK_ID),
-                   num_special=int(m.get("num_special", vocab_lib.NUM_SPECIAL)),
-                   sentencepiece=model if os.path.exists(model) else None)
+    return RunData(
+        train=train,
+        sets=sets,
+        words=vocab_lib.read_words(words_txt) if os.path.exists(words_txt) else None,
+        vocab_size=int(m["vocab_size"]),
+        pad_id=int(m.get("pad_id", vocab_lib.PAD_ID)),
+        mask_id=m.get("mask_id", vocab_lib.MASK_ID),
+        num_special=int(m.get("num_special", vocab_lib.NUM_SPECIAL)),
+        sentencepiece=model if os.path.exists(model) else None,
+    )
 
 
 def _open_sets(data_dir: str) -> dict[str, ExampleStore]:
-    return {name: ExampleStore(os.path.join(data_dir, name)) for name in sorted(os.listdir(data_dir))
-            if name != "train" and os.path.isfile(os.path.join(data_dir, name, "manifest.json"))}
+    return {
+        name: ExampleStore(os.path.join(data_dir, name))
+        for name in sorted(os.listdir(data_dir))
+        if name != "train" and os.path.isfile(os.path.join(data_dir, name, "manifest.json"))
+    }
 
 
 def _open_store(path: str) -> RunData:

@@ -60,8 +60,11 @@ class ExampleStore:
         """Examples at row ``indices`` [B]: tokens [B, L], example_ids [B], doc_ids [B] (and tags [B, L],
         dup_counts [B] when stored)."""
         indices = np.asarray(indices)
-        out = {"tokens": np.asarray(self.tokens[indices]), "example_ids": np.asarray(self.example_ids[indices]),
-               "doc_ids": np.asarray(self.doc_ids[indices])}
+        out = {
+            "tokens": np.asarray(self.tokens[indices]),
+            "example_ids": np.asarray(self.example_ids[indices]),
+            "doc_ids": np.asarray(self.doc_ids[indices]),
+        }
         if self.tags is not None:
             out["tags"] = np.asarray(self.tags[indices])
         if self.dup_counts is not None:
@@ -73,8 +76,12 @@ class ExampleStore:
     def token_counts(self, pad_id: int) -> np.ndarray:
         """Non-pad tokens of every row, int64 [N]; computed once, in chunks so the store is never loaded whole."""
         if getattr(self, "_token_counts", None) is None or self._token_counts[0] != pad_id:
-            counts = np.concatenate([np.count_nonzero(self.tokens[i:i + 65536] != pad_id, axis=1)
-                                     for i in range(0, self.num_examples, 65536)]).astype(np.int64)
+            counts = np.concatenate(
+                [
+                    np.count_nonzero(self.tokens[i : i + 65536] != pad_id, axis=1)
+                    for i in range(0, self.num_examples, 65536)
+                ]
+            ).astype(np.int64)
             self._token_counts = (pad_id, counts)
         return self._token_counts[1]
 
@@ -82,15 +89,26 @@ class ExampleStore:
         return {int(e): i for i, e in enumerate(self.example_ids)}
 
 
-def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_ids: np.ndarray,
-                tags: np.ndarray | None = None, dup_counts: np.ndarray | None = None,
-                seq_ids: np.ndarray | None = None, manifest: dict[str, Any] | None = None) -> ExampleStore:
+def write_store(
+    path: str,
+    *,
+    tokens: np.ndarray,
+    example_ids: np.ndarray,
+    doc_ids: np.ndarray,
+    tags: np.ndarray | None = None,
+    dup_counts: np.ndarray | None = None,
+    seq_ids: np.ndarray | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> ExampleStore:
     """Writes a store atomically (temporary directory, then rename) and opens it."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise ValueError(f"refusing to write an empty example store to {path!r} (tokens shape {tokens.shape})")
-    arrays = {"tokens": tokens, "example_ids": np.asarray(example_ids, np.int64),
-              "doc_ids": np.asarray(doc_ids, np.int64)}
+    arrays = {
+        "tokens": tokens,
+        "example_ids": np.asarray(example_ids, np.int64),
+        "doc_ids": np.asarray(doc_ids, np.int64),
+    }
     if tags is not None:
         arrays["tags"] = np.asarray(tags, np.int8)
     if dup_counts is not None:
@@ -108,8 +126,9 @@ def write_store(path: str, *, tokens: np.ndarray, example_ids: np.ndarray, doc_i
     for name in _ARRAYS:
         if name in arrays:
             digest.update(arrays[name].tobytes())
-    manifest = dict(manifest or {}, num_examples=int(tokens.shape[0]), seq_len=int(tokens.shape[1]),
-                    sha256=digest.hexdigest())
+    manifest = dict(
+        manifest or {}, num_examples=int(tokens.shape[0]), seq_len=int(tokens.shape[1]), sha256=digest.hexdigest()
+    )
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

@@ -61,9 +61,18 @@ def parse_range(text: str, flag: str) -> tuple[int, int]:
     return a, b
 
 
-def open_source(data, *, length: int, vocab_size: int, set_name: str | None = None, tokens: str | None = None,
-                indexed: str | None = None, rows: str | None = None, steps: str | None = None,
-                rows_per_step: int = indexed_lib.ROWS_PER_STEP) -> Source:
+def open_source(
+    data,
+    *,
+    length: int,
+    vocab_size: int,
+    set_name: str | None = None,
+    tokens: str | None = None,
+    indexed: str | None = None,
+    rows: str | None = None,
+    steps: str | None = None,
+    rows_per_step: int = indexed_lib.ROWS_PER_STEP,
+) -> Source:
     """The one source named by the flags (``data``: the run's ``RunData``)."""
     given = [f for f, v in (("--set", set_name), ("--tokens", tokens), ("--indexed", indexed)) if v]
     if len(given) != 1:
@@ -76,8 +85,9 @@ def open_source(data, *, length: int, vocab_size: int, set_name: str | None = No
             raise ValueError(f"--set={set_name!r} is not a set of this run; sets: {sorted(stores)}")
         store: ExampleStore = stores[set_name]
         if store.seq_len < length:
-            raise ValueError(f"--set={set_name!r}: examples of {store.seq_len} tokens, shorter than prompt_len + "
-                             f"num_new = {length}")
+            raise ValueError(
+                f"--set={set_name!r}: examples of {store.seq_len} tokens, shorter than prompt_len + num_new = {length}"
+            )
         full = store.token_counts(data.pad_id) >= length  # right-padded: the first `length` are all real
         return Source(store, np.flatnonzero(full), int((~full).sum()), {"set": set_name})
     if tokens:
@@ -85,17 +95,25 @@ def open_source(data, *, length: int, vocab_size: int, set_name: str | None = No
             raise FileNotFoundError(f"--tokens={tokens!r} does not exist")
         array = np.load(tokens, mmap_mode="r")
         if array.ndim != 2 or array.dtype.kind not in "iu":
-            raise ValueError(f"--tokens={tokens!r}: expected an integer array [num_sequences, length], got "
-                             f"{array.dtype} {array.shape}")
+            raise ValueError(
+                f"--tokens={tokens!r}: expected an integer array [num_sequences, length], got "
+                f"{array.dtype} {array.shape}"
+            )
         if array.shape[1] < length:
-            raise ValueError(f"--tokens={tokens!r}: sequences of {array.shape[1]} tokens, shorter than prompt_len "
-                             f"+ num_new = {length}")
+            raise ValueError(
+                f"--tokens={tokens!r}: sequences of {array.shape[1]} tokens, shorter than prompt_len "
+                f"+ num_new = {length}"
+            )
         for start in range(0, array.shape[0], 1 << 20):  # in blocks: the file may be larger than memory
-            _check_ids(np.asarray(array[start:start + (1 << 20), :length]), vocab_size, f"--tokens={tokens!r}")
+            _check_ids(np.asarray(array[start : start + (1 << 20), :length]), vocab_size, f"--tokens={tokens!r}")
         read = lambda ids: np.asarray(array[ids, :length], np.int32)  # noqa: E731
         ids = np.arange(array.shape[0], dtype=np.int64)
-        return Source(TokenRows(tokens, ids, length, read), np.arange(len(ids)), 0,
-                      {"tokens": os.path.abspath(tokens), "shape": list(array.shape)})
+        return Source(
+            TokenRows(tokens, ids, length, read),
+            np.arange(len(ids)),
+            0,
+            {"tokens": os.path.abspath(tokens), "shape": list(array.shape)},
+        )
     dataset = indexed_lib.IndexedDataset(indexed)
     if bool(rows) == bool(steps):
         raise ValueError("--indexed needs one of --rows=a:b or --steps=a:b")
@@ -108,15 +126,19 @@ def open_source(data, *, length: int, vocab_size: int, set_name: str | None = No
     candidates = np.arange(a, b, dtype=np.int64)
     long_enough = np.asarray(dataset.sizes[a:b]) >= length
     ids = candidates[long_enough]
-    return Source(TokenRows(indexed, ids, length, lambda i: _checked(dataset.rows(i, length), vocab_size, indexed)),
-                  np.arange(len(ids)), int((~long_enough).sum()),
-                  {"indexed": os.path.abspath(indexed), "rows": [int(a), int(b)]})
+    return Source(
+        TokenRows(indexed, ids, length, lambda i: _checked(dataset.rows(i, length), vocab_size, indexed)),
+        np.arange(len(ids)),
+        int((~long_enough).sum()),
+        {"indexed": os.path.abspath(indexed), "rows": [int(a), int(b)]},
+    )
 
 
 def _check_ids(tokens: np.ndarray, vocab_size: int, what: str) -> None:
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        raise ValueError(f"{what}: token ids {tokens.min()}..{tokens.max()} outside the model's vocabulary of "
-                         f"{vocab_size}")
+        raise ValueError(
+            f"{what}: token ids {tokens.min()}..{tokens.max()} outside the model's vocabulary of {vocab_size}"
+        )
 
 
 def _checked(tokens: np.ndarray, vocab_size: int, prefix: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sentencepiece as spm
 
-from memdyn import runs
+from memdyn.rundir import runs
 
 if TYPE_CHECKING:
     import seqio
@@ -44,8 +44,9 @@ MODEL_TYPES = ("unigram", "bpe", "word")
 DOC_ID_WORDS = ("document", "ID")
 
 
-def train_vocabulary(texts: Iterable[str], path: str, *, model_type: str, vocab_size: int | None,
-                     max_sentence_length: int = 1 << 16) -> str:
+def train_vocabulary(
+    texts: Iterable[str], path: str, *, model_type: str, vocab_size: int | None, max_sentence_length: int = 1 << 16
+) -> str:
     """Trains a SentencePiece model on ``texts`` (one document each) and writes it atomically to ``path``.
 
     ``vocab_size``: ids in all, specials included, exactly; for ``word`` None keeps every word seen.
@@ -68,21 +69,37 @@ def train_vocabulary(texts: Iterable[str], path: str, *, model_type: str, vocab_
     try:
         # hard_vocab_limit: the vocabulary has exactly vocab_size ids, or training fails and says how many fit.
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=model, model_type=model_type, vocab_size=vocab_size,
-            pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, user_defined_symbols=symbols,
-            hard_vocab_limit=not keep_all, use_all_vocab=keep_all, character_coverage=1.0,
-            normalization_rule_name="identity", max_sentence_length=max_sentence_length,
-            num_threads=1, minloglevel=2)  # one thread: the same text gives the same model
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            bos_id=-1,
+            user_defined_symbols=symbols,
+            hard_vocab_limit=not keep_all,
+            use_all_vocab=keep_all,
+            character_coverage=1.0,
+            normalization_rule_name="identity",
+            max_sentence_length=max_sentence_length,
+            num_threads=1,
+            minloglevel=2,
+        )  # one thread: the same text gives the same model
     except RuntimeError as e:
         most = re.search(r"Vocabulary size too high .*<= (\d+)", str(e))
         if most:
-            raise ValueError(f"config.data.vocab.size={vocab_size}: the {num_docs} documents it is trained on "
-                             f"support a {model_type} vocabulary of at most {most.group(1)} ids; set "
-                             f"--config.data.vocab.size={most.group(1)} or less") from None
+            raise ValueError(
+                f"config.data.vocab.size={vocab_size}: the {num_docs} documents it is trained on "
+                f"support a {model_type} vocabulary of at most {most.group(1)} ids; set "
+                f"--config.data.vocab.size={most.group(1)} or less"
+            ) from None
         raise ValueError(f"training the SentencePiece vocabulary {path!r} failed: {e}") from e
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(model.getvalue())
+
     return runs.atomic_write(path, write)
 
 
@@ -90,11 +107,13 @@ def load_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabul
     """The seqio vocabulary of a SentencePiece model file, enlarged by ``extra_ids`` ids at its end."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SentencePiece model {path!r} does not exist (config.data.vocab.path)")
-    import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
     import seqio  # imports TensorFlow: only where a SentencePiece vocabulary is used
+
+    import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     try:
-        vocabulary.tokenizer  # parses the model now, so a bad file fails here and not mid-pipeline
+        vocabulary.tokenizer  # noqa: B018 (parses the model now, so a bad file fails here and not mid-pipeline)
     except Exception as e:  # sentencepiece raises a bare RuntimeError/OSError
         raise ValueError(f"{path!r} is not a SentencePiece model: {e}") from e
     return vocabulary
@@ -141,8 +160,13 @@ def _sentencepiece(path: str) -> spm.SentencePieceProcessor:
     return spm.SentencePieceProcessor(model_file=path)
 
 
-def decode(ids: Iterable[int], *, words: tuple[str, ...] | None = None, sentencepiece: str | None = None,
-           vocabulary: seqio.Vocabulary | None = None) -> str:
+def decode(
+    ids: Iterable[int],
+    *,
+    words: tuple[str, ...] | None = None,
+    sentencepiece: str | None = None,
+    vocabulary: seqio.Vocabulary | None = None,
+) -> str:
     """Text of token ids (padding already dropped) from whichever vocabulary a run has: a seqio vocabulary, a
     SentencePiece model file, a word list, or none (the ids themselves)."""
     ids = [int(i) for i in ids]

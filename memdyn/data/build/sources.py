@@ -21,7 +21,7 @@ import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUD
 import seqio
 from ml_collections import config_dict
 
-from memdyn import runs
+from memdyn.rundir import runs
 from memdyn.data import vocab as vocab_lib
 from memdyn.data.build import tasks as tasks_lib
 from memdyn.data.build.chunking import Examples, chunk_documents

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from memdyn import runs
+from memdyn.rundir import runs
 from memdyn.data.build import tracked as tracked_lib
 from memdyn.data.build.chunking import Examples
 from memdyn.data.store import ExampleStore, write_store

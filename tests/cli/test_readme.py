@@ -1,0 +1,122 @@
+"""Every command written in README.md and docs/ names what exists: a memdyn command and analysis, flags that
+command takes, a config (packaged or a file) with every overridden field, of the right type; launcher and
+benchmark modules with their flags; pip extras that setup.py declares. The commands' behaviour is tested
+elsewhere; this catches the documentation drifting from the code."""
+
+import ast
+import glob
+import os
+import re
+import shlex
+
+import pytest
+
+from conftest import REPO
+from memdyn import config as config_lib
+
+DOCUMENTS = [
+    "README.md",
+    *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True)),
+]
+
+
+def _commands(document: str) -> list[str]:
+    """Shell commands of the document's ```bash blocks: continuation lines joined, comments dropped, split at
+    `&&`, `;` and `|`."""
+    text = open(os.path.join(REPO, document)).read()
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)
+        for line in block.splitlines():
+            line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+            out += [part.strip() for part in re.split(r"&&|;|\|", line) if part.strip()]
+    return out
+
+
+ALL = [(doc, cmd) for doc in DOCUMENTS for cmd in _commands(doc)]
+
+
+def test_the_documents_have_commands():
+    assert sum(doc == "README.md" for doc, _ in ALL) >= 15
+    assert {doc for doc, _ in ALL} >= {
+        "README.md",
+        "docs/memorization/README.md",
+        "docs/forgetting/README.md",
+        "docs/memsinks/README.md",
+    }
+
+
+def _tokens(command: str) -> list[str]:
+    """Optional parts ``[--flag=v]`` taken as given; ``...`` placeholders dropped."""
+    tokens = [t[1:].removesuffix("]") if t.startswith("[") else t for t in shlex.split(command)]
+    return [t for t in tokens if t and "..." not in t]
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _check_memdyn(tokens: list[str]) -> None:
+    from absl import flags
+
+    from memdyn import studies as analysis
+    from memdyn.cli import main
+
+    command = tokens[1]
+    assert command in main.COMMANDS, command
+    if command == "analyze":
+        assert tokens[2] in analysis.analyses(), tokens[2]
+    args = [t for t in tokens[2:] if t.startswith("-")]
+    main._check_command_flags(command, args)  # a flag of another command raises
+    own = {f.name for f in flags.FLAGS.get_flags_for_module(main.__name__)}
+    config = None
+    spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+    if spec is not None or command in ("train", "sweep"):
+        path, _, arg = config_lib.config_path(spec or "base").partition(":")
+        path = path if os.path.isabs(path) else os.path.join(REPO, path)
+        config = config_lib.load_config_file(path, arg or None)
+    for a in args:
+        name, _, value = a.lstrip("-").partition("=")
+        if name.startswith("config."):
+            config_lib.apply_overrides(config, {name[len("config.") :]: _value(value)})  # unknown field / type
+        elif name == "sweep" and "=" in value and not os.path.isdir(value):
+            field, values = value.split("=", 1)
+            for v in values.split(","):
+                config_lib.apply_overrides(config, {field: _value(v)})
+        else:
+            assert name in own | {"config"}, f"--{name} is no memdyn flag"
+
+
+def _check_module(module: str, args: list[str]) -> None:
+    rel = module.replace(".", os.sep) + ".py"
+    path = os.path.join(REPO, rel.replace(os.path.join("memdyn", "launch"), "launch", 1))
+    assert os.path.isfile(path), module
+    declared = set(re.findall(r"add_argument\(\s*\"--([a-z_]+)\"", open(path).read()))
+    for a in args:
+        if a.startswith("--"):
+            assert a[2:].split("=", 1)[0] in declared, f"{module} has no flag {a}"
+
+
+def _check_pip(tokens: list[str]) -> None:
+    setup = open(os.path.join(REPO, "setup.py")).read()
+    for t in tokens[2:]:
+        extras = re.fullmatch(r"(?:-e )?\.\[([a-z0-9_,]+)\]", t)
+        if extras:
+            for extra in extras.group(1).split(","):
+                assert f'"{extra}":' in setup, f"setup.py declares no extra {extra!r}"
+
+
+@pytest.mark.parametrize("document,command", ALL, ids=[f"{d}:{c[:60]}" for d, c in ALL])
+def test_documented_command_names_what_exists(document, command):
+    tokens = _tokens(command)
+    if tokens[0] == "memdyn":
+        _check_memdyn(tokens)
+    elif tokens[0] in ("python", "python3") and tokens[1] == "-m" and tokens[2] not in ("pytest", "venv"):
+        _check_module(tokens[2], tokens[3:])
+    elif tokens[0] in ("python", "python3") and tokens[1].endswith(".py"):
+        _check_module(tokens[1][:-3].replace(os.sep, "."), tokens[2:])
+    elif tokens[0] == "pip":
+        _check_pip(tokens)
