@@ -51,7 +51,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.windows import MAX_OTHER_CORES, SETTLE_SECONDS, timed_calls  # noqa: E402
 from memdyn.extraction import extractability as extract  # noqa: E402
 from memdyn.model import sizes
-from memdyn.model.transformer import Transformer, stack_blocks  # noqa: E402
+from memdyn.model.layout import stack_blocks  # noqa: E402
+from memdyn.model.transformer import Transformer  # noqa: E402
 
 
 def hf_model(shape: sizes.ModelShape, params):

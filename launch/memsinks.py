@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from memdyn import config as config_lib  # noqa: E402
+from memdyn import sweeps
 from memdyn.cli import logs
 from memdyn.extraction import eval_checkpoint
 from memdyn.rundir import runs as runs_lib
 from memdyn.studies.memsinks import analysis as analysis  # noqa: E402
-from memdyn.sweeps import sweep
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "memsinks.py")
 CONDITIONS = ("standard", "memsinks", "shared", "dedup", "placebo")
@@ -100,7 +100,7 @@ def main() -> None:
         fields = dict(overrides)
         if args.repeats is not None and condition != "dedup":
             fields["data.tracked.duplicate_count"] = args.repeats
-        sweep.run_sweep(
+        sweeps.run_sweep(
             CONFIG, condition, os.path.join(args.out, condition), [f"seed={args.seeds}"], fields, parallel=args.parallel
         )
     counts = [int(k) for k in args.deletions.split(",") if k]

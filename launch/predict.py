@@ -21,11 +21,11 @@ if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.p
     sys.path.insert(0, _CHECKOUT)
 
 from memdyn import config as config_lib  # noqa: E402
+from memdyn import sweeps
 from memdyn.cli import logs
 from memdyn.extraction import extract_job
 from memdyn.rundir import runs as runs_lib
 from memdyn.studies.predict import analysis as analysis  # noqa: E402
-from memdyn.sweeps import sweep
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "predict.py")
 
@@ -55,7 +55,7 @@ def main() -> None:
                 args.num_steps, default.num_steps, tuple(default.checkpoint.keep_steps)
             ),
         }
-    sweep.run_sweep(
+    sweeps.run_sweep(
         CONFIG, None, args.out, [f"model.size={args.sizes}", f"seed={args.seeds}"], overrides, parallel=args.parallel
     )
     for run in runs_lib.find_runs(args.out):

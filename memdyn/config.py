@@ -54,9 +54,16 @@ def model_shape(config: config_dict.ConfigDict, vocab_size: int) -> sizes.ModelS
     return shape
 
 
-def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.ConfigDict:
-    """A validated copy of ``config`` with the model shape, vocabulary size and parameter count filled in."""
-    validate(config)
+def resolve(config: config_dict.ConfigDict, *, vocab_size: int, validated: bool = False) -> config_dict.ConfigDict:
+    """A validated copy of ``config`` with the model shape, vocabulary size and parameter count filled in.
+
+    ``validated``: ``validate(config)`` has run already (``memdyn train`` runs it before it builds any data), so it
+    does not run twice. Resolve a config once, where a command starts, and pass the result on: the functions that
+    take a config (``memdyn.train.steps.build_run``, ``memdyn.rundir.runs.check_compatible``) use a resolved one
+    as it is (``is_resolved``).
+    """
+    if not validated:
+        validate(config)
     shape = model_shape(config, vocab_size)
     if shape.vocab_size < vocab_size:
         raise ValueError(
@@ -88,6 +95,13 @@ def resolve(config: config_dict.ConfigDict, *, vocab_size: int) -> config_dict.C
         if resolved.data.order_seed is None:
             resolved.data.order_seed = config.seed
     return resolved
+
+
+def is_resolved(config: config_dict.ConfigDict) -> bool:
+    """Whether ``config`` is ``resolve``'s output (or a run's config.json, written resolved): only resolving adds
+    model.params and model.vocab_size, which configs/base.py does not have, and it sets every shape field."""
+    model = config.model
+    return all(field in model for field in ("params", "vocab_size", *_SHAPE_FIELDS))
 
 
 def validate(config: config_dict.ConfigDict) -> None:
@@ -126,10 +140,17 @@ def validate(config: config_dict.ConfigDict) -> None:
             f"config.model.attention={config.model.attention!r}: expected one of "
             f"{ATTENTION_IMPLEMENTATIONS} (einsum: memdyn's own; xla, cudnn: jax.nn.dot_product_attention's)"
         )
+    from memdyn.model import cpu_kernels
     from memdyn.model.transformer import REMAT_POLICIES
 
     if config.model.remat not in REMAT_POLICIES:
         raise ValueError(f"config.model.remat={config.model.remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+    if config.model.cpu_kernels not in cpu_kernels.CHOICES:
+        raise ValueError(
+            f"config.model.cpu_kernels={config.model.cpu_kernels!r}: expected one of {cpu_kernels.CHOICES} (on: "
+            "memdyn.model.cpu_kernels' XLA-CPU-tuned kernels, off: plain JAX ops, auto: on when JAX's default "
+            "backend is the CPU)"
+        )
     if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
         raise ValueError(
             "config.model.attention='cudnn' needs config.model.dtype='bfloat16' (cuDNN's fused "

@@ -8,25 +8,26 @@ A batch is a dict of global arrays whose leading dimension B is sharded over the
   tags_BxL       int8   per-token tags (parts of speech), when the store has them; 0 in padding rows
   seq_ids_BxL    int32  the sequence id of every token (MemSinks' sink masks; segments of block-causal attention):
                         the store's ``seq_ids`` when it packs several documents per row, otherwise a hash of the
-                        row's tokens (``sequence_ids``), so every copy of a sequence gets the same id; 0 in padding
+                        row's tokens (``sequence_ids``, hashed once per store: ``ExampleStore.sequence_ids``), so
+                        every copy of a sequence gets the same id; 0 in padding
   dup_counts_B   int32  how many training rows hold the same tokens (the store's ``dup_counts``); 0 in padding
                         rows and in stores without counts (tracked sets), so every batch has the same fields
 
 Every field has B leading; a new per-example or per-token field is one more entry of ``STORE_FIELDS``. Normal
 training steps, inserted updates, tracked-set evaluation, ``memdyn eval`` and extraction all get their batches
 from ``Feeder.batch``. Each process reads from the store only the rows its own devices hold, and
-``jax.make_array_from_process_local_data`` assembles the global array.
+``jax.make_array_from_process_local_data`` assembles the global array. The training loop asks for step k + 1's
+batch (``Feeder.prefetch``) right after dispatching step k, so it is read and on its way to the devices while
+step k runs; ``train_batch(k + 1)`` then hands over that same batch.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import jax
 import numpy as np
 
 from memdyn.data.order import PADDING_ROW, StepOrder
-from memdyn.data.store import ExampleStore
+from memdyn.data.store import ExampleStore, sequence_ids
 
 Batch = dict[str, jax.Array]
 # store array -> (batch field, device dtype, value in padding rows)
@@ -48,6 +49,7 @@ class Feeder:
         if len(sharding.spec) > 1:
             raise ValueError(f"the feeder's sharding {sharding.spec} must name the batch dimension only")
         self.sharding, self.pad_id, self.train, self.order = sharding, pad_id, train, order
+        self._prefetched: tuple[int, Batch] | None = None  # (step, its batch: placed, or on its way)
 
     def train_rows(self, step: int) -> np.ndarray:
         """Training-store rows [B] of normal step ``step`` (the same in every process; ``PADDING_ROW`` after the
@@ -55,7 +57,18 @@ class Feeder:
         return self.order.rows(step)
 
     def train_batch(self, step: int) -> Batch:
+        """The batch of normal step ``step``: the prefetched one when it is this step's, else read now."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == step:
+            return prefetched[1]
         return self.batch(self.train, self.train_rows(step))
+
+    def prefetch(self, step: int) -> None:
+        """Reads normal step ``step``'s rows and starts placing them on the devices, for ``train_batch(step)``
+        to hand over (one batch deep: a later prefetch replaces it). Call it after dispatching the step before:
+        JAX's dispatch is asynchronous, so the host reads and transfers while the devices compute."""
+        if self.order is not None:
+            self._prefetched = (step, self.batch(self.train, self.train_rows(step)))
 
     def set_rows(self, store: ExampleStore, batch_size: int) -> list[np.ndarray]:
         """A whole store as row lists [batch_size]; the last is completed with padding rows."""
@@ -89,8 +102,10 @@ def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str,
     """Host arrays of the batch fields for store rows ``rows_b`` (``PADDING_ROW`` for padding), device dtypes."""
     real = rows_b != PADDING_ROW
     read = store.rows(rows_b[real])
-    if "seq_ids" not in read:
-        read["seq_ids"] = np.repeat(sequence_ids(read["tokens"], pad_id)[:, None], read["tokens"].shape[1], axis=1)
+    if "seq_ids" not in read:  # one sequence per row: its id, hashed once per store (read on demand: now)
+        ids = store.sequence_ids(pad_id)[rows_b[real]] if hasattr(store, "sequence_ids") else None
+        ids = sequence_ids(read["tokens"], pad_id) if ids is None else np.asarray(ids, np.int32)
+        read["seq_ids"] = np.repeat(ids[:, None], read["tokens"].shape[1], axis=1)
     if "dup_counts" not in read:
         read["dup_counts"] = np.zeros(len(read["tokens"]), np.int32)
     out = {}
@@ -107,20 +122,6 @@ def read_rows(store: ExampleStore, rows_b: np.ndarray, pad_id: int) -> dict[str,
         padded[real] = values
         out[field] = padded
     return out
-
-
-def sequence_ids(tokens_NxL: np.ndarray, pad_id: int) -> np.ndarray:
-    """The id of each row's sequence: a hash of its real (non-pad) tokens, int32 in [1, 2**31) [N].
-
-    Equal sequences get equal ids wherever they occur (every copy in training, a tracked set's copy), so a
-    sequence's MemSinks mask is a function of its tokens alone. Never 0 (id 0 switches the whole sink pool on).
-    """
-    ids = np.empty(len(tokens_NxL), np.int32)
-    for i, row in enumerate(np.asarray(tokens_NxL)):
-        real = np.ascontiguousarray(row[row != pad_id], dtype="<i4")
-        value = int.from_bytes(hashlib.blake2b(real.tobytes(), digest_size=4).digest(), "little") & 0x7FFFFFFF
-        ids[i] = value or 1
-    return ids
 
 
 def process_batch_positions(sharding: jax.sharding.Sharding, batch_size: int) -> np.ndarray:

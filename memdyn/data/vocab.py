@@ -109,7 +109,7 @@ def load_vocabulary(path: str, extra_ids: int = 0) -> seqio.SentencePieceVocabul
         raise FileNotFoundError(f"SentencePiece model {path!r} does not exist (config.data.vocab.path)")
     import seqio  # imports TensorFlow: only where a SentencePiece vocabulary is used
 
-    import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+    import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     try:

@@ -127,7 +127,7 @@ def run_extract(
     num_chunks = -(-len(source.row_indices) // chunk_rows)
     from clu import periodic_actions
 
-    import memdyn.tensorflow_cpu  # noqa: F401  (before clu imports TensorFlow: CPU only, no CUDA probe noise)
+    import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 
     report = periodic_actions.ReportProgress(num_train_steps=len(source.row_indices), every_secs=5.0)
     if first:

@@ -3,18 +3,21 @@
 Parameters and activations are annotated with *logical* axis names (``embed``, ``mlp``, ``heads``, ``vocab``,
 ``batch``, ``length`` ...). The config's ``sharding.rules`` map each logical name to a mesh axis (or several, or
 none). Changing the parallelism layout is then a config edit, never a model edit.
+
+The active rules are Flax's (``nnx.logical_axis_rules(rules)`` sets them, for parameter specs and activations
+alike); where none are set, ``DEFAULT_RULES`` apply.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd as flax_spmd
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -39,9 +42,6 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("act_heads", "tensor"),
     ("act_vocab", "tensor"),
 )
-
-# Model code reads the active rules from here; `use_rules` sets them for the duration of a trace.
-_active_rules: list[tuple[tuple[str, Any], ...]] = [DEFAULT_RULES]
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -89,21 +89,14 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(normalized)
 
 
-@contextlib.contextmanager
-def use_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
-    """Makes ``rules`` the logical→mesh mapping for model activations and parameter specs."""
-    rules = tuple(rules)
-    _active_rules.append(rules)
-    try:
-        with nnx.logical_axis_rules(rules):
-            yield
-    finally:
-        _active_rules.pop()
+def active_rules() -> tuple[tuple[str, Any], ...]:
+    """The logical→mesh rules in force: Flax's (``nnx.logical_axis_rules``), else ``DEFAULT_RULES``."""
+    return tuple(flax_spmd.get_logical_axis_rules()) or DEFAULT_RULES
 
 
 def logical_to_spec(names: Sequence[str | None]) -> P:
     """PartitionSpec for an array whose dimensions carry ``names`` under the active rules."""
-    rules = dict(_active_rules[-1])
+    rules = dict(active_rules())
     used: set[str] = set()
     spec = []
     for name in names:
@@ -124,7 +117,8 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 def param_specs(abstract_params: nnx.State) -> Any:
     """Pure-dict tree of PartitionSpecs for an (abstract) parameter state, under the active rules."""
-    return nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+    with nnx.logical_axis_rules(active_rules()):  # Flax's, or the defaults when none are set
+        return nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
 
 
 def named(mesh: jax.sharding.Mesh, specs: Any) -> Any:

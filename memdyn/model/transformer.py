@@ -1,11 +1,12 @@
 """One Transformer for causal and masked language modelling (Flax NNX).
 
-Pre-LayerNorm blocks with multi-head attention and a GELU or SwiGLU MLP, sequential or parallel residual
-(GPT-NeoX); learned or rotary positions; tied or untied embeddings. The MLP takes an optional per-token gate over
-its hidden units, ``mlp_gate_BxLxF`` (MemSinks' sequence-tied masks, see ``memdyn.studies.memsinks.masks``), and
-attention
-optional per-token segment ids (packed documents). Every parameter carries logical axis names (see
-``memdyn.model.sharding``).
+Pre-LayerNorm blocks with multi-head attention and a GELU or SwiGLU MLP (``memdyn.model.layers``), sequential or
+parallel residual (GPT-NeoX); learned or rotary positions; tied or untied embeddings. The MLP takes an optional
+per-token gate over its hidden units, ``mlp_gate_BxLxF`` (MemSinks' sequence-tied masks, see
+``memdyn.studies.memsinks.masks``), and attention optional per-token segment ids (packed documents). Every
+parameter carries logical axis names (see ``memdyn.model.sharding``). The math runs CPU-tuned kernels or plain JAX
+ops (``memdyn.model.cpu_kernels``), chosen once when the model is built (``cpu_kernels``). Converting parameters
+between the unrolled and the scanned layout is ``memdyn.model.layout``.
 
 Causal models also decode incrementally with a KV cache (``Transformer.prefill`` then ``decode_step``), doing
 the same per-query arithmetic as the full pass; ``memdyn.extraction.extractability`` builds greedy decoding on it.
@@ -22,128 +23,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memdyn.model import cpu_kernels as kernels
 from memdyn.model import sharding
+from memdyn.model.layers import ATTENTION_IMPLEMENTATIONS, MLP, Attention, LayerNorm, param
 from memdyn.model.sizes import ModelShape
 
-# Shardings come from the logical names at jit time (explicit in/out shardings), not at variable creation.
-nnx.use_eager_sharding(False)
-
-_INIT_STD = 0.02
-
-
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], *, init: str = "normal") -> nnx.Param:
-    if init == "normal":
-        initializer = nnx.initializers.normal(_INIT_STD)
-    elif init == "zeros":
-        initializer = nnx.initializers.zeros_init()
-    else:
-        initializer = nnx.initializers.ones_init()
-    return nnx.Param(nnx.with_partitioning(initializer, names)(rngs.params(), shape))
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, d_model: int, eps: float = 1e-5, *, rngs: nnx.Rngs):
-        self.eps = eps
-        self.scale = _param(rngs, (d_model,), ("embed",), init="ones")
-        self.bias = _param(rngs, (d_model,), ("embed",), init="zeros")
-
-    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        x = x_BxLxD.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...] + self.bias[...]).astype(x_BxLxD.dtype)
-
-
-def rotary(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, fraction: float, base: float = 10000.0) -> jax.Array:
-    """Rotary position embedding (GPT-NeoX layout: rotate halves) on the first ``fraction`` of head dims."""
-    head_dim = x_BxLxHxK.shape[-1]
-    rot_dim = max(2, int(head_dim * fraction)) // 2 * 2
-    x_rot, x_pass = x_BxLxHxK[..., :rot_dim], x_BxLxHxK[..., rot_dim:]
-    inv_freq = 1.0 / (base ** (jnp.arange(0, rot_dim, 2, dtype=jnp.float32) / rot_dim))
-    angles_BxLxR = positions_BxL[..., None].astype(jnp.float32) * inv_freq
-    angles = jnp.concatenate([angles_BxLxR, angles_BxLxR], axis=-1)[:, :, None, :]
-    x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    x_rot = x_rot.astype(jnp.float32) * jnp.cos(angles) + rotated * jnp.sin(angles)
-    return jnp.concatenate([x_rot.astype(x_BxLxHxK.dtype), x_pass], axis=-1)
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU, ``x * Phi(x)``, as 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's formula). ``jax.nn.gelu``'s exact form
-    goes through erfc, which XLA's CPU backend evaluates about 2.5x slower; the two differ in the last bits only."""
-    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype)))
-
-
-@jax.custom_vjp
-def softmax(x: jax.Array) -> jax.Array:
-    """``jax.nn.softmax`` over the last axis (same forward arithmetic) whose backward pass reads only the saved
-    probabilities, p * (g - sum(g * p)): a custom VJP rather than JAX's JVP rule, which on the CPU left XLA
-    materializing a broadcast of the normalizer per layer (the tiny train step 3% faster)."""
-    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
-    return unnormalized / unnormalized.sum(-1, keepdims=True)
-
-
-def _softmax_fwd(x):
-    probs = softmax(x)
-    return probs, probs
-
-
-def _softmax_bwd(probs, g):
-    return (probs * (g - (g * probs).sum(-1, keepdims=True)),)
-
-
-softmax.defvjp(_softmax_fwd, _softmax_bwd)
-
-
-@jax.custom_vjp
-def store_gradient(x: jax.Array) -> jax.Array:
-    """The identity, whose gradient XLA computes once and stores on the CPU. Without it XLA's CPU fusion copies
-    the residual stream's gradient (LayerNorm backward plus the residual sum) into each of its consumers (weight
-    gradients, transposes, the next layer's backward) and recomputes it there. A conditional is a fusion barrier
-    that XLA keeps (``optimization_barrier`` it strips); on other backends, where a conditional may cost a host
-    round trip, the gradient passes through untouched. Same gradient either way."""
-    return x
-
-
-def _store_fwd(x):
-    return x, None
-
-
-def _store_bwd(_, g):
-    if jax.default_backend() != "cpu":
-        return (g,)
-    first = g[(0,) * g.ndim]  # one element (a ravel could move a sharded array)
-    # Both branches return g (a non-finite g stays non-finite); distinct branches keep XLA from turning the
-    # conditional into a select, which would be fused again.
-    return (jax.lax.cond(jnp.isfinite(first), lambda g: g, lambda g: g + first * 0, g),)
-
-
-store_gradient.defvjp(_store_fwd, _store_bwd)
-
-
-@jax.custom_vjp
-def dense(x_BxLxD: jax.Array, kernel_DxF: jax.Array) -> jax.Array:
-    """``x @ kernel`` with the kernel's gradient written as one 2-D matmul, x[N, D]^T @ g[N, F] (N = B·L): the
-    gradient JAX derives contracts over B and L at once, which XLA's CPU backend sends to a generic matmul rather
-    than its fast kernels (measured: the tiny train step 9% faster, side by side)."""
-    return x_BxLxD @ kernel_DxF
-
-
-def _dense_fwd(x_BxLxD, kernel_DxF):
-    return x_BxLxD @ kernel_DxF, (x_BxLxD, kernel_DxF)
-
-
-def _dense_bwd(residuals, g_BxLxF):
-    x_BxLxD, kernel_DxF = residuals
-    x_NxD, g_NxF = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]), g_BxLxF.reshape(-1, g_BxLxF.shape[-1])
-    return g_BxLxF @ kernel_DxF.T, x_NxD.T @ g_NxF
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
-
-
-ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")  # as config.ATTENTION_IMPLEMENTATIONS (no config import)
 # Rematerialisation (config.model.remat): what each block keeps for the backward pass; the rest is recomputed.
 REMAT_POLICIES = {
     "none": None,  # no remat: every activation is kept
@@ -153,134 +37,14 @@ REMAT_POLICIES = {
 }
 
 
-class Attention(nnx.Module):
-    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs, implementation: str = "einsum"):
-        """``implementation``: "einsum", memdyn's own softmax attention (any device; on the CPU 8-15% faster per
-        train step than the next at tiny/small), or ``jax.nn.dot_product_attention``'s "xla" (any device) or
-        "cudnn" (NVIDIA GPUs: fused attention, bfloat16 only). KV-cache decoding uses "cudnn"'s fallback "xla"."""
-        d, h, k = shape.d_model, shape.num_heads, shape.head_dim
-        self.shape = shape
-        self.implementation = implementation
-        for name in ("query", "key", "value"):
-            setattr(self, f"{name}_kernel", _param(rngs, (d, h, k), ("embed", "heads", "head_dim")))
-            setattr(self, f"{name}_bias", _param(rngs, (h, k), ("heads", "head_dim"), init="zeros"))
-        self.out_kernel = _param(rngs, (h, k, d), ("heads", "head_dim", "embed"))
-        self.out_bias = _param(rngs, (d,), ("embed",), init="zeros")
-
-    def __call__(self, x_BxLxD: jax.Array, mask_Bx1xLxS: jax.Array, positions_BxL: jax.Array) -> jax.Array:
-        return self.with_kv(x_BxLxD, mask_Bx1xLxS, positions_BxL)[0]
-
-    def with_kv(
-        self,
-        x_BxLxD: jax.Array,
-        mask_Bx1xLxS: jax.Array,
-        positions_BxL: jax.Array,
-        cache_kv: tuple[jax.Array, jax.Array] | None = None,
-        start: jax.Array | int = 0,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Attention output and the keys/values it attended to (rotary already applied to keys).
-
-        Without ``cache_kv`` the L queries attend to the L new keys (the full forward pass). With
-        ``cache_kv = (keys_BxSxHxK, values_BxSxHxK)`` the new keys/values are first written into the cache at
-        ``start`` and the queries attend to all S cache slots; ``mask_Bx1xLxS`` then spans the cache.
-        """
-        dtype = x_BxLxD.dtype
-        names = ("batch", "length", "act_heads", None)
-
-        def project(name: str) -> jax.Array:
-            kernel = getattr(self, f"{name}_kernel")[...].astype(dtype)
-            y = jnp.einsum("bld,dhk->blhk", x_BxLxD, kernel) + getattr(self, f"{name}_bias")[...].astype(dtype)
-            return sharding.constrain(y, names)
-
-        q_BxLxHxK, k_BxSxHxK, v_BxSxHxK = project("query"), project("key"), project("value")
-        if self.shape.positions == "rotary":
-            q_BxLxHxK = rotary(q_BxLxHxK, positions_BxL, self.shape.rotary_fraction, self.shape.rotary_base)
-            k_BxSxHxK = rotary(k_BxSxHxK, positions_BxL, self.shape.rotary_fraction, self.shape.rotary_base)
-        if cache_kv is not None:
-            keys_BxSxHxK, values_BxSxHxK = cache_kv
-            k_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(
-                keys_BxSxHxK, k_BxSxHxK.astype(keys_BxSxHxK.dtype), start, axis=1
-            )
-            v_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(
-                values_BxSxHxK, v_BxSxHxK.astype(values_BxSxHxK.dtype), start, axis=1
-            )
-        # One code path for full and cached attention: empty cache slots get probability exactly 0, so a cached
-        # query computes what the full pass computes (up to rounding, as the matrix shapes differ). Scores and
-        # softmax are float32 whatever the compute dtype; the mask carries causal, padding, per-document and
-        # cache-slot masking alike (a masked LM's is padding only).
-        scale = self.shape.head_dim**-0.5
-        if self.implementation == "einsum":
-            scores_BxHxLxS = (
-                jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
-            )
-            scores_BxHxLxS = jnp.where(mask_Bx1xLxS, scores_BxHxLxS, jnp.finfo(jnp.float32).min)
-            probs_BxHxLxS = softmax(scores_BxHxLxS).astype(dtype)
-            out_BxLxHxK = jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK)
-        else:
-            out_BxLxHxK = jax.nn.dot_product_attention(
-                q_BxLxHxK,
-                k_BxSxHxK,
-                v_BxSxHxK,
-                mask=mask_Bx1xLxS,
-                scale=scale,
-                implementation="xla" if cache_kv is not None else self.implementation,
-            )
-        out_BxLxHxK = sharding.constrain(out_BxLxHxK, names)
-        out = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.out_kernel[...].astype(dtype))
-        return out + self.out_bias[...].astype(dtype), (k_BxSxHxK, v_BxSxHxK)
-
-
-class MLP(nnx.Module):
-    """GELU MLP (``W_out · gelu(W_in x + b_in) + b_out``) or SwiGLU (``W_out · (silu(W_in x) * W_up x)``, no
-    biases: the MemSinks authors' model).
-
-    ``gate_BxLxF`` multiplies the hidden units before the output projection (MemSinks' sink masks and their
-    evaluation modes). ``grad_gate_BxLxF`` (1/0) keeps the forward value but lets only units marked 1 pass
-    gradient, to the MLP's weights and to its input (the shared-sink baseline's gradient masking).
-    """
-
-    def __init__(self, d_model: int, d_ff: int, kind: str = "gelu", *, rngs: nnx.Rngs):
-        self.kind = kind
-        # Creation order fixes each parameter's random key: the GELU order is the one every earlier run used.
-        self.in_kernel = _param(rngs, (d_model, d_ff), ("embed", "mlp"))
-        if kind == "swiglu":
-            self.up_kernel = _param(rngs, (d_model, d_ff), ("embed", "mlp"))
-        else:
-            self.in_bias = _param(rngs, (d_ff,), ("mlp",), init="zeros")
-        self.out_kernel = _param(rngs, (d_ff, d_model), ("mlp", "embed"))
-        if kind != "swiglu":
-            self.out_bias = _param(rngs, (d_model,), ("embed",), init="zeros")
-
-    def __call__(
-        self, x_BxLxD: jax.Array, gate_BxLxF: jax.Array | None = None, grad_gate_BxLxF: jax.Array | None = None
-    ) -> jax.Array:
-        dtype = x_BxLxD.dtype
-        names = ("batch", "length", "act_mlp")
-        if self.kind == "swiglu":
-            pre_BxLxF = sharding.constrain(dense(x_BxLxD, self.in_kernel[...].astype(dtype)), names)
-            up_BxLxF = sharding.constrain(dense(x_BxLxD, self.up_kernel[...].astype(dtype)), names)
-            h_BxLxF = jax.nn.silu(pre_BxLxF) * up_BxLxF
-        else:
-            h_BxLxF = dense(x_BxLxD, self.in_kernel[...].astype(dtype)) + self.in_bias[...].astype(dtype)
-            h_BxLxF = sharding.constrain(gelu(h_BxLxF), names)
-        if gate_BxLxF is not None:  # MemSinks: the sink units of other sequences are switched off
-            h_BxLxF = h_BxLxF * sharding.constrain(gate_BxLxF.astype(dtype), names)
-        out_kernel = self.out_kernel[...].astype(dtype)
-        if grad_gate_BxLxF is None:
-            out = dense(h_BxLxF, out_kernel)
-        else:
-            g = sharding.constrain(grad_gate_BxLxF.astype(dtype), names)
-            out = dense(h_BxLxF * g, out_kernel) + jax.lax.stop_gradient((h_BxLxF * (1 - g)) @ out_kernel)
-        return out if self.kind == "swiglu" else out + self.out_bias[...].astype(dtype)
-
-
 class Block(nnx.Module):
-    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs, attention: str = "einsum"):
+    def __init__(self, shape: ModelShape, *, rngs: nnx.Rngs, attention: str = "einsum", ops: kernels.Ops | None = None):
         self.parallel_residual = shape.parallel_residual
+        self.ops = ops = ops or kernels.ops()
         self.attention_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
-        self.attention = Attention(shape, rngs=rngs, implementation=attention)
+        self.attention = Attention(shape, rngs=rngs, implementation=attention, ops=ops)
         self.mlp_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
-        self.mlp = MLP(shape.d_model, shape.d_ff, shape.mlp, rngs=rngs)
+        self.mlp = MLP(shape.d_model, shape.d_ff, shape.mlp, rngs=rngs, ops=ops)
 
     def __call__(self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None):
         return self.with_kv(x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF)[0]
@@ -289,7 +53,8 @@ class Block(nnx.Module):
         self, x_BxLxD, mask_Bx1xLxS, positions_BxL, gate_BxLxF=None, cache_kv=None, start=0, grad_gate_BxLxF=None
     ):
         """Block output and the attention's keys/values (see ``Attention.with_kv`` for ``cache_kv``)."""
-        x_BxLxD = store_gradient(x_BxLxD)  # the residual stream's gradient, stored once per sublayer (CPU)
+        store_gradient = self.ops.store_gradient  # the residual stream's gradient, once per sublayer (CPU kernels)
+        x_BxLxD = store_gradient(x_BxLxD)
         attended_BxLxD, kv = self.attention.with_kv(
             self.attention_norm(x_BxLxD), mask_Bx1xLxS, positions_BxL, cache_kv, start
         )
@@ -328,18 +93,22 @@ class Transformer(nnx.Module):
         attention: str = "einsum",
         remat: str = "none",
         scan_layers: bool = False,
+        cpu_kernels: str | bool | None = "auto",
     ):
         """``gated_layers``: the layers whose MLP takes the MLP gates (MemSinks' sinks); empty: every layer.
         ``attention``: the attention implementation (see ``Attention``); ``remat``: a ``REMAT_POLICIES`` name,
         applied to every block of the full forward pass (same numbers, less activation memory, more compute).
         ``scan_layers``: the blocks are one module, ``blocks``, whose parameters carry a leading ``layers`` axis,
-        and the forward pass is a scan over it (compiled once, whatever the depth); else ``block_00``, ..."""
+        and the forward pass is a scan over it (compiled once, whatever the depth); else ``block_00``, ...
+        ``cpu_kernels``: "auto" (on when JAX's default backend is the CPU), "on"/True or "off"/False: whether the
+        math runs ``memdyn.model.cpu_kernels``' kernels or plain JAX ops, decided here, once."""
         if attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"config.model.attention={attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
         if remat not in REMAT_POLICIES:
             raise ValueError(f"config.model.remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
         self.remat = remat
         self.scan_layers = scan_layers
+        self.ops = ops = kernels.ops(cpu_kernels)
         shape.validate()
         if scan_layers and gated_layers and tuple(gated_layers) != tuple(range(shape.num_layers)):
             raise ValueError(
@@ -355,15 +124,15 @@ class Transformer(nnx.Module):
         self.causal = causal
         self.gated_layers = tuple(gated_layers) or tuple(range(shape.num_layers))
         self.dtype = jnp.dtype(dtype)
-        self.embed = _param(rngs, (shape.vocab_size, shape.d_model), ("vocab", "embed"))
+        self.embed = param(rngs, (shape.vocab_size, shape.d_model), ("vocab", "embed"))
         if shape.positions == "learned":
-            self.position_embed = _param(rngs, (shape.max_len, shape.d_model), ("positions", "embed"))
+            self.position_embed = param(rngs, (shape.max_len, shape.d_model), ("positions", "embed"))
         if scan_layers:
 
             @nnx.split_rngs(splits=shape.num_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def stacked_blocks(rngs):
-                return Block(shape, rngs=rngs, attention=attention)
+                return Block(shape, rngs=rngs, attention=attention, ops=ops)
 
             self.blocks = stacked_blocks(rngs)
             self.block_names = ()
@@ -371,10 +140,10 @@ class Transformer(nnx.Module):
             # Named attributes rather than a list keep checkpoint paths plain strings ("block_00", ...).
             self.block_names = tuple(f"block_{i:02d}" for i in range(shape.num_layers))
             for name in self.block_names:
-                setattr(self, name, Block(shape, rngs=rngs, attention=attention))
+                setattr(self, name, Block(shape, rngs=rngs, attention=attention, ops=ops))
         self.final_norm = LayerNorm(shape.d_model, shape.norm_eps, rngs=rngs)
         if not shape.tie_embeddings:
-            self.unembed = _param(rngs, (shape.d_model, shape.vocab_size), ("embed", "vocab"))
+            self.unembed = param(rngs, (shape.d_model, shape.vocab_size), ("embed", "vocab"))
 
     def __call__(
         self,
@@ -559,37 +328,3 @@ class Transformer(nnx.Module):
             keys.append(keys_BxLxHxK)
             values.append(values_BxLxHxK)
         return x_BxLxD, keys, values
-
-
-def stack_blocks(params: dict) -> dict:
-    """Parameters of an unrolled model (``block_00``, ...) as those of the scanned one (``blocks``, with a leading
-    layers axis); ``unstack_blocks`` is the inverse. Pure dicts of arrays, e.g. a checkpoint's."""
-    names = sorted(k for k in params if k.startswith("block_"))
-    out = {k: v for k, v in params.items() if not k.startswith("block_")}
-    out["blocks"] = jax.tree.map(lambda *layers: jnp.stack(layers), *[params[name] for name in names])
-    return out
-
-
-def unstack_blocks(params: dict) -> dict:
-    out = {k: v for k, v in params.items() if k != "blocks"}
-    num_layers = jax.tree.leaves(params["blocks"])[0].shape[0]
-    for i in range(num_layers):
-        out[f"block_{i:02d}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
-    return out
-
-
-def convert_layout(tree, scanned: bool):
-    """Parameters, or an optimizer state holding parameter-shaped trees (Adam's moments), with their blocks
-    stacked (``scanned``: ``stack_blocks``) or apart (``unstack_blocks``), wherever in ``tree`` they occur."""
-    if isinstance(tree, dict):
-        tree = {k: convert_layout(v, scanned) for k, v in tree.items()}
-        if scanned and any(k.startswith("block_") for k in tree):
-            return stack_blocks(tree)
-        if not scanned and "blocks" in tree:
-            return unstack_blocks(tree)
-        return tree
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # optax states are named tuples
-        return type(tree)(*(convert_layout(v, scanned) for v in tree))
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(convert_layout(v, scanned) for v in tree)
-    return tree

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from memdyn.rundir import records
 from memdyn.rundir import runs as runs_lib
-from memdyn.train import writers
 
 CSV_FILES = ("train.csv", "eval.csv", "insertions.csv")
 RECORD_FILES = {"examples.csv": "examples", "eval_examples.csv": "eval_examples"}  # file -> Parquet part dir
@@ -42,7 +42,7 @@ def read_file(workdir: str, name: str) -> pd.DataFrame | None:
     """A run's file ``name`` (one of FILES) as a DataFrame; None when the run has none."""
     if name in RECORD_FILES:
         directory = os.path.join(workdir, RECORD_FILES[name])
-        return writers.read_examples(directory) if _parts(directory) else None
+        return records.read_examples(directory) if _parts(directory) else None
     path = os.path.join(workdir, name)
     return pd.read_csv(path) if _columns(workdir, name) is not None else None
 

@@ -35,8 +35,8 @@ _IDENTITY_FIELDS = {
 }
 
 # Fields that may differ between a checkpoint's run and the run continuing it: how long to train, where, how often
-# to save and evaluate, what to insert, and how to fit a step in memory (microbatches, rematerialisation: the same
-# math up to rounding). Everything else (model, data, optimizer, seed) must match.
+# to save and evaluate, what to insert, how to fit a step in memory (microbatches, rematerialisation) and which
+# kernels run the math (the same math up to rounding). Everything else (model, data, optimizer, seed) must match.
 RESUMABLE_CHANGES = (
     "num_steps",
     "log_every",
@@ -46,6 +46,7 @@ RESUMABLE_CHANGES = (
     "insert.",
     "grad_accum",
     "model.remat",
+    "model.cpu_kernels",  # CPU-tuned kernels or plain JAX ops: the same math up to the last bits
 )
 FORK_CHANGES = ("model.scan_layers",)  # a fork converts the parent's checkpoint to its own layout
 
@@ -95,6 +96,7 @@ def _with_later_fields(stored: dict[str, Any]) -> dict[str, Any]:
     model.setdefault("attention", "einsum")
     model.setdefault("remat", "none")
     model.setdefault("scan_layers", False)
+    model.setdefault("cpu_kernels", "auto")  # a CPU run had the kernels then, as "auto" gives it now
     if "num_layers" in model:  # a resolved shape: these were fixed before they became fields
         for field, value in (("parallel_residual", False), ("norm_eps", 1e-5), ("rotary_base", 10000.0)):
             model.setdefault(field, value)
@@ -152,11 +154,16 @@ def identity(config: dict[str, Any] | config_dict.ConfigDict, workdir: str) -> d
 def check_compatible(stored: dict[str, Any], config: config_dict.ConfigDict, where: str, *, fork: bool = False) -> None:
     """Refuses to continue ``stored`` as ``config`` when model, data, optimizer or seed differ, naming the fields.
 
-    ``fork``: ``config`` starts a new run from ``stored``'s checkpoint, so its provenance may differ.
+    ``fork``: ``config`` starts a new run from ``stored``'s checkpoint, so its provenance may differ. ``config``:
+    resolved (compared as it is) or plain (resolved here against the stored run's vocabulary).
     """
     from memdyn import config as config_lib
 
-    resolved = config_lib.resolve(config, vocab_size=stored["model"]["vocab_size"])
+    resolved = (
+        config
+        if config_lib.is_resolved(config)
+        else config_lib.resolve(config, vocab_size=stored["model"]["vocab_size"])
+    )
     requested = json.loads(config_lib.to_json(resolved))
     if fork:
         requested["init_from"] = stored.get("init_from")

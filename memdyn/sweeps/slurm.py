@@ -18,6 +18,7 @@ import dataclasses
 import getpass
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -250,6 +251,21 @@ def queued_by_name(name: str) -> dict[str, str]:
             f"squeue failed, so which runs are still queued is unknown (nothing submitted): {proc.stderr.strip()}"
         )
     return _queued_tasks(proc.stdout)
+
+
+def queued_by_index(sweep_dir: str) -> dict[int, tuple[str, str]]:
+    """The sweep's queued array tasks by run index (array task i is run i): ``{i: (job, state)}``, found by the
+    sweep's job name whether or not sweep.json recorded them."""
+    return {
+        int(m.group(1)): (job, state)
+        for job, state in queued_by_name(job_name(sweep_dir)).items()
+        if (m := re.fullmatch(r"\d+_(\d+)", job))
+    }
+
+
+def task_log(sweep_dir: str, job: str) -> str:
+    """The log of array task ``job`` ("<array id>_<index>"), as ``script`` names it."""
+    return os.path.join(sweep_dir, "logs", f"slurm-{job}.log")
 
 
 def queued(array_ids: list[str]) -> dict[str, str]:

@@ -4,14 +4,25 @@
 worker, where ``jax.distributed.initialize()`` finds the pod's coordinator and workers by itself. The runs go one
 after another, each on the whole pod. Every worker must see the sweep directory at the same path (a shared
 filesystem such as Filestore or a gcsfuse mount), and memdyn installed in the interpreter ``python`` names.
+``run_tpu`` runs a sweep's unfinished runs so, recording each in sweep.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import shutil
 import subprocess
+from typing import Any
+
+from absl import logging
+
+from memdyn.sweeps import manifest as manifest_lib
+from memdyn.sweeps import plan as plan_lib
+from memdyn.sweeps.commands import run_flags, worker_config_flag
+from memdyn.sweeps.local import check_failed
+from memdyn.sweeps.manifest import Manifest, SweepRun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,3 +56,40 @@ def run(command: list[str], log_path: str) -> int:
         )
     with open(log_path, "a") as log:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_tpu(
+    config_path: str,
+    config_arg: str | None,
+    sweep_dir: str,
+    specs: list[str],
+    base_overrides: dict[str, Any] | None,
+    pod: Pod,
+    dry_run: bool = False,
+) -> list[SweepRun]:
+    """Runs the sweep's unfinished runs one after another, each on every worker of the TPU VM ``pod``; with
+    ``dry_run`` only lists them, each with the gcloud command that would run it (``run.command``)."""
+    check_pod(pod)
+    config_path, sweep_dir, base_overrides, runs = plan_lib.load_plan(
+        config_path, config_arg, sweep_dir, specs, base_overrides
+    )
+    config = worker_config_flag(config_path, config_arg)
+    for sweep_run in runs:  # (``run`` is this module's function that runs a command)
+        done = plan_lib.is_complete(sweep_run)
+        sweep_run.status = "skipped" if done else "to run" if dry_run else "pending"
+        sweep_run.command = worker_command(pod, [config, *run_flags(sweep_run, base_overrides)])
+    if dry_run:
+        return runs
+    os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+    header = manifest_lib.header(config_path, config_arg, specs, base_overrides, backend="tpu")
+    manifest = Manifest(sweep_dir, header, runs)
+    manifest.save()
+    for sweep_run in [r for r in runs if r.status == "pending"]:
+        log_path = os.path.join(sweep_dir, "logs", f"{sweep_run.name}.log")
+        logging.info("run %s on every worker of %s (its log: %s)", sweep_run.name, pod.name, log_path)
+        sweep_run.mark_running(os.getpid())
+        manifest.save()
+        sweep_run.finish(run(sweep_run.command, log_path), log_path)
+        manifest.save()
+    check_failed(runs, manifest.path)
+    return runs

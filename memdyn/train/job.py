@@ -22,7 +22,7 @@ from ml_collections import config_dict
 
 from memdyn import config as config_lib
 from memdyn.data import build, run_data
-from memdyn.model import transformer as model_lib
+from memdyn.model import layout
 from memdyn.rundir import plots, runs
 from memdyn.train import checkpoint, summary
 from memdyn.train.loop import Trainer, is_primary
@@ -30,20 +30,28 @@ from memdyn.train.steps import Run, build_run
 
 
 def train(config: config_dict.ConfigDict, workdir: str, dry_run: bool = False) -> dict[str, Any]:
-    """``memdyn train``: validate, prepare data, build the run (all before compute), then train or resume.
+    """``memdyn train``: validate and resolve the config, prepare data, build the run (all before compute), then
+    train or resume.
 
-    Returns the last train.csv row (``{"step": ..., "complete": True}`` for a run that was already complete).
-    ``dry_run``: stop after printing the run's summary (``memdyn.train.summary``), with nothing trained or written but
-    the data stores; returns ``{"dry_run": True, "summary": <text>}``.
+    ``config`` is resolved once, here (``memdyn.config.resolve``), and passed on resolved; one already resolved is
+    used as it is. Returns the last train.csv row (``{"step": ..., "complete": True}`` for a run that was already
+    complete). ``dry_run``: stop after printing the run's summary (``memdyn.train.summary``), with nothing trained or
+    written but the data stores; returns ``{"dry_run": True, "summary": <text>}``.
     """
-    config_lib.validate(config)
+    resolved = config if config_lib.is_resolved(config) else None
     stored = runs.read_config(workdir)
-    if stored is not None:
-        runs.check_compatible(stored, config, f"--workdir={workdir!r}")
+    if stored is not None:  # a resume: the stored run's vocabulary resolves the config now, to compare it first
+        if resolved is None:
+            resolved = config_lib.resolve(config, vocab_size=stored["model"]["vocab_size"])
+        runs.check_compatible(stored, resolved, f"--workdir={workdir!r}")
+    elif resolved is None:
+        config_lib.validate(config)  # before any data is built; resolved below, when the data's vocabulary is known
     created = not os.path.exists(workdir)
     try:
         data = _prepare_data(config, workdir)  # after every process has read the stored config.json
-        run = build_run(config, data)
+        if resolved is None:
+            resolved = config_lib.resolve(config, vocab_size=data.vocab_size, validated=True)
+        run = build_run(resolved, data)
         text = summary.describe(run, config)
         if dry_run:
             print(text)
@@ -138,7 +146,7 @@ def restore_parent(run: Run, init_from: str) -> checkpoint.Restored:
     if target is not run:
         with run.context():
             params, opt_state = (
-                model_lib.convert_layout(tree, scanned=run.config.model.scan_layers)
+                layout.convert_layout(tree, scanned=run.config.model.scan_layers)
                 for tree in (restored.params, restored.opt_state)
             )
             restored = dataclasses.replace(

@@ -1,9 +1,9 @@
 """The training loop of one run: normal steps, insertions, evaluations and checkpoints.
 
-Every batch comes from the run's feeder. Results are fetched one step late, so the host never waits for the
-device inside the loop; checkpoints record how far every result file had got (``RunResults.positions``), so a
-resumed run rewrites nothing twice and misses nothing. Starting, resuming and forking runs is
-``memdyn.train.job``'s job.
+Every batch comes from the run's feeder, the next training batch prefetched while a step runs. Results are fetched
+one step late, so the host never waits for the device inside the loop; checkpoints record how far every result
+file had got (``RunResults.positions``), so a resumed run rewrites nothing twice and misses nothing. Starting,
+resuming and forking runs is ``memdyn.train.job``'s job.
 
 With several JAX processes every process runs the same loop and computes the same (replicated) metrics, but only
 process 0 writes result files; the others keep the same row counts and part names, so the checkpoint meta is the
@@ -174,6 +174,8 @@ class Trainer:
     def _train_step(self, params, opt_state, step: int, counters: Counters):
         run = self.run
         params, opt_state, m = self.step_fn(params, opt_state, run.feeder.train_batch(step), np.int32(counters.update))
+        if step + 1 < run.config.num_steps:  # the next batch is read and placed while this step runs
+            run.feeder.prefetch(step + 1)
         rows = run.feeder.train_rows(step)
         counters.tokens_seen += int(run.data.train.token_counts(run.data.pad_id)[rows[rows != PADDING_ROW]].sum())
         item = (

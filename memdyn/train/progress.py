@@ -11,7 +11,7 @@ from typing import Any
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 
 
 class _RateWriter(metric_writers.MultiWriter):

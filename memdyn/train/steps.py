@@ -37,45 +37,8 @@ from memdyn.model.sizes import ModelShape
 from memdyn.model.transformer import Transformer
 from memdyn.studies.memsinks import masks as memsinks
 from memdyn.studies.pos import counts as pos_lib
-from memdyn.train import checkpoint, objective
+from memdyn.train import checkpoint, objective, optimizer
 from memdyn.train import metrics as metrics_lib
-
-
-def make_schedule(opt: config_dict.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to ``opt.lr``, then constant / linear / cosine / polynomial decay to the end."""
-    warmup = int(opt.warmup_steps)
-    decay_steps = max(num_steps - warmup, 1)
-    end = opt.lr * opt.end_lr_fraction
-    main = {
-        "constant": optax.constant_schedule(opt.lr),
-        "linear": optax.linear_schedule(opt.lr, end, decay_steps),
-        "cosine": optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.end_lr_fraction),
-        "polynomial": optax.polynomial_schedule(opt.lr, end, opt.power, decay_steps),
-    }[opt.schedule]
-    if warmup == 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
-
-
-DECAYED = ("kernel", "embed", "unembed")  # parameter names (or name endings) that weight decay applies to
-
-
-def _decays(path) -> bool:
-    name = str(getattr(path[-1], "key", path[-1]))
-    return name.endswith(DECAYED)
-
-
-def make_optimizer(opt: config_dict.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = make_schedule(opt, num_steps)
-
-    # Decay matrices only (kernels, embeddings), never biases or layer-norm parameters. By name: a bias may be 2-D
-    # ([heads, head_dim]) and a scanned model's biases carry a layers axis.
-    def decay_mask(params):
-        return jax.tree_util.tree_map_with_path(lambda path, p: _decays(path), params)
-
-    adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), adamw) if opt.grad_clip > 0 else adamw
-    return tx, schedule
 
 
 @dataclasses.dataclass
@@ -109,7 +72,7 @@ class Run:
 
     def context(self):
         """Mesh and logical rules must be active whenever a memdyn function is traced."""
-        return _Contexts(jax.set_mesh(self.mesh), sharding.use_rules(self.rules))
+        return _Contexts(jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules))
 
 
 class _Contexts:
@@ -135,6 +98,7 @@ def build_model(shape: ModelShape, config: config_dict.ConfigDict) -> Transforme
         attention=config.model.attention,
         remat=config.model.remat,
         scan_layers=config.model.scan_layers,
+        cpu_kernels=config.model.cpu_kernels,  # "auto": decided here, for JAX's default backend
     )
 
 
@@ -144,8 +108,18 @@ def build_run(
     devices: list[jax.Device] | None = None,
     batch_metrics: tuple[Callable, ...] = (),
 ) -> Run:
-    """Resolves the config against the data and the devices; raises before compute on any bad value."""
-    config = config_lib.resolve(config, vocab_size=data.vocab_size)
+    """The run of ``config`` on the data and the devices; raises before compute on any bad value.
+
+    ``config``: resolved (``memdyn.config.resolve``; ``memdyn train`` resolves once and passes it on), used as it is;
+    or a plain config (a library caller's), resolved here against the data's vocabulary.
+    """
+    if not config_lib.is_resolved(config):
+        config = config_lib.resolve(config, vocab_size=data.vocab_size)
+    elif config.model.vocab_size < data.vocab_size:  # resolved against a stored run's vocabulary: the data must fit
+        raise ValueError(
+            f"the data's vocabulary has {data.vocab_size} ids but the run's model has "
+            f"vocab_size={config.model.vocab_size} (config.model.size={config.model.size!r})"
+        )
     if not config.model.causal and data.mask_id is None:
         raise ValueError(
             f"config.model.causal=False needs a <mask> token, and the vocabulary of "
@@ -156,10 +130,10 @@ def build_run(
             f"config.data.seq_len={config.data.seq_len} but the example store "
             f"{data.train.path!r} holds sequences of {data.train.seq_len} tokens"
         )
-    shape = config_lib.model_shape(config, data.vocab_size)
+    shape = config_lib.model_shape(config, config.model.vocab_size)  # the resolved shape, as config.model holds it
     rules = sharding.rules_from_config(config.sharding.rules)
     mesh = sharding.make_mesh(config.sharding.mesh, devices)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         dp = sharding.data_parallel_size(mesh)
         if config.batch_size % (dp * config.grad_accum):
             raise ValueError(
@@ -171,7 +145,7 @@ def build_run(
         graphdef, abstract_state = nnx.split(abstract_model)
         param_specs = sharding.param_specs(abstract_state)
         param_shardings = sharding.named(mesh, param_specs)
-        tx, schedule = make_optimizer(config.optimizer, config.num_steps)
+        tx, schedule = optimizer.make_optimizer(config.optimizer, config.num_steps)
         abstract_params = nnx.to_pure_dict(abstract_state)
         replicated = NamedSharding(mesh, P())
         opt_shapes = jax.eval_shape(tx.init, abstract_params)
@@ -394,7 +368,7 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
 
             grads, m = jax.grad(loss_fn, has_aux=True)(params)
         else:
-            grads, m = _accumulated_grads(apply, params, batch, prepared, microbatches)
+            grads, m = microbatches.accumulated_grads(apply, params, batch, prepared, microbatches)
         updates, opt_state = run.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(update))
@@ -406,54 +380,6 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
         out_shardings=(run.param_shardings, run.opt_shardings, run.replicated),
         donate_argnums=(0, 1),
     )
-
-
-def _accumulated_grads(apply, params, batch: Batch, prepared: dict, k: int):
-    """The gradient of the whole batch's mean loss, from k microbatches one after another (one microbatch's
-    activations at a time), and the whole batch's metrics. Microbatch i holds rows i, i + k, i + 2k, ...: each
-    device's rows are contiguous, so every microbatch takes B / (k * devices) rows of every device."""
-
-    def split(x):  # [B, ...] -> [k, B / k, ...]
-        return None if x is None else jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
-
-    def one(grad_sum, micro):
-        micro_batch, micro_prepared = micro
-
-        def loss_sum(p):  # the loss summed over the microbatch's positions: the sum of the k is the batch's
-            m = apply(p, micro_batch, micro_prepared)
-            return m["loss"] * m["loss_tokens"], m
-
-        grads, m = jax.grad(loss_sum, has_aux=True)(params)
-        return jax.tree.map(jnp.add, grad_sum, grads), m
-
-    micro = jax.tree.map(split, (dict(batch), prepared))
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grad_sum, stacked = jax.lax.scan(one, zeros, micro)
-    loss_tokens = stacked["loss_tokens"].sum()
-    grads = jax.tree.map(lambda g: g / jnp.maximum(loss_tokens, 1.0), grad_sum)
-    return grads, _combine_microbatches(stacked, k)
-
-
-def _combine_microbatches(stacked: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
-    """The whole batch's metrics from the k microbatches' (each stacked on a leading axis of k): per-example
-    arrays back in batch order, counts summed, means weighted by their counts."""
-    out = {}
-    for key, value in stacked.items():
-        if key.endswith("_B"):  # [k, B / k] -> rows in batch order (microbatch i held rows i, i + k, ...)
-            out[key] = jnp.swapaxes(value, 0, 1).reshape(-1, *value.shape[2:])
-        elif key.endswith("_T") or key == "loss_tokens" or key.endswith("num_tokens"):
-            out[key] = value.sum(0)
-        elif key == "loss":
-            out[key] = (value * stacked["loss_tokens"]).sum() / jnp.maximum(stacked["loss_tokens"].sum(), 1.0)
-        elif key.endswith("mem_update"):
-            counts = stacked[key[: -len("mem_update")] + "num_tokens"]
-            out[key] = (value * counts).sum() / jnp.maximum(counts.sum(), 1.0)
-        else:
-            raise ValueError(
-                f"config.grad_accum={k}: no rule combines the step metric {key!r} over microbatches "
-                "(per-example metrics end in _B, per-tag counts in _T)"
-            )
-    return out
 
 
 def make_eval_step(run: Run, memsinks_mode: str = "train", excluded_ids=None) -> Callable:

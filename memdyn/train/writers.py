@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from clu import metric_writers
 
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 from memdyn.rundir import runs
+from memdyn.rundir.records import list_parts, read_examples  # noqa: F401 (read_examples: re-exported)
 
 
 class _ResultWriter(metric_writers.MetricWriter):
@@ -116,12 +117,12 @@ class RecordWriter(_ResultWriter):
         self.flush_every = flush_every
         self._write_files = write
         if parts is None:  # keep every part already there
-            parts = _list_parts(directory) if write and os.path.isdir(directory) else []
+            parts = list_parts(directory) if write and os.path.isdir(directory) else []
         self._parts = sorted(parts)  # kept in memory rather than listed: every process names the same parts
         self._buffer: list[dict[str, np.ndarray]] = []
         if write:
             os.makedirs(directory, exist_ok=True)
-            for name in set(_list_parts(directory)) - set(self._parts):
+            for name in set(list_parts(directory)) - set(self._parts):
                 os.remove(os.path.join(directory, name))
 
     def write_summaries(
@@ -160,19 +161,3 @@ def tensorboard_writer(logdir: str, write: bool = True) -> metric_writers.Metric
     if not write:
         return metric_writers.MultiWriter([])
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
-
-
-def read_examples(directory: str):
-    """All per-example records of a run as a pandas DataFrame sorted by (step, example_id)."""
-    import pandas as pd
-
-    parts = _list_parts(directory)
-    if not parts:
-        raise FileNotFoundError(f"no per-example records in {directory!r}")
-    frame = pd.concat([pd.read_parquet(os.path.join(directory, p)) for p in parts], ignore_index=True)
-    keys = [k for k in ("step", "set", "example_id") if k in frame.columns]
-    return frame.sort_values(keys, ignore_index=True, kind="stable")
-
-
-def _list_parts(directory: str) -> list[str]:
-    return sorted(f for f in os.listdir(directory) if f.startswith("part-") and f.endswith(".parquet"))

@@ -42,25 +42,30 @@ def test_unknown_config_field(tmp_path):
     assert not os.path.exists(tmp_path / "typo")
 
 
+@pytest.mark.slow
 def test_unknown_size_preset(tmp_path):
     assert "config.model.size='giant'" in _fails(tmp_path, "--config.model.size=giant")
 
 
+@pytest.mark.slow
 def test_mesh_that_does_not_fit_the_devices(tmp_path):
     err = _fails(tmp_path, "--config.sharding.mesh=(2,2,1)")
     assert "config.sharding.mesh=(2, 2, 1)" in err and "1 are available" in err
 
 
+@pytest.mark.slow
 def test_sequence_longer_than_position_table(tmp_path):
     err = _fails(tmp_path, "--config.model.max_len=16")
     assert "config.data.seq_len=32" in err and "max_len=16" in err
 
 
+@pytest.mark.slow
 def test_missing_dataset(tmp_path):
     err = _fails(tmp_path, "--config.data.source=store", f"--config.data.store={tmp_path}/nowhere")
     assert "nowhere" in err and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_vocabulary_larger_than_the_text_supports(tmp_path):
     """config.data.vocab.size is exact: 8000 on a small text corpus stops with the largest size it can fill."""
     corpus = tmp_path / "corpus"
@@ -74,11 +79,13 @@ def test_vocabulary_larger_than_the_text_supports(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_document_ids_with_a_cut_word_vocabulary_are_refused(tmp_path):
     err = _fails(tmp_path, "--config=tfds_synthetic:doc_ids", "--config.data.vocab.size=100")
     assert "config.data.doc_ids='prefix' with a word vocabulary needs every word kept" in err
 
 
+@pytest.mark.slow
 def test_unknown_schedule(tmp_path):
     assert "config.optimizer.schedule='steep'" in _fails(tmp_path, "--config.optimizer.schedule=steep")
 
@@ -100,10 +107,11 @@ def test_batch_larger_than_dataset(tmp_path):
         job.train(tiny_config(batch_size=4096), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_data_axes():
     proc = run_python(
         "import sys, tempfile; sys.path.insert(0, 'tests')\n"
-        "from conftest import tiny_config\nfrom memdyn import core\nfrom memdyn.data import build\n"
+        "from conftest import tiny_config\nfrom memdyn.train import steps as core\nfrom memdyn.data import build\n"
         "c = tiny_config(batch_size=6); c.sharding.mesh = (4, 1, 1)\n"
         "core.build_run(c, build.prepare(c, tempfile.mkdtemp()))\n",
         devices=4,
@@ -112,6 +120,7 @@ def test_batch_not_divisible_by_data_axes():
     assert "config.batch_size=6 is not divisible by the 4 data-parallel shards" in proc.stderr
 
 
+@pytest.mark.slow
 def test_workdir_with_another_run_is_not_touched(tmp_path):
     workdir = str(tmp_path)
     job.train(tiny_config(num_steps=2), workdir)

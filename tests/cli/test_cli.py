@@ -22,6 +22,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_sweep_export_analyze(tmp_path):
     sweep_dir = str(tmp_path / "sweep")
     out = os.path.join(sweep_dir, "export")  # inside the sweep, as README does: not taken for a run
@@ -51,6 +52,7 @@ def test_sweep_export_analyze(tmp_path):
     assert proc.returncode == 2 and "--taus=0.5,high: expected comma-separated numbers" in proc.stderr
 
 
+@pytest.mark.slow
 def test_usage_errors():
     proc = run_memdyn("fly")
     assert (
@@ -110,6 +112,7 @@ def test_packaged_configs_by_name_and_in_the_wheel(tmp_path):
     assert packaged == {f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")}
 
 
+@pytest.mark.slow
 def test_train_dry_run_prints_the_run_and_trains_nothing(tmp_path):
     import json
     import re
@@ -161,17 +164,28 @@ def test_sweep_dry_run_lists_and_validates_every_run_and_writes_nothing(tmp_path
     assert proc.returncode == 2 and "optimizer.lr=-1" in proc.stderr and not sweep_dir.exists()
 
 
+@pytest.mark.slow
 def test_tensorflow_runs_on_the_cpu_without_cuda_probe_errors():
+    """memdyn.tensorflow_cpu hides the GPUs from TensorFlow; the memdyn command sets TensorFlow's log level before
+    anything imports it (a level the caller set is kept), which hides the CUDA probe's error on CPU-only machines.
+    run_python sets TF_CPP_MIN_LOG_LEVEL=2: the first probe drops it, as a user's shell would not have it."""
     from conftest import run_python
 
     probe = "import tensorflow as tf; tf.constant(1); print('GPUS', tf.config.get_visible_devices('GPU'))"
     quiet = run_python(
-        "import os, memdyn.tensorflow_cpu; " + probe + "; print('ENV', os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+        "import os; os.environ.pop('TF_CPP_MIN_LOG_LEVEL')\n"
+        "from memdyn.cli import main; main.quiet_tensorflow(); level = os.environ['TF_CPP_MIN_LOG_LEVEL']\n"
+        "import memdyn.tensorflow_cpu\n" + probe + "; print('ENV', level, os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
     )
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "GPUS []" in quiet.stdout and "cuInit" not in quiet.stderr
-    assert "ENV 2" in quiet.stdout  # the caller's logging level is restored (run_python sets 2)
-    plain = run_python(probe)  # the control: without memdyn's module, on a machine without CUDA
+    assert "ENV 3 3" in quiet.stdout  # set by the entry point, left alone by the import
+    kept = run_python(
+        "import os\nfrom memdyn.cli import main\n"
+        "main.quiet_tensorflow()\nprint('ENV', os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    )
+    assert kept.returncode == 0 and "ENV 2" in kept.stdout, kept.stderr[-2000:]  # the caller's level (run_python: 2)
+    plain = run_python("import os; os.environ.pop('TF_CPP_MIN_LOG_LEVEL')\n" + probe)  # the control: no memdyn
     if "cuInit" not in plain.stderr:
         pytest.skip("TensorFlow prints no CUDA probe error on this machine: nothing to compare against")
 
@@ -189,6 +203,7 @@ def test_a_flag_of_another_command_is_refused_by_name():
     assert proc.returncode != 0 and "--taus is not a flag of `memdyn analyze forgetting`" in proc.stderr
 
 
+@pytest.mark.slow
 def test_launchers_run_as_modules_of_the_installed_package(tmp_path):
     import subprocess
     import sys
@@ -205,6 +220,7 @@ def test_launchers_run_as_modules_of_the_installed_package(tmp_path):
         assert proc.stdout.startswith(f"usage: {study}.py") and "--out" in proc.stdout
 
 
+@pytest.mark.slow
 def test_training_logs_every_evaluation_as_it_is_recorded(tmp_path):
     import re
 
@@ -230,6 +246,7 @@ def test_training_logs_every_evaluation_as_it_is_recorded(tmp_path):
         assert abs(float(em) - row.exact_match) < 1e-4 and abs(float(loss) - row.loss) < 1e-4
 
 
+@pytest.mark.slow
 def test_sweep_backend_flags_are_checked_before_anything_runs(tmp_path):
     sweep_dir = str(tmp_path / "sweep")
     base = ["sweep", "--config=base", f"--workdir={sweep_dir}", "--sweep=seed=0,1"]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import venv
 
+import pytest
+
 from conftest import REPO
 
 
@@ -17,6 +19,7 @@ def _run(args, cwd, timeout=1800, env=None):
     return proc
 
 
+@pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_repository(tmp_path):
     wheels = tmp_path / "wheels"
     _run(

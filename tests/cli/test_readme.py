@@ -36,10 +36,20 @@ def _commands(document: str) -> list[str]:
 ALL = [(doc, cmd) for doc in DOCUMENTS for cmd in _commands(doc)]
 
 
+GUIDES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "guides", "*.md")))
+
+
 def test_the_documents_have_commands():
-    assert sum(doc == "README.md" for doc, _ in ALL) >= 15
-    assert {doc for doc, _ in ALL} >= {
+    # README.md opens with its two commands (install and train the default job; install and run the tests, CI's
+    # command); the guides hold the rest, each with commands of its own.
+    readme = [cmd for doc, cmd in ALL if doc == "README.md"]
+    assert "memdyn train --workdir=runs/default" in readme and "python -m pytest tests -q" in readme
+    first = open(os.path.join(REPO, "README.md")).read().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(first) == 2 and first[1].endswith("&& python -m pytest tests -q"), first  # CI runs that command
+    assert sum(doc.startswith("docs/guides/") for doc, _ in ALL) >= 15
+    assert GUIDES and {doc for doc, _ in ALL} >= {
         "README.md",
+        *GUIDES,
         "docs/memorization/README.md",
         "docs/forgetting/README.md",
         "docs/memsinks/README.md",
@@ -60,21 +70,20 @@ def _value(text: str):
 
 
 def _check_memdyn(tokens: list[str]) -> None:
-    from absl import flags
-
     from memdyn import studies as analysis
+    from memdyn.cli import command as command_lib
     from memdyn.cli import main
 
-    command = tokens[1]
-    assert command in main.COMMANDS, command
-    if command == "analyze":
+    assert tokens[1] in main.COMMANDS, tokens[1]
+    if tokens[1] == "analyze":
         assert tokens[2] in analysis.analyses(), tokens[2]
-    args = [t for t in tokens[2:] if t.startswith("-")]
-    main._check_command_flags(command, args)  # a flag of another command raises
-    own = {f.name for f in flags.FLAGS.get_flags_for_module(main.__name__)}
+    command, rest = main.select(tokens[1:])  # `sweep status` and `analyze <name>` are commands of their own
+    args = [t for t in rest if t.startswith("-")]
+    command_lib.check_flags(command, args)  # a flag the command does not declare raises, naming it
+    own = {f.name for f in command.flags}
     config = None
     spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
-    if spec is not None or command in ("train", "sweep"):
+    if spec is not None or "config" in own:
         path, _, arg = config_lib.config_path(spec or "base").partition(":")
         path = path if os.path.isabs(path) else os.path.join(REPO, path)
         config = config_lib.load_config_file(path, arg or None)
@@ -87,7 +96,7 @@ def _check_memdyn(tokens: list[str]) -> None:
             for v in values.split(","):
                 config_lib.apply_overrides(config, {field: _value(v)})
         else:
-            assert name in own | {"config"}, f"--{name} is no memdyn flag"
+            assert name in own or name.removeprefix("no") in own, f"--{name} is no flag of `memdyn {command.name}`"
 
 
 def _check_module(module: str, args: list[str]) -> None:

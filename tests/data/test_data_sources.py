@@ -59,6 +59,7 @@ def tfds_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_memdyn_train_runs_on_the_synthetic_tfds_dataset(tfds_runs, tmp_path):
     config, _ = tfds_runs["doc_ids"]
     config = apply_overrides(config, {"eval.sets": ("validation", "canaries", "duplicates")})
@@ -185,6 +186,7 @@ def _write_corpus(root):
     return texts
 
 
+@pytest.mark.slow
 def test_memdyn_train_runs_on_a_directory_of_text_files(tmp_path):
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
@@ -293,6 +295,7 @@ def test_bad_source_config_fails_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "w" / "data" / "train")
 
 
+@pytest.mark.slow
 def test_spacy_tags_align_with_subword_tokens(tmp_path):
     pytest.importorskip("spacy")
     from memdyn.data.build import tagging
@@ -346,6 +349,7 @@ def test_spacy_tags_align_with_subword_tokens(tmp_path):
     assert updates.tolist() == train["num_tokens"].tolist()
 
 
+@pytest.mark.slow
 def test_memdyn_train_runs_on_a_user_registered_seqio_task(tmp_path):
     config = _config("seqio_task.py", **{"data.seq_len": 48})
     workdir = str(tmp_path / "run")
@@ -393,6 +397,7 @@ def test_a_tfds_dataset_by_name_through_tfds_mock_data(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_memdyn_vocab_trains_a_vocabulary_that_runs_then_use(tmp_path):
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()

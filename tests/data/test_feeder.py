@@ -39,6 +39,7 @@ def _stores_by_example_id(data):
     return where
 
 
+@pytest.mark.slow
 def test_train_insert_evaluate_and_extract_receive_the_whole_batch(tmp_path):
     config = tiny_config(num_steps=6, **{"insert.at_step": 2, "eval.every": 3})
     data = build.prepare(config, str(tmp_path))
@@ -105,3 +106,51 @@ def test_ids_that_do_not_fit_int32_are_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="example_ids do not fit in int32"):
         read_rows(store, np.array([0, 1]), 0)
+
+
+def test_sequence_ids_are_a_store_column_and_an_old_store_hashes_its_rows_once(tmp_path, caplog):
+    """A store written with a pad id keeps every row's sequence id (the hash of its real tokens) as a column that
+    the feeder reads; a store written before the column (or without a pad id) hashes its rows once when first
+    asked, saying so, to the same ids."""
+    import logging
+    import os
+
+    from memdyn.data.store import ExampleStore, sequence_ids, write_store
+
+    tokens = np.array([[5, 6, 7, 0], [5, 6, 7, 0], [8, 9, 0, 0]], np.int32)  # rows 0 and 1 the same sequence
+    kept = write_store(
+        str(tmp_path / "kept"), tokens=tokens, example_ids=[0, 1, 2], doc_ids=[0, 0, 1], manifest={"pad_id": 0}
+    )
+    expected = sequence_ids(tokens, 0)
+    assert expected[0] == expected[1] != expected[2]
+    assert os.path.exists(tmp_path / "kept" / "sequence_ids.npy")
+    np.testing.assert_array_equal(kept.sequence_ids(0), expected)
+    rows = np.array([2, PADDING_ROW, 0])
+    np.testing.assert_array_equal(read_rows(kept, rows, 0)["seq_ids_BxL"][:, 0], [expected[2], 0, expected[0]])
+
+    old = write_store(str(tmp_path / "old"), tokens=tokens, example_ids=[0, 1, 2], doc_ids=[0, 0, 1])
+    assert not os.path.exists(tmp_path / "old" / "sequence_ids.npy")
+    assert old.manifest["sha256"] == kept.manifest["sha256"]  # the column is derived: not part of the content
+    with caplog.at_level(logging.INFO):
+        np.testing.assert_array_equal(read_rows(old, rows, 0)["seq_ids_BxL"], read_rows(kept, rows, 0)["seq_ids_BxL"])
+        np.testing.assert_array_equal(ExampleStore(str(tmp_path / "old")).sequence_ids(0), expected)
+    assert sum("hashing its 3 rows once" in r.getMessage() for r in caplog.records) == 2  # once per opened store
+    read_rows(old, rows, 0)  # the same store object: hashed already
+    assert sum("hashing its 3 rows once" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_the_next_training_batch_is_prefetched_and_handed_over_unchanged(tmp_path):
+    config = tiny_config(num_steps=3)
+    run = core.build_run(config, build.prepare(config, str(tmp_path)))
+    with run.context():
+        fresh = [jax.device_get(run.feeder.train_batch(step)) for step in (1, 2)]
+        run.feeder.prefetch(1)
+        prefetched = run.feeder._prefetched[1]
+        first = run.feeder.train_batch(1)
+        assert first is prefetched  # handed over, not read again
+        run.feeder.prefetch(5)  # a prefetch of another step is not handed over for step 2
+        second = run.feeder.train_batch(2)
+    for expected, got in zip(fresh, (first, second)):
+        assert set(got) == set(expected)
+        for name in expected:
+            np.testing.assert_array_equal(jax.device_get(got[name]), expected[name])

@@ -36,6 +36,7 @@ def _extract(run_dir, out, **kwargs):
     return extract_job.run_extract(run_dir, out=str(out), prompt_len=M, num_new=N, **kwargs)
 
 
+@pytest.mark.slow
 def test_train_set_one_pass_and_score_equal_eval_extract_and_the_loss_is_recomputed(run_dir, train_tokens, tmp_path):
     totals = _extract(run_dir, tmp_path / "train.csv", set_name="train", score=True)
     frame = pd.read_csv(tmp_path / "train.csv")
@@ -167,6 +168,7 @@ def test_bad_input_is_named_before_scoring(run_dir, tmp_path):
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.slow
 def test_command_line(run_dir, tmp_path):
     out = tmp_path / "cli.csv"
     proc = run_memdyn(

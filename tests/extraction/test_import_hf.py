@@ -39,6 +39,7 @@ def _save_neox(path, **overrides):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", [True, False])
 def test_logits_and_greedy_continuations_equal_transformers(tmp_path, parallel):
     hf = _save_neox(tmp_path / "hf", use_parallel_residual=parallel, rotary_emb_base=500.0)

@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
     return {dtype: _train(tmp, dtype) for dtype in ("float32", "bfloat16")}
 
 
+@pytest.mark.slow
 def test_bfloat16_training_tracks_float32(trained):
     fp32, bf16 = trained["float32"][3], trained["bfloat16"][3]
     assert fp32[0] == pytest.approx(bf16[0], abs=0.002)  # the same initial model and batch
@@ -48,6 +49,7 @@ def test_bfloat16_training_tracks_float32(trained):
     assert not np.array_equal(bf16, fp32)  # and bfloat16 really computed in bfloat16
 
 
+@pytest.mark.slow
 def test_bfloat16_keeps_float32_master_weights_optimizer_state_and_logits(trained):
     run, params, opt_state, _ = trained["bfloat16"]
     for leaf in jax.tree.leaves(params) + [
@@ -83,6 +85,7 @@ def _equations(jaxpr):
                 yield from _equations(inner)
 
 
+@pytest.mark.slow
 def test_step_metrics_in_bfloat16_are_recomputed_from_the_models_own_logits(trained):
     """Exact match and loss of one bfloat16 step: the same numbers from the model's float32 logits in NumPy."""
     run, params, opt_state, _ = trained["bfloat16"]

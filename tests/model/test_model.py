@@ -16,6 +16,7 @@ from memdyn.train import metrics, objective
 SHAPE = sizes.ModelShape(num_layers=2, d_model=32, num_heads=4, d_ff=64, vocab_size=50, max_len=16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["learned", "rotary"])
 def test_causal_model_ignores_future_tokens(positions):
     # untied, so that the embedding table feeds only the inputs (the gradient check below relies on it)
@@ -224,7 +225,7 @@ def _max_attention_weight(attn, x_BxLxD, mask_BxLxS):
 def test_attention_equals_softmax_attention(masks, implementation):
     """memdyn's einsum attention and jax.nn.dot_product_attention ("xla"), with each mask memdyn builds, equal
     softmax attention recomputed in NumPy."""
-    from memdyn.model.transformer import Attention
+    from memdyn.model.layers import Attention
 
     shape = sizes.ModelShape(num_layers=1, d_model=32, num_heads=4, d_ff=64, vocab_size=50, max_len=16)
     attn = Attention(shape, rngs=nnx.Rngs(params=1), implementation=implementation)
@@ -261,7 +262,7 @@ def test_gelu_and_softmax_equal_their_definitions_forward_and_backward():
     NumPy, values and gradients."""
     from math import erf
 
-    from memdyn.model.transformer import gelu, softmax
+    from memdyn.model.cpu_kernels import gelu, softmax
 
     x = np.linspace(-8, 8, 4001).astype(np.float32)
     x64 = x.astype(np.float64)
@@ -284,7 +285,7 @@ def test_gelu_and_softmax_equal_their_definitions_forward_and_backward():
 def test_stored_residual_gradient_is_the_same_gradient_and_a_barrier_on_the_cpu():
     """store_gradient changes nothing in value or gradient (bitwise), and the compiled CPU step keeps one
     conditional per stored residual gradient (two per sequential block) for XLA's fusion not to cross."""
-    from memdyn.model.transformer import store_gradient
+    from memdyn.model.cpu_kernels import store_gradient
 
     x = jax.random.normal(jax.random.key(0), (4, 8))
     f = lambda v: (jnp.tanh(v) ** 2).sum()  # noqa: E731
@@ -301,3 +302,34 @@ def test_stored_residual_gradient_is_the_same_gradient_and_a_barrier_on_the_cpu(
 
     hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
     assert hlo.count(" conditional(") == 2 * SHAPE.num_layers
+
+
+def test_cpu_kernels_and_plain_ops_are_the_same_model():
+    """config.model.cpu_kernels: the CPU kernels ("on") and plain JAX ops ("off") give the same logits and gradients
+    up to rounding, only the kernels compile the stored gradient's conditionals, "auto" follows JAX's default
+    backend (decided when the model is built), and a bad value is refused naming the field."""
+    from memdyn import config as config_lib
+    from memdyn.model import cpu_kernels
+
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 4, 50)
+    results = {}
+    for choice in ("on", "off"):
+        model = Transformer(SHAPE, causal=True, rngs=nnx.Rngs(params=0), cpu_kernels=choice)
+        assert model.ops == (cpu_kernels.CPU_OPS if choice == "on" else cpu_kernels.PLAIN_OPS)
+        graphdef, params = nnx.split(model)
+
+        def loss(p, graphdef=graphdef):
+            return nnx.merge(graphdef, p)(tokens).std()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+        results[choice] = value, grads, hlo.count(" conditional(")
+    np.testing.assert_allclose(results["on"][0], results["off"][0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(results["on"][1]), jax.tree.leaves(results["off"][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert (results["on"][2], results["off"][2]) == (2 * SHAPE.num_layers, 0)
+
+    auto = Transformer(SHAPE, causal=True, rngs=nnx.Rngs(params=0)).ops
+    assert auto.cpu_kernels == (jax.default_backend() == "cpu")
+    with pytest.raises(ValueError, match=r"config.model.cpu_kernels='True': expected one of \('auto', 'on', 'off'\)"):
+        config_lib.validate(tiny_config(**{"model.cpu_kernels": "True"}))

@@ -12,6 +12,7 @@ from memdyn import config as config_lib
 from memdyn.data import build
 from memdyn.model.transformer import REMAT_POLICIES
 from memdyn.rundir import runs as runs_lib
+from memdyn.train import optimizer
 from memdyn.train import steps as core
 
 STEPS = 4
@@ -36,6 +37,7 @@ def reference(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("reference"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
 def test_remat_changes_nothing(tmp_path, reference, policy):
     """The first step is bitwise the same. Later steps differ in the last bit: XLA's CPU compiler fuses a
@@ -63,6 +65,7 @@ def test_unknown_remat_policy_is_refused():
         config_lib.validate(tiny_config(**{"model.remat": "everything"}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [True, False])
 def test_k_microbatches_equal_one_batch(tmp_path, causal):
     """grad_accum=2 and 4 against 1 (micro, batch 8, 4 steps; a masked LM's masks are drawn for the whole batch
@@ -94,6 +97,7 @@ def test_grad_accum_must_divide_the_batch():
         config_lib.validate(tiny_config(grad_accum=3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_accum", [1, 4])
 def test_activation_estimate_is_near_what_xla_allocates(tmp_path, grad_accum):
     """`memdyn train --dry_run`'s activation estimate against the temporary memory XLA's compiled train step
@@ -134,12 +138,13 @@ def _model(scan: bool, num_layers: int = 3, **kw):
     return Transformer(shape, causal=True, rngs=nnx.Rngs(params=0), scan_layers=scan, **kw)
 
 
+@pytest.mark.slow
 def test_scanned_layers_equal_unrolled_ones():
     """The unrolled model's parameters, stacked (model.stack_blocks), in the scanned model: the same logits,
     gradients (unstacked back), and KV-cache decoding."""
     from flax import nnx
 
-    from memdyn.model.transformer import stack_blocks, unstack_blocks
+    from memdyn.model.layout import stack_blocks, unstack_blocks
 
     unrolled, scanned = _model(False), _model(True)
     params = nnx.to_pure_dict(nnx.state(unrolled))
@@ -194,7 +199,7 @@ def test_scanned_greedy_decoding_slices_its_layers_once():
     from flax import nnx
 
     from memdyn.extraction import extractability
-    from memdyn.model.transformer import stack_blocks
+    from memdyn.model.layout import stack_blocks
 
     unrolled, scanned = _model(False), _model(True)
     nnx.update(scanned, stack_blocks(nnx.to_pure_dict(nnx.state(unrolled))))
@@ -220,6 +225,7 @@ def test_scanned_model_traces_once_whatever_its_depth():
     assert size[False, 8] - size[False, 2] == 6 * (size[True, 8] - 1)  # one block's matmuls per extra layer
 
 
+@pytest.mark.slow
 def test_scanned_and_unrolled_runs_train_alike_and_refuse_each_others_checkpoints(tmp_path):
     from memdyn.train import job
 
@@ -235,6 +241,7 @@ def test_scanned_and_unrolled_runs_train_alike_and_refuse_each_others_checkpoint
         job.train(tiny_config(**{**base, "num_steps": 4}, **{"model.scan_layers": False}), str(tmp_path / "scanTrue"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parent_scanned", [False, True])
 def test_a_fork_continues_a_run_in_the_other_layout(tmp_path, parent_scanned):
     """`--init_from` with the other model.scan_layers converts the parent's parameters and Adam moments: the fork
@@ -263,6 +270,7 @@ def test_scanned_model_refuses_gates_in_some_layers_only():
         _model(True, gated_layers=(1,))
 
 
+@pytest.mark.slow
 def test_scanned_model_with_remat_and_microbatches_trains_like_without(tmp_path):
     _, _, plain, plain_metrics = _train(tmp_path / "plain", **{"model.scan_layers": True})
     _, _, both, metrics = _train(tmp_path / "both", grad_accum=2, **{"model.scan_layers": True, "model.remat": "block"})
@@ -281,7 +289,7 @@ def test_weight_decay_masks_the_same_parameters_scanned_or_not():
     masks = {}
     for scan in (False, True):
         state = nnx.to_pure_dict(nnx.state(_model(scan)))
-        masks[scan] = jax.tree_util.tree_map_with_path(lambda path, p: core._decays(path), state)
+        masks[scan] = jax.tree_util.tree_map_with_path(lambda path, p: optimizer.decays(path), state)
     assert masks[True]["blocks"] == masks[False]["block_00"] == masks[False]["block_02"]
     assert {k: v for k, v in masks[True].items() if k != "blocks"} == {
         k: v for k, v in masks[False].items() if not k.startswith("block_")
@@ -291,6 +299,7 @@ def test_weight_decay_masks_the_same_parameters_scanned_or_not():
     assert not block["attention"]["query_bias"] and not block["mlp_norm"]["scale"] and not block["mlp"]["in_bias"]
 
 
+@pytest.mark.slow
 def test_insertion_and_evaluation_with_microbatches(tmp_path):
     """A fork that inserts 3 special examples with grad_accum=2 (the inserted batch is rounded up to the 2
     microbatches), evaluating by microbatch-sized batches."""
@@ -322,6 +331,7 @@ def test_insertion_and_evaluation_with_microbatches(tmp_path):
     ],
     ids=["content+pos", "memsinks", "memsinks-shared"],
 )
+@pytest.mark.slow
 def test_every_step_metric_combines_over_microbatches(tmp_path, extra):
     """Every metric the step returns, the content subset's, the per-tag counts and MemSinks runs' included,
     is the same with 2 microbatches as with one batch (float32 rounding; counts exactly)."""

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_python
 
 _WORKER = r"""
@@ -44,6 +46,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_losses_equal_across_meshes():
     proc = run_python(_WORKER, devices=8)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -64,6 +67,7 @@ def test_losses_equal_across_meshes():
     assert reference[-1][0] < reference[0][0]
 
 
+@pytest.mark.slow
 def test_scanned_model_with_microbatches_gives_the_same_losses_across_meshes():
     """model.scan_layers (stacked blocks: a leading, unsharded layers axis) with grad_accum=2, on the same meshes."""
     worker = _WORKER.replace(
@@ -81,3 +85,26 @@ def test_scanned_model_with_microbatches_gives_the_same_losses_across_meshes():
     assert result["(1, 2, 4)"]["specs"]["mlp_in"] == "P(None, 'fsdp', 'tensor')"
     assert result["(1, 2, 4)"]["specs"]["mu_mlp_in"] == "P(None, 'fsdp', 'tensor')"
     assert reference[-1][0] < reference[0][0]
+
+
+def test_logical_names_follow_flax_rules_and_the_defaults_outside_them():
+    """Activations and parameter specs read the rules Flax holds (``nnx.logical_axis_rules``, as ``Run.context``
+    sets them); with none set, ``sharding.DEFAULT_RULES``."""
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+
+    from memdyn.model import sharding, sizes
+    from memdyn.model.transformer import Transformer
+
+    shape = sizes.ModelShape(num_layers=1, d_model=8, num_heads=2, d_ff=16, vocab_size=32, max_len=8)
+    abstract = nnx.split(nnx.eval_shape(lambda: Transformer(shape, causal=True, rngs=nnx.Rngs(0))))[1]
+    names = ("batch", "length", "act_mlp")
+    assert sharding.active_rules() == sharding.DEFAULT_RULES
+    assert sharding.logical_to_spec(names) == P(("data", "fsdp"), None, "tensor")
+    assert sharding.param_specs(abstract)["embed"] == P("tensor", "fsdp")
+    rules = sharding.rules_from_config([("batch", "data"), ("act_mlp", None), ("vocab", None), ("embed", "tensor")])
+    with nnx.logical_axis_rules(rules):
+        assert sharding.active_rules() == rules
+        assert sharding.logical_to_spec(names) == P("data", None, None)
+        assert sharding.param_specs(abstract)["embed"] == P(None, "tensor")
+    assert sharding.active_rules() == sharding.DEFAULT_RULES

@@ -15,6 +15,8 @@ import pytest
 from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (a fixture)
 from slurm_cluster import unavailable as slurm_cluster_unavailable
 
+pytestmark = pytest.mark.slow  # a real SLURM cluster on this machine (CI installs it)
+
 from conftest import REPO, run_memdyn
 from memdyn.sweeps import slurm
 from memdyn.train import writers

@@ -60,6 +60,7 @@ def reference(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bitwise(reference, tmp_path, monkeypatch):
     workdir = str(tmp_path / "interrupted")
     original = loop.Trainer._train_step
@@ -78,12 +79,14 @@ def test_interrupted_run_resumes_bitwise(reference, tmp_path, monkeypatch):
     _assert_same_run(reference, workdir, tiny_config(**CONFIG))
 
 
+@pytest.mark.slow
 def test_complete_run_is_not_retrained(reference):
     before = open(os.path.join(reference, "train.csv")).read()
     assert job.train(tiny_config(**CONFIG), reference)["complete"]
     assert open(os.path.join(reference, "train.csv")).read() == before
 
 
+@pytest.mark.slow
 def test_fork_without_insertion_continues_the_parent_exactly(tmp_path):
     parent, fork = str(tmp_path / "parent"), str(tmp_path / "fork")
     config = tiny_config(num_steps=12, **{"checkpoint.keep_steps": (5,)})  # save and keep the fork point
@@ -121,6 +124,7 @@ def test_insertion_trains_exactly_the_special_rows(reference):
     assert sorted(evals.loc[evals.set == "special", "step"]) == [0, 5, 5, 7, 9, 11, 12]
 
 
+@pytest.mark.slow
 def test_insertion_loss_is_that_of_the_special_rows_at_that_point(tmp_path):
     """The first inserted update's loss equals a forward pass over the special set's first batch with the
     parameters of checkpoint 4 trained one more step: it trained those rows, at that point."""
@@ -156,6 +160,7 @@ def test_repeated_and_spaced_schedules():
         insertion.insertion_steps(c, 100)
 
 
+@pytest.mark.slow
 def test_repeated_spaced_insertions_in_a_run(tmp_path):
     config = tiny_config(
         num_steps=9, **{"insert.at_step": 2, "insert.repeats": 2, "insert.every": 3, "insert.times": 2}
@@ -176,6 +181,27 @@ def test_incompatible_checkpoint_is_refused(reference, tmp_path):
         job.train(tiny_config(num_steps=12, init_from=f"{reference}@4", **{"model.d_model": 64}), str(tmp_path))
 
 
+def test_a_run_stored_before_model_cpu_kernels_resumes(reference, tmp_path):
+    """A config.json written before config.model.cpu_kernels existed loads with the field's default ("auto": the
+    kernels on the CPU, as that run had them) and resumes: two more steps from its last checkpoint."""
+    import shutil
+
+    from memdyn.rundir import runs
+
+    workdir = str(tmp_path / "old")
+    shutil.copytree(reference, workdir)
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        stored = json.load(f)
+    del stored["model"]["cpu_kernels"]
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    assert runs.load_config(workdir).model.cpu_kernels == "auto"
+    assert job.train(tiny_config(**dict(CONFIG, num_steps=14)), workdir)["step"] == 13
+    assert pd.read_csv(os.path.join(workdir, "train.csv"))["step"].tolist()[-2:] == [12, 13]
+
+
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     workdir = str(tmp_path)
     config = tiny_config(num_steps=8)
@@ -219,6 +245,7 @@ print("RESULT" + json.dumps({"spec": str(leaf.sharding.spec), "devices": len(lea
 """
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh_reshards(tmp_path):
     workdir = str(tmp_path)
     results = {}
@@ -277,6 +304,7 @@ def _wait_for(predicate, proc, timeout=300):
         time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
     killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
     flags = ["--config.num_steps=40", "--config.checkpoint.every=1", "--config.checkpoint.keep=3"]
@@ -305,6 +333,7 @@ def test_sigkill_mid_save_leaves_the_previous_checkpoint_usable(tmp_path):
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     workdir = str(tmp_path)
     proc = _spawn_train(workdir, "--config.num_steps=100000", "--config.checkpoint.every=0")

@@ -47,6 +47,7 @@ def test_extract_writes_biderman_style_csv(run_dir):
     assert (frame["prefix_match"] <= frame["score"] * 8 + 1e-9).all()  # leading matches are matches
 
 
+@pytest.mark.slow
 def test_eval_bad_input(run_dir):
     proc = run_memdyn("eval", f"--workdir={run_dir}", "--set=nonsense")
     assert proc.returncode == 2 and "--set='nonsense' is not a set of this run" in proc.stderr

@@ -31,6 +31,7 @@ def three_epochs(tmp_path_factory):
     return workdir, spe
 
 
+@pytest.mark.slow
 def test_m_after_k_epochs_is_the_checkpoint_evaluation_after_k_epochs(three_epochs):
     workdir, spe = three_epochs
     frame = memorization.epoch_memorization(workdir)
@@ -47,6 +48,7 @@ def test_m_after_k_epochs_is_the_checkpoint_evaluation_after_k_epochs(three_epoc
     )
 
 
+@pytest.mark.slow
 def test_in_step_estimate_of_epoch_k_is_scored_on_the_model_after_k_epochs(three_epochs):
     """The first batch of epoch k is scored by the model right after k epochs: its in-step records equal the
     checkpoint evaluation of those examples, so the in-step estimate labelled k starts at the right model."""
@@ -64,6 +66,7 @@ def test_in_step_estimate_of_epoch_k_is_scored_on_the_model_after_k_epochs(three
         assert in_step.loc[in_step["epoch"] == k, "exact_match"].item() == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_insertion_in_an_unforked_run_is_evaluated_right_before(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config(num_steps=9, **{"insert.at_step": 5, "eval.every": 4, "checkpoint.keep_steps": (5,)})
@@ -109,6 +112,7 @@ def _mask_positions_accuracy(workdir, set_name, step):
     return out
 
 
+@pytest.mark.slow
 def test_masked_lm_memorization_counts_mask_positions_only(tmp_path):
     workdir = str(tmp_path)
     job.train(tiny_config(num_steps=8, **{"model.causal": False, "checkpoint.keep_steps": (8,)}), workdir)
@@ -128,6 +132,7 @@ def test_masked_lm_memorization_counts_mask_positions_only(tmp_path):
     assert (b["num_tokens"].to_numpy() > a["num_tokens"].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_sham_fork_is_the_insertion_fork_without_its_updates(tmp_path):
     parent, plain = str(tmp_path / "parent"), str(tmp_path / "plain")
     insert, sham = str(tmp_path / "insert"), str(tmp_path / "sham")

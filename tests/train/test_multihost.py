@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import REPO, run_memdyn, tiny_config
 from memdyn.data import build
@@ -140,6 +141,7 @@ def _run_processes(tmp_path, commands, timeout: float) -> None:
         raise AssertionError(f"a child process failed or timed out after {timeout:.0f}s:\n{logs}")
 
 
+@pytest.mark.slow
 def test_two_processes_read_their_rows_and_train_like_one(tmp_path):
     config = tiny_config()
     build.prepare(config, str(tmp_path))  # the store is built once, here; the children reuse it
@@ -214,6 +216,7 @@ def _assert_frames_close(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
     pd.testing.assert_frame_equal(a[floats], b[floats], check_exact=False, rtol=1e-5, atol=1e-5, obj=name)
 
 
+@pytest.mark.slow
 def test_memdyn_train_in_two_processes_writes_what_one_process_writes(tmp_path):
     """Two processes train 6 steps then resume to 8; one process trains 8 steps. Same results, one set of files."""
     one, two = str(tmp_path / "one" / "run"), str(tmp_path / "two" / "run")  # same name: the `run` column
@@ -259,6 +262,7 @@ def test_multi_host_flags_go_together():
     assert proc.returncode != 0 and "--distributed is not a flag of `memdyn rows`" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_in_both(tmp_path):
     """Only process 1 (which writes no files) is signalled; both save the step JAX's preemption service agrees on
     and exit with 143. Twice: mid-run, and again right after the resume starts (before its first step). The run

@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import run_memdyn, tiny_config
 from memdyn.data import build
 from memdyn.data.order import PADDING_ROW, StepOrder
-from memdyn.train import job, results, writers
+from memdyn.train import job, optimizer, results, writers
 from memdyn.train import steps as core
 
 
@@ -24,6 +24,7 @@ def trained_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_step_metrics_equal_numpy_on_the_same_logits(tmp_path):
     config = tiny_config()
     data = build.prepare(config, str(tmp_path))
@@ -70,6 +71,7 @@ def test_order_trains_every_example_once_per_epoch():
     assert exact.steps_per_epoch == 5 and all((exact.rows(s) != PADDING_ROW).all() for s in range(10))
 
 
+@pytest.mark.slow
 def test_after_k_epochs_every_example_was_trained_k_times(tmp_path):
     """Counted from the per-example records the loop wrote, on a set that does not divide into batches."""
     workdir = str(tmp_path)
@@ -86,6 +88,7 @@ def test_after_k_epochs_every_example_was_trained_k_times(tmp_path):
     assert frame["examples_seen"].iloc[-1] == 3 * data.train.num_examples
 
 
+@pytest.mark.slow
 def test_train_writes_csv_records_and_config(trained_run):
     frame = pd.read_csv(os.path.join(trained_run, "train.csv"))
     assert list(frame.columns) == list(results.TRAIN_CSV_COLUMNS)
@@ -105,6 +108,7 @@ def test_train_writes_csv_records_and_config(trained_run):
     assert os.path.exists(os.path.join(trained_run, "config.json"))
 
 
+@pytest.mark.slow
 def test_rows_command_matches_what_the_step_trained_on(trained_run):
     records = writers.read_examples(os.path.join(trained_run, "examples"))
     for step in (0, 7):
@@ -119,6 +123,7 @@ def test_rows_command_matches_what_the_step_trained_on(trained_run):
     assert len(first) == 3 and len(first[2].split()) > 5
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_numbers(trained_run, tmp_path):
     job.train(tiny_config(num_steps=12), str(tmp_path))
     a = pd.read_csv(os.path.join(trained_run, "train.csv"))
@@ -127,6 +132,7 @@ def test_same_config_and_seed_give_the_same_numbers(trained_run, tmp_path):
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
+@pytest.mark.slow
 def test_masked_lm_trains(tmp_path):
     result = job.train(tiny_config(**{"model.causal": False, "num_steps": 4}), str(tmp_path))
     frame = pd.read_csv(os.path.join(tmp_path, "train.csv"))
@@ -140,7 +146,7 @@ def test_masked_lm_trains(tmp_path):
 def test_schedules_warm_up_then_follow_their_shape(schedule):
     opt = tiny_config().optimizer
     opt.schedule, opt.warmup_steps, opt.lr, opt.end_lr_fraction, opt.power = schedule, 10, 1.0, 0.1, 2.0
-    f = core.make_schedule(opt, num_steps=110)
+    f = optimizer.make_schedule(opt, num_steps=110)
     assert float(f(0)) == 0.0 and float(f(5)) == pytest.approx(0.5) and float(f(10)) == pytest.approx(1.0)
     end = float(f(110))
     assert end == pytest.approx(1.0 if schedule == "constant" else 0.1, abs=1e-6)
@@ -148,6 +154,7 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
         assert float(f(60)) < 0.55
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     # a learning rate this large overflows the parameters within a few steps
     config = tiny_config(num_steps=30, **{"optimizer.lr": 1e30, "optimizer.grad_clip": 0.0})
@@ -158,7 +165,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
 def test_clipping_and_weight_decay_mask():
     opt = tiny_config().optimizer
     opt.grad_clip, opt.weight_decay, opt.warmup_steps = 1.0, 0.5, 0
-    tx, _ = core.make_optimizer(opt, 10)
+    tx, _ = optimizer.make_optimizer(opt, 10)
     params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones((2,), np.float32)}
     grads = {"kernel": np.zeros((2, 2), np.float32), "bias": np.zeros((2,), np.float32)}
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -169,6 +176,7 @@ def test_clipping_and_weight_decay_mask():
     assert float(optax.tree.norm(clipped)) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_a_run_shorter_than_its_warmup_just_runs(tmp_path):
     summary = job.train(tiny_config(num_steps=3, **{"optimizer.warmup_steps": 50}), str(tmp_path))
     assert summary["step"] == 2 and summary["lr"] < 1e-3  # still warming up

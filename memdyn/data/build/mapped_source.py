@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 import seqio
 import tensorflow as tf
 

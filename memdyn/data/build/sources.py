@@ -17,7 +17,7 @@ import sys
 import time
 
 import numpy as np
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 import seqio
 from ml_collections import config_dict
 

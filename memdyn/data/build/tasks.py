@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 import seqio
 import tensorflow as tf
 

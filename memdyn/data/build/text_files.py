@@ -21,7 +21,7 @@ import json
 import os
 
 import numpy as np
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 import seqio
 import tensorflow as tf
 

@@ -15,7 +15,7 @@ import json
 import logging
 
 import numpy as np
-import memdyn.tensorflow_cpu  # noqa: F401  (before TensorFlow: CPU only, no CUDA probe noise)
+import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
 import tensorflow_datasets as tfds
 
 from memdyn.data.build import corpus as corpus_lib

@@ -32,6 +32,7 @@ import pandas as pd
 from memdyn.rundir import runs
 from memdyn.studies import Options, register, stats, tables, write_csvs
 from memdyn.studies.memorization import analysis as mem
+from memdyn.studies.memorization import plots as mem_plots
 
 TAUS = (0.3, 0.5, 0.7, 0.9)
 
@@ -122,11 +123,11 @@ def analyze_runs(workdirs: list[str], out_dir: str, taus=TAUS) -> dict[str, pd.D
     # memorization across sizes at the chosen rates: M_e per epoch and T(N, tau) against parameters
     epochs = pd.concat([e for e, _ in loaded], ignore_index=True).merge(picked[["workdir"]], on="workdir")
     runs.atomic_write(
-        os.path.join(out_dir, "learning_rate_chosen_epochs.png"), lambda tmp: mem._plot_epochs(epochs, picked, tmp)
+        os.path.join(out_dir, "learning_rate_chosen_epochs.png"), lambda tmp: mem_plots.plot_epochs(epochs, picked, tmp)
     )
     runs.atomic_write(
         os.path.join(out_dir, "learning_rate_chosen_t_tau.png"),
-        lambda tmp: mem._plot_t_tau(result["chosen"], taus, tmp, split_by=("causal",)),
+        lambda tmp: mem_plots.plot_t_tau(result["chosen"], taus, tmp, split_by=("causal",)),
     )
     return result
 
@@ -167,10 +168,10 @@ def _shape_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plot(table: pd.DataFrame, taus, png_path: str) -> None:
-    plt = mem._pyplot()
+    plt = mem_plots.pyplot()
     panels = [*taus, "final_m"]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), constrained_layout=True)
-    colours = mem._size_colours(table, plt)
+    colours = mem_plots.size_colours(table, plt)
     rates = table["peak_lr"].astype(float)
     for ax, panel in zip(np.atleast_1d(axes), panels):
         column = "final_m" if panel == "final_m" else f"T_epochs_{mem.tau_label(panel)}"

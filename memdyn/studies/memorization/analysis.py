@@ -27,6 +27,9 @@ Definitions after Tirumala et al. 2022:
 
 Runs that differ only in their seed are aggregated (``memorization_by_size``): means with 95% t intervals over
 seeds; a T(N, tau) mean is given only when every seed reached tau (``T_epochs_<tau>_n`` counts those that did).
+
+The measures are computed in ``measures`` (pure functions of frames), the figures drawn in ``plots``; this
+module reads the runs, builds the tables and writes them.
 """
 
 from __future__ import annotations
@@ -40,77 +43,26 @@ import pandas as pd
 from memdyn.rundir import runs
 from memdyn.rundir.runs import IDENTITY_COLUMNS
 from memdyn.studies import Options, read_csv, register
+from memdyn.studies.memorization import plots
+from memdyn.studies.memorization.measures import (
+    DEFAULT_TAUS,
+    EPOCH_COLUMNS,
+    memorization_before,
+    overfitting_point,
+    per_epoch_memorization,
+    steps_per_epoch,
+    t_epochs,
+    t_updates,
+    tau_label,
+    train_eval_memorization,
+    validation_m,
+)
 
-DEFAULT_TAUS = (0.5, 0.7, 0.9)
 M_FROM = ("auto", "train_eval", "in_step")
-EPOCH_COLUMNS = ["epoch", "exact_match", "num_tokens", "num_examples", "num_steps", "complete", "m_from"]
 OUTPUTS = (
     "memorization_summary.csv/.md (per run), memorization_by_size.csv/.md (means and 95% CIs over seeds), "
     "memorization_epochs.csv, memorization.png, t_tau.png"
 )
-
-
-def tau_label(tau: float) -> str:
-    return f"{float(tau):g}"
-
-
-def steps_per_epoch(train_frame: pd.DataFrame) -> int:
-    """Steps per epoch from ``train.csv`` rows: round((step + 1) / epochs_done) of the last row."""
-    last = train_frame.sort_values("step", kind="stable").iloc[-1]
-    return int(round((float(last["step"]) + 1) / float(last["epochs_done"])))
-
-
-def per_epoch_memorization(records: pd.DataFrame, spe: int) -> pd.DataFrame:
-    """In-step ``M_e`` from per-example records (``step, exact_match, num_tokens``) given steps per epoch.
-
-    Columns: ``epoch`` (epochs completed before the sweep: records of steps ``[e*spe, (e+1)*spe)``),
-    ``exact_match`` (token-weighted mean), ``num_tokens``, ``num_examples`` (records), ``num_steps`` (distinct
-    steps recorded), ``complete`` and ``m_from`` = ``in_step``.
-    """
-    frame = records.assign(
-        epoch=records["step"].to_numpy() // spe,
-        correct=records["exact_match"].to_numpy(float) * records["num_tokens"].to_numpy(float),
-    )
-    grouped = frame.groupby("epoch", sort=True)
-    out = pd.DataFrame(
-        {
-            "num_tokens": grouped["num_tokens"].sum().astype(np.int64),
-            "correct": grouped["correct"].sum(),
-            "num_examples": grouped.size(),
-            "num_steps": grouped["step"].nunique(),
-        }
-    ).reset_index()
-    tokens = out["num_tokens"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["exact_match"] = np.where(tokens > 0, out["correct"].to_numpy() / tokens, np.nan)
-    out["complete"] = out["num_steps"] == spe
-    out["m_from"] = "in_step"
-    return out[EPOCH_COLUMNS]
-
-
-def train_eval_memorization(evals: pd.DataFrame, spe: int) -> pd.DataFrame:
-    """``M_e`` from whole-training-set evaluations (``eval.csv`` rows with ``set == "train"``) at epoch ends.
-
-    Same columns as ``per_epoch_memorization`` (``num_steps`` NaN, ``complete`` True, ``m_from`` =
-    ``train_eval``); empty when the run never evaluated the training set at an epoch end.
-    """
-    if evals.empty or "set" not in evals.columns:
-        return pd.DataFrame(columns=EPOCH_COLUMNS)
-    rows = evals[(evals["set"] == "train") & (evals["step"] % spe == 0)]
-    if rows.empty:
-        return pd.DataFrame(columns=EPOCH_COLUMNS)
-    rows = rows.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
-    return pd.DataFrame(
-        {
-            "epoch": (rows["step"] // spe).astype(np.int64).to_numpy(),
-            "exact_match": rows["exact_match"].astype(float).to_numpy(),
-            "num_tokens": rows["num_tokens"].astype(np.int64).to_numpy(),
-            "num_examples": rows["num_examples"].astype(np.int64).to_numpy(),
-            "num_steps": math.nan,
-            "complete": True,
-            "m_from": "train_eval",
-        }
-    )[EPOCH_COLUMNS]
 
 
 def _identity(workdir: str, train: pd.DataFrame) -> dict:
@@ -133,7 +85,7 @@ def _load_train(workdir: str) -> pd.DataFrame:
 
 
 def _load_records(workdir: str) -> pd.DataFrame:
-    from memdyn.train.writers import read_examples
+    from memdyn.rundir.records import read_examples
 
     directory = os.path.join(workdir, "examples")
     if not os.path.isdir(directory):
@@ -177,78 +129,6 @@ def epoch_memorization(workdir: str, m_from: str = "auto") -> pd.DataFrame:
     return _epoch_frame(workdir, _load_train(workdir), m_from)
 
 
-def t_epochs(epoch_frame: pd.DataFrame, taus=DEFAULT_TAUS) -> dict[float, float]:
-    """T(N, tau) per tau: ``epoch`` of the first complete epoch with ``exact_match >= tau`` (NaN if none)."""
-    frame = epoch_frame.sort_values("epoch", kind="stable")
-    if "complete" in frame.columns:
-        frame = frame[frame["complete"].astype(bool)]
-    epochs = frame["epoch"].to_numpy(float)
-    m = frame["exact_match"].to_numpy(float)
-    result = {}
-    for tau in taus:
-        hit = np.flatnonzero(m >= tau)  # NaN compares False
-        result[float(tau)] = float(epochs[hit[0]]) if len(hit) else math.nan
-    return result
-
-
-def t_updates(train_frame: pd.DataFrame, taus=DEFAULT_TAUS, window: int = 5) -> dict[float, float]:
-    """T_update(N, tau) per tau: ``step + 1`` of the first row whose rolling mean of ``mem_update`` over the
-    last ``window`` rows (full windows only) is ``>= tau`` (NaN if never)."""
-    if window < 1:
-        raise ValueError(f"window={window} must be positive")
-    frame = train_frame.sort_values("step", kind="stable")
-    rolled = frame["mem_update"].astype(float).rolling(window, min_periods=window).mean().to_numpy()
-    updates = frame["step"].to_numpy(float) + 1
-    result = {}
-    for tau in taus:
-        hit = np.flatnonzero(rolled >= tau)
-        result[float(tau)] = float(updates[hit[0]]) if len(hit) else math.nan
-    return result
-
-
-def overfitting_point(eval_frame: pd.DataFrame, steps_per_epoch: float, set_name: str = "validation") -> dict:
-    """First evaluation of ``set_name`` whose perplexity exceeds the previous one's.
-
-    Returns ``overfit_step`` and ``overfit_epoch`` (= step / steps_per_epoch), both NaN if it never rises.
-    Perplexity is taken from ``exp(loss)`` where the column is missing.
-    """
-    nan = {"overfit_step": math.nan, "overfit_epoch": math.nan}
-    if eval_frame.empty or "set" not in eval_frame.columns:
-        return nan
-    keys = [k for k in ("step", "update") if k in eval_frame.columns]
-    evals = eval_frame[eval_frame["set"] == set_name].sort_values(keys, kind="stable")
-    if "perplexity" in evals.columns:
-        ppl = evals["perplexity"].to_numpy(float)
-    else:
-        ppl = np.exp(evals["loss"].to_numpy(float))
-    rises = np.flatnonzero(ppl[1:] > ppl[:-1])
-    if not len(rises):
-        return nan
-    step = int(evals["step"].iloc[rises[0] + 1])
-    return {"overfit_step": step, "overfit_epoch": step / steps_per_epoch}
-
-
-def _memorization_before(epoch_frame: pd.DataFrame, overfit_epoch: float) -> tuple[float, float]:
-    """(``M_e``, e) of the last complete epoch with ``epoch <= overfit_epoch``."""
-    if not np.isfinite(overfit_epoch):
-        return math.nan, math.nan
-    done = epoch_frame[(epoch_frame["epoch"] <= overfit_epoch + 1e-9) & epoch_frame["complete"].astype(bool)]
-    if not len(done):
-        return math.nan, math.nan
-    last = done.sort_values("epoch").iloc[-1]
-    return float(last["exact_match"]), float(last["epoch"])
-
-
-def _validation_m(evals: pd.DataFrame, step: float) -> float:
-    """M(f) of the validation set evaluated at ``step`` (NaN when it was not evaluated there)."""
-    if evals.empty or not np.isfinite(step):
-        return math.nan
-    rows = evals[(evals["set"] == "validation") & (evals["step"] == int(round(step)))]
-    if "at_insertion" in rows:
-        rows = rows[rows["at_insertion"].isna() | (rows["at_insertion"].astype(str) == "")]
-    return float(rows["exact_match"].iloc[-1]) if len(rows) else math.nan
-
-
 def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5, m_from: str = "auto") -> tuple[pd.DataFrame, dict]:
     """One run's epoch frame and summary row (see ``analyze_runs``)."""
     train = _load_train(workdir)
@@ -267,11 +147,11 @@ def summarize_run(workdir: str, taus=DEFAULT_TAUS, window: int = 5, m_from: str 
     )
     row.update({f"T_epochs_{tau_label(t)}": v for t, v in t_epochs(epochs, taus).items()})
     row.update({f"T_updates_{tau_label(t)}": v for t, v in t_updates(train, taus, window).items()})
-    m_before, epoch_before = _memorization_before(epochs, overfit["overfit_epoch"])
+    m_before, epoch_before = memorization_before(epochs, overfit["overfit_epoch"])
     row.update(overfit, m_before_overfit=m_before)
     # The generalization gap: M of the training set minus M of validation data, evaluated after the same epoch.
-    row["gap_before_overfit"] = m_before - _validation_m(evals, epoch_before * spe)
-    row["final_gap"] = row["final_m"] - _validation_m(evals, row["final_epoch"] * spe)
+    row["gap_before_overfit"] = m_before - validation_m(evals, epoch_before * spe)
+    row["final_gap"] = row["final_m"] - validation_m(evals, row["final_epoch"] * spe)
     return epochs, row
 
 
@@ -330,8 +210,8 @@ def analyze_runs(
         runs.atomic_write(join("memorization_epochs.csv"), lambda p: epochs.to_csv(p, index=False))
         runs.atomic_write_text(join("memorization_summary.md"), _markdown(summary) + "\n")
         runs.atomic_write_text(join("memorization_by_size.md"), _ci_markdown(table, taus) + "\n")
-        runs.atomic_write(join("memorization.png"), lambda p: _plot_epochs(epochs, summary, p))
-        runs.atomic_write(join("t_tau.png"), lambda p: _plot_t_tau(table, taus, p))
+        runs.atomic_write(join("memorization.png"), lambda p: plots.plot_epochs(epochs, summary, p))
+        runs.atomic_write(join("t_tau.png"), lambda p: plots.plot_t_tau(table, taus, p))
     return summary
 
 
@@ -367,119 +247,3 @@ def _markdown(summary: pd.DataFrame) -> str:
     from memdyn.studies.tables import to_markdown
 
     return to_markdown(summary) if len(summary) else ""
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _size_colours(summary: pd.DataFrame, plt) -> dict:
-    """Colour per model size, ordered by parameter count."""
-    order = summary.sort_values("params", kind="stable") if summary["params"].notna().any() else summary
-    sizes = list(dict.fromkeys(order["size"]))
-    cmap = plt.get_cmap("viridis")
-    return {s: cmap(i / max(len(sizes) - 1, 1) * 0.9) for i, s in enumerate(sizes)}
-
-
-LINESTYLES = ("-", "--", ":", "-.")  # one per objective / learning-rate variant
-
-
-def _plot_epochs(epochs: pd.DataFrame, summary: pd.DataFrame, png_path: str) -> None:
-    """M_e of complete epochs against epochs completed: per size the mean over seeds, its 95% t band, and each
-    seed as a thin line."""
-    from memdyn.studies.stats import t_interval
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
-    if len(summary):
-        colours = _size_colours(summary, plt)
-        done = epochs[epochs["complete"].astype(bool)]
-        # A size run at several rates (or objectives) gets one curve per rate, not one over all its runs.
-        split = [c for c in ("peak_lr", "causal") if c in done and (done.groupby("size")[c].nunique() > 1).any()]
-        for size, colour in colours.items():
-            for v, (key, part) in enumerate(done[done["size"] == size].groupby(split or (lambda _: 0))):
-                for _, run in part.groupby("workdir" if "workdir" in part else "run"):
-                    ax.plot(
-                        run["epoch"],
-                        run["exact_match"],
-                        color=colour,
-                        lw=0.5,
-                        alpha=0.35,
-                        ls=LINESTYLES[v % len(LINESTYLES)],
-                    )
-                stats = [(e, *t_interval(g["exact_match"])) for e, g in part.groupby("epoch")]
-                e, mean, low, high, n = (np.array(v) for v in zip(*stats))
-                seeds = int(n.max())
-                key = key if isinstance(key, tuple) else (key,)
-                variant = "".join(f", {c}={k:g}" if c == "peak_lr" else f", {c}={k}" for c, k in zip(split, key))
-                ax.plot(
-                    e,
-                    mean,
-                    color=colour,
-                    lw=1.6,
-                    ls=LINESTYLES[v % len(LINESTYLES)],
-                    label=f"{size}{variant} ({seeds} seed{'s' * (seeds > 1)})",
-                )
-                ax.fill_between(e, low, high, color=colour, alpha=0.25, lw=0)
-        ax.legend(fontsize=7, title="size", title_fontsize=7)
-    source = ", ".join(sorted(set(summary["m_from"]))) if len(summary) else ""
-    ax.set(
-        xlabel="epochs completed",
-        ylabel="exact memorization $M_e$ of the training set",
-        ylim=(0, 1),
-        title=f"M(f) after each epoch (mean, 95% CI over seeds; {source})",
-    )
-    fig.savefig(png_path, dpi=110, format="png")
-    plt.close(fig)
-
-
-def _plot_t_tau(table: pd.DataFrame, taus, png_path: str, split_by=("causal", "peak_lr")) -> None:
-    """T(N, tau) in epochs against params (log x): per tau the mean over seeds with its 95% t interval, drawn
-    only where every seed reached tau."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    # Runs differing in objective or learning rate are separate lines, not seeds of one point (``split_by``; the
-    # learning-rate analysis draws one line through the sizes at their chosen rates).
-    variants = [c for c in split_by if len(table) and table[c].nunique() > 1]
-    groups = table.groupby(variants, dropna=False) if variants else [((), table)]
-    plotted = False
-    for g, (key, part) in enumerate(groups):
-        key = key if isinstance(key, tuple) else (key,)
-        suffix = ", ".join(f"{c}={v}" for c, v in zip(variants, key))
-        for i, tau in enumerate(taus):
-            c = f"T_epochs_{tau_label(tau)}"
-            points = part.dropna(subset=[f"{c}_mean"]).sort_values("params")
-            if points.empty:
-                continue
-            low = (points[f"{c}_mean"] - points[f"{c}_ci_low"]).fillna(0)
-            high = (points[f"{c}_ci_high"] - points[f"{c}_mean"]).fillna(0)
-            label = f"τ={tau_label(tau)}" + (f" ({suffix})" if suffix else "")
-            ax.errorbar(
-                points["params"],
-                points[f"{c}_mean"],
-                yerr=[low, high],
-                color=f"C{i % 10}",
-                ls=LINESTYLES[g % len(LINESTYLES)],
-                marker="o",
-                ms=4,
-                capsize=3,
-                label=label,
-            )
-            plotted = True
-    if not plotted:
-        ax.text(0.5, 0.5, "no size reached any τ in every seed", transform=ax.transAxes, ha="center", va="center")
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="parameters N",
-        ylabel="T(N, τ) [epochs]",
-        title="epochs until M ≥ τ (mean, 95% CI over seeds;\nsizes where a seed never got there are left out)",
-    )
-    if plotted:
-        ax.legend(fontsize=7)
-    fig.savefig(png_path, dpi=110, format="png")
-    plt.close(fig)

@@ -269,12 +269,10 @@ def from_config(config) -> Sinks | None:
 
 def set_ids(data, set_name: str) -> np.ndarray:
     """The sequence ids (int32 [N]) of every example of one of the run's sets (``RunData.evaluable``)."""
-    from memdyn.data.feeder import sequence_ids
-
     stores = data.evaluable()
     if set_name not in stores:
         raise ValueError(f"config.memsinks.exclude_set={set_name!r} is not a set of this run; sets: {sorted(stores)}")
     store = stores[set_name]
     if store.seq_ids is not None:
         raise ValueError(f"set {set_name!r} packs several sequences per row; exclude its ids explicitly")
-    return sequence_ids(np.asarray(store.tokens), data.pad_id)
+    return np.asarray(store.sequence_ids(data.pad_id))  # the hash of every row's tokens, as the feeder's

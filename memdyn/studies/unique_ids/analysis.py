@@ -31,7 +31,7 @@ import pandas as pd
 
 from memdyn.rundir import runs
 from memdyn.studies import Options, read_csv, register, stats, tables, write_csvs
-from memdyn.studies.memorization.analysis import DEFAULT_TAUS, steps_per_epoch, tau_label
+from memdyn.studies.memorization.measures import DEFAULT_TAUS, steps_per_epoch, tau_label
 
 CONDITIONS = ("none", "control", "prefix")
 PAIRS = (("control", "none"), ("prefix", "control"), ("prefix", "none"))

@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 import pytest
-from test_memorization_analysis import write_run
+from hand_made_runs import write_run
 
 from memdyn.studies.learning_rate import analysis as learning_rate
 

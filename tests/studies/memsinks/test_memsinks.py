@@ -13,8 +13,9 @@ from flax import nnx
 from conftest import run_python, tiny_config
 from memdyn.data import build
 from memdyn.data.feeder import sequence_ids
+from memdyn.model.layers import MLP
 from memdyn.model.sizes import ModelShape
-from memdyn.model.transformer import MLP, Transformer
+from memdyn.model.transformer import Transformer
 from memdyn.studies.memsinks import masks as memsinks
 from memdyn.train import steps
 
@@ -232,6 +233,7 @@ def test_placebo_ids_change_every_update(tmp_path):
     assert len(set(a.tolist()) | set(b.tolist())) == 16 and (a > 0).all()
 
 
+@pytest.mark.slow
 def test_eval_modes_in_training_and_at_a_checkpoint(tmp_path):
     from memdyn.extraction import eval_checkpoint
     from memdyn.train import job
@@ -337,6 +339,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_sharded_sink_masks_equal_one_device_and_stay_sliced():
     proc = run_python(_SHARDED, devices=8)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -46,6 +46,7 @@ def _expected(run, params, rows, store, step_key):
     return {k: np.asarray(v) for k, v in m.items() if k.startswith("pos_")}, batch
 
 
+@pytest.mark.slow
 def test_pos_csv_equals_a_numpy_recomputation(pos_run):
     config = runs.load_config(pos_run)
     data = run_data.open_run_data(pos_run, config)
@@ -97,6 +98,7 @@ def test_pos_csv_equals_a_numpy_recomputation(pos_run):
     assert (update_rows.groupby("step")["positions"].sum() == train["num_tokens"]).all()
 
 
+@pytest.mark.slow
 def test_runs_without_tags_or_with_pos_off_write_no_pos_csv(tmp_path):
     job.train(tiny_config(num_steps=2, **{"eval.pos": False}), str(tmp_path / "off"))
     assert not (tmp_path / "off" / "pos.csv").exists()

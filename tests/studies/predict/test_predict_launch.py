@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_launcher_trains_scores_every_kept_checkpoint_and_analyzes(tmp_path):
     from memdyn.launch.predict import kept_steps
 

@@ -61,6 +61,7 @@ def _data(workdir):
     return run_data.open_run_data(workdir, runs.load_config(workdir))
 
 
+@pytest.mark.slow
 def test_the_conditions_hold_the_same_content_at_the_same_places(conditions):
     data = {c: _data(w) for c, w in conditions.items()}
     none, control, prefix = (np.asarray(data[c].train.tokens) for c in ("none", "control", "prefix"))
@@ -77,6 +78,7 @@ def test_the_conditions_hold_the_same_content_at_the_same_places(conditions):
     assert data["none"].train.manifest["id_prefix_len"] == 0
 
 
+@pytest.mark.slow
 def test_content_rows_equal_a_numpy_recomputation_and_count_the_same_tokens(conditions):
     workdir = conditions["prefix"]
     config = runs.load_config(workdir)
