@@ -304,8 +304,61 @@ def load_config_file(path: str, arg: str | None = None) -> config_dict.ConfigDic
         raise FileNotFoundError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"memdyn_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as error:
+        hint = moved_module_hint(error)
+        if hint is None:
+            raise
+        raise ImportError(f"config file {path!r}: {hint}") from None
     return module.get_config(arg) if arg is not None else module.get_config()
+
+
+# Modules that moved when memdyn's layout went by layer (CHANGELOG.md lists every name): a config file written
+# before imports the old path, and is told the new one.
+MOVED_MODULES = {
+    "memdyn.model": "memdyn.model.transformer",
+    "memdyn.sharding": "memdyn.model.sharding",
+    "memdyn.sizes": "memdyn.model.sizes",
+    "memdyn.core": "memdyn.train.steps",
+    "memdyn.lifecycle": "memdyn.train.job",
+    "memdyn.checkpoint": "memdyn.train.checkpoint",
+    "memdyn.metrics": "memdyn.train.metrics",
+    "memdyn.objective": "memdyn.train.objective",
+    "memdyn.evaluate": "memdyn.train.evaluate",
+    "memdyn.insertion": "memdyn.train.insertion",
+    "memdyn.results": "memdyn.train.results",
+    "memdyn.writers": "memdyn.train.writers",
+    "memdyn.progress": "memdyn.train.progress",
+    "memdyn.summary": "memdyn.train.summary",
+    "memdyn.runs": "memdyn.rundir.runs",
+    "memdyn.export": "memdyn.rundir.export",
+    "memdyn.plots": "memdyn.rundir.plots",
+    "memdyn.extract": "memdyn.extraction.extractability",
+    "memdyn.extract_job": "memdyn.extraction.extract_job",
+    "memdyn.eval_checkpoint": "memdyn.extraction.eval_checkpoint",
+    "memdyn.import_hf": "memdyn.extraction.import_hf",
+    "memdyn.sweep": "memdyn.sweeps",
+    "memdyn.slurm": "memdyn.sweeps.slurm",
+    "memdyn.tpu": "memdyn.sweeps.tpu",
+    "memdyn.main": "memdyn.cli.main",
+    "memdyn.logs": "memdyn.cli.logs",
+    "memdyn.memsinks": "memdyn.studies.memsinks.masks",
+    "memdyn.pos": "memdyn.studies.pos.counts",
+    "memdyn.analysis": "memdyn.studies (an analysis: memdyn.studies.<study>.analysis)",
+}
+
+
+def moved_module_hint(error: ModuleNotFoundError) -> str | None:
+    """One line naming the new home of a memdyn module that moved, for an import of its old path; else None."""
+    name = error.name or ""
+    old = next((m for m in sorted(MOVED_MODULES, key=len, reverse=True) if name == m or name.startswith(m + ".")), None)
+    if old is None:
+        return None
+    return (
+        f"imports {name}, which moved to {MOVED_MODULES[old]} (memdyn's layout by layer; CHANGELOG.md lists every "
+        "moved name): change the import"
+    )
 
 
 def apply_overrides(config: config_dict.ConfigDict, overrides: dict[str, Any]) -> config_dict.ConfigDict:

@@ -164,6 +164,14 @@ def parse(command: Command, args: list[str], booleans: set[str] = frozenset()) -
         rest = values(["memdyn", *args])[1:]
     except (AttributeError, KeyError) as error:  # --config=<file> given: the overrides are read as it is parsed
         raise UsageError(unknown_field_message(error, args)) from None
+    except ImportError as error:  # a config file written before memdyn's modules moved
+        from memdyn.config import moved_module_hint
+
+        hint = moved_module_hint(error) if isinstance(error, ModuleNotFoundError) else None
+        if hint is None and not str(error).startswith("config file "):  # load_config_file's, of a parent config
+            raise
+        given = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), "")
+        raise UsageError(f"--config={given}: " + (f"the config file {hint}" if hint else str(error))) from None
     except flags.Error as error:
         raise UsageError(str(error)) from None
     for flag in command.flags:

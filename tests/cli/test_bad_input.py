@@ -132,3 +132,31 @@ def test_workdir_with_another_run_is_not_touched(tmp_path):
         job.train(tiny_config(num_steps=2, **{"data.seq_len": 16}), workdir)
     assert job.train(tiny_config(num_steps=2), workdir)["complete"]  # the same run: nothing to do
     assert open(csv_path).read() == before
+
+
+def _config_importing_a_moved_module(tmp_path):
+    path = tmp_path / "old_config.py"
+    path.write_text(
+        "from memdyn.sharding import DEFAULT_RULES\n\n"
+        "from memdyn.configs import base\n\n\n"
+        "def get_config():\n    return base.get_config()\n"
+    )
+    return str(path)
+
+
+def test_a_config_importing_a_moved_module_names_its_new_home(tmp_path):
+    from memdyn import config as config_lib
+
+    with pytest.raises(ImportError, match=r"imports memdyn\.sharding, which moved to memdyn\.model\.sharding"):
+        config_lib.load_config_file(_config_importing_a_moved_module(tmp_path))
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_config_importing_a_moved_module_in_one_line(tmp_path):
+    path = _config_importing_a_moved_module(tmp_path)
+    proc = run_memdyn("train", f"--config={path}", f"--workdir={tmp_path / 'w'}", "--dry_run")
+    assert proc.returncode == 2, proc.stderr
+    assert f"--config={path}: the config file imports memdyn.sharding, which moved to memdyn.model.sharding" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
