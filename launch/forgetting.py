@@ -26,11 +26,11 @@ if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.p
 
 from memdyn import config as config_lib  # noqa: E402
 from memdyn.cli import logs
+from memdyn.cli.main import quiet_tensorflow
 from memdyn.data import build  # noqa: E402
 from memdyn.data.order import StepOrder  # noqa: E402
 from memdyn.rundir import runs as runs_lib
 from memdyn.studies.forgetting import analysis as forgetting  # noqa: E402
-from memdyn.train import job
 
 CONFIG = os.path.join(config_lib.CONFIG_DIR, "forgetting.py")
 SPACED_TIMES = 4
@@ -86,6 +86,7 @@ def plan(
 
 
 def main() -> None:
+    quiet_tensorflow()  # as the memdyn command does: before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/forgetting")
     parser.add_argument("--sizes", default="nano,micro,tiny", help="ascending; the last gets the extra conditions")
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--no_repeats", action="store_true", help="skip the repeated and spaced conditions")
     args = parser.parse_args()
     logs.configure()
+    from memdyn.train import job  # imports TensorFlow: after quiet_tensorflow
+
     epoch = steps_per_epoch()
     sizes = args.sizes.split(",")
     insert_epochs = [int(e) for e in args.insert_epochs.split(",") if e]

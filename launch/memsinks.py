@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 from memdyn import config as config_lib  # noqa: E402
 from memdyn import sweeps
 from memdyn.cli import logs
+from memdyn.cli.main import quiet_tensorflow
 from memdyn.extraction import eval_checkpoint
 from memdyn.rundir import runs as runs_lib
 from memdyn.studies.memsinks import analysis as analysis  # noqa: E402
@@ -75,6 +76,7 @@ def measure_deletion(workdir: str, counts: list[int]) -> pd.DataFrame:
 
 
 def main() -> None:
+    quiet_tensorflow()  # as the memdyn command does: before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/memsinks")
     parser.add_argument("--seeds", default="0,1,2")

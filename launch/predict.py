@@ -23,6 +23,7 @@ if os.path.isdir(os.path.join(_CHECKOUT, "memdyn")):  # `python launch/<study>.p
 from memdyn import config as config_lib  # noqa: E402
 from memdyn import sweeps
 from memdyn.cli import logs
+from memdyn.cli.main import quiet_tensorflow
 from memdyn.extraction import extract_job
 from memdyn.rundir import runs as runs_lib
 from memdyn.studies.predict import analysis as analysis  # noqa: E402
@@ -36,6 +37,7 @@ def kept_steps(num_steps: int, default_steps: int, default_kept: tuple[int, ...]
 
 
 def main() -> None:
+    quiet_tensorflow()  # as the memdyn command does: before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/predict")
     parser.add_argument("--sizes", default="nano,micro,tiny,small")

@@ -104,9 +104,27 @@ def run(analysis, args: Args) -> None:
     options = studies.Options(
         workdirs, out, set_name=option["set"], m_from=option["m_from"], taus=parse_taus(option["taus"])
     )
+    before = _files(out)
     summary = analysis.run(options)
     print(summary.to_string(index=False))
-    print(f"wrote {analysis.outputs} in {out}")
+    after = _files(out)
+    written = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
+    print(f"wrote {', '.join(written) or 'nothing'} in {out}")
+
+
+def _files(directory: str) -> dict[str, tuple[int, int, int]]:
+    """The files directly in ``directory``, each with what changes when it is written (inode, mtime, size): an
+    analysis's outputs are written whole (replaced atomically or rewritten)."""
+    import os
+
+    if not os.path.isdir(directory):
+        return {}
+    stamps = {}
+    for entry in os.scandir(directory):
+        if entry.is_file():
+            st = entry.stat()
+            stamps[entry.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return stamps
 
 
 COMMAND = Command(

@@ -55,8 +55,9 @@ def render_markdown() -> str:
         "`memdyn <command> [flags]`; `memdyn --help` lists the commands, `memdyn <command> --help` prints one's "
         "usage and flags, `memdyn --version` the version. A flag the command does not take is refused, naming the "
         "command's flags. Flags are written `--name=value` (or `--name value`); a boolean flag `--name` or "
-        "`--noname`. Exit status: 0 done, 2 bad input (a flag, a config value, a file; one line on stderr, no "
-        "traceback unless `MEMDYN_TRACEBACK=1`), 143 stopped by SIGTERM after saving a checkpoint.",
+        "`--noname`. Exit status: "
+        + ", ".join(f"{status} {meaning}" for status, meaning in sorted(main.EXIT_STATUSES.items()))
+        + ".",
         "",
     ]
     lines += [f"- [`memdyn {c.name}`](#{_anchor(c.name)}): {_text(c.summary)}" for c in every] + [""]

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from memdyn.rundir import runs
+
 _ARRAYS = ("tokens", "example_ids", "doc_ids", "tags", "dup_counts", "seq_ids")  # the content hash's arrays
 
 
@@ -162,6 +164,7 @@ def write_store(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".store-", dir=parent)
     try:
+        os.chmod(staging, runs.plain_mode(directory=True))  # as os.makedirs would make it, not mkdtemp's 0700
         for name, array in {**arrays, **hashed}.items():
             np.save(os.path.join(staging, f"{name}.npy"), array)
         with open(os.path.join(staging, "manifest.json"), "w") as f:

@@ -99,6 +99,8 @@ def open_source(
                 f"--tokens={tokens!r}: expected an integer array [num_sequences, length], got "
                 f"{array.dtype} {array.shape}"
             )
+        if array.shape[0] == 0:
+            raise ValueError(f"--tokens={tokens!r} holds no sequences (shape {array.shape}): nothing to score")
         if array.shape[1] < length:
             raise ValueError(
                 f"--tokens={tokens!r}: sequences of {array.shape[1]} tokens, shorter than prompt_len "

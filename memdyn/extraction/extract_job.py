@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -38,12 +39,17 @@ COLUMNS = ["example_id", "score", "memorized", "prefix_match", "loss"]
 FORMATS = (".csv", ".parquet")
 
 
-def default_out(workdir: str, spec: dict, step: int) -> str:
-    """``<workdir>/extract/<source>-<step>.csv``, the file ``memdyn analyze predict`` reads for a run."""
+def default_out(workdir: str, spec: dict, step: int, set_names=()) -> str:
+    """``<workdir>/extract/<source>-<step>.csv`` (``train-<step>.csv`` is the file ``memdyn analyze predict``
+    reads for a run): ``<source>`` is the set's name, the ``--tokens`` file's stem (``tokens-<stem>`` when the
+    stem is the name of one of the run's ``set_names`` or ``train``, not to pass for that set's file) or
+    ``indexed-<name>-<a>_<b>``."""
     if "set" in spec:
         name = spec["set"]
     elif "tokens" in spec:
-        name = "tokens-" + os.path.splitext(os.path.basename(spec["tokens"]))[0]
+        name = os.path.splitext(os.path.basename(spec["tokens"]))[0]
+        if name in {"train", *set_names}:
+            name = "tokens-" + name
     else:
         name = f"indexed-{os.path.basename(spec['indexed'])}-{spec['rows'][0]}_{spec['rows'][1]}"
     return os.path.join(workdir, "extract", f"{name}-{step}.csv")
@@ -98,9 +104,14 @@ def run_extract(
         steps=steps,
         rows_per_step=rows_per_step,
     )
+    if not len(source.row_indices):
+        raise ValueError(
+            f"{_source_name(source.spec)}: no sequence to score ({source.left_out} shorter than prompt_len + "
+            f"num_new = {length} left out)"
+        )
     run = core.build_run(config, data)
     restored = eval_checkpoint.restore(run, workdir, step)
-    out = out or default_out(workdir, source.spec, restored.step)
+    out = out or default_out(workdir, source.spec, restored.step, set_names=data.evaluable())
     if not out.endswith(FORMATS):
         raise ValueError(f"--out={out!r}: expected a .csv or .parquet file")
     counters = restored.meta.get("counters", {})  # an imported checkpoint has none
@@ -125,11 +136,7 @@ def run_extract(
     first = _resume_point(parts_dir, job)
     chunk_rows = batch_size * chunk_batches
     num_chunks = -(-len(source.row_indices) // chunk_rows)
-    from clu import periodic_actions
-
-    import memdyn.tensorflow_cpu  # noqa: F401  (TensorFlow on the CPU only: hides the GPUs before it makes a device)
-
-    report = periodic_actions.ReportProgress(num_train_steps=len(source.row_indices), every_secs=5.0)
+    report = SequenceProgress(len(source.row_indices), done=min(first * chunk_rows, len(source.row_indices)))
     if first:
         logging.info("resuming %s after %d of %d chunks", out, first, num_chunks)
     with run.context():
@@ -139,7 +146,7 @@ def run_extract(
             runs.atomic_write(
                 os.path.join(parts_dir, f"part-{k:09d}.csv"), lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
             )
-            report(min((k + 1) * chunk_rows, len(source.row_indices)))  # logs sequences/s and the ETA
+            report(min((k + 1) * chunk_rows, len(source.row_indices)))
     parts = [path for _, path in sorted(_part_numbers(parts_dir).items())]
     frame = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     totals = {
@@ -158,6 +165,46 @@ def run_extract(
         runs.atomic_write(out, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     shutil.rmtree(parts_dir, ignore_errors=True)
     return totals
+
+
+def _source_name(spec: dict) -> str:
+    """The source as its flags name it."""
+    if "set" in spec:
+        return f"--set={spec['set']!r}"
+    if "tokens" in spec:
+        return f"--tokens={spec['tokens']!r}"
+    return f"--indexed={spec['indexed']!r} rows {spec['rows'][0]}:{spec['rows'][1]}"
+
+
+class SequenceProgress:
+    """The progress of the scoring, logged every ``every_secs`` and at the end: sequences/s since the last line,
+    the share of the source's sequences scored and the ETA (a resumed job counts from the ``done`` it found)."""
+
+    def __init__(self, total: int, done: int = 0, every_secs: float = 5.0, clock=time.monotonic):
+        self.total, self.every_secs, self.clock = total, every_secs, clock
+        self._last = (done, clock())
+
+    def __call__(self, done: int) -> str | None:
+        """``done`` sequences scored; returns the line logged, if any."""
+        now = self.clock()
+        last_done, last_time = self._last
+        if done < self.total and now - last_time < self.every_secs:
+            return None
+        rate = (done - last_done) / max(now - last_time, 1e-9)
+        eta = _format_secs((self.total - done) / rate) if rate > 0 else "unknown"
+        line = (
+            f"scored {done:,} of {self.total:,} sequences ({100 * done / max(self.total, 1):.1f}%), "
+            f"{rate:,.1f} sequences/s, ETA {eta}"
+        )
+        logging.info("%s", line)
+        self._last = (done, now)
+        return line
+
+
+def _format_secs(secs: float) -> str:
+    hours, rest = divmod(int(round(secs)), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def _score_chunk(

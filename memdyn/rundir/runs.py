@@ -52,13 +52,39 @@ FORK_CHANGES = ("model.scan_layers",)  # a fork converts the parent's checkpoint
 
 
 # -- files ---------------------------------------------------------------------------------------------------------
+def umask() -> int:
+    """The process's umask, read without changing it: the ``Umask:`` line of /proc/self/status (Linux). Elsewhere
+    it is set and put back at once (``os.umask`` can only be read so), a moment in which another thread's new file
+    would get the placeholder 022."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open(path, "w")`` (0666) or ``os.mkdir`` (0777) gives under the umask: what
+    memdyn's temporary files (``tempfile`` makes them 0600, directories 0700) get before they take their name."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
 def atomic_write(path: str, write: Callable[[str], Any]) -> str:
-    """Calls ``write(tmp)`` on a hidden temporary file beside ``path``, then renames it to ``path``."""
+    """Calls ``write(tmp)`` on a hidden temporary file beside ``path``, then renames it to ``path``. The file has
+    the permissions a plain write would give it (``plain_mode``), not ``tempfile``'s 0600."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".tmp-")
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, plain_mode())  # a writer that opens tmp again keeps it; one making it anew gets the umask's
+        finally:
+            os.close(fd)
         write(tmp)
         os.replace(tmp, path)
     finally:

@@ -177,8 +177,9 @@ def _run_processes(
     parallel: int,
     sweep_dir: str,
 ) -> None:
-    """Up to ``parallel`` concurrent ``memdyn train`` processes, each in its own session (Ctrl-C stops the sweep,
-    which then SIGTERMs its runs so they save a checkpoint)."""
+    """Up to ``parallel`` concurrent ``memdyn train`` processes, each in its own session: the terminal's Ctrl-C
+    reaches the sweep only, which then SIGTERMs its runs so they save a checkpoint, says what each saved, and
+    stops with a KeyboardInterrupt (exit status 130); a second Ctrl-C meanwhile stops them at once."""
     log_dir = os.path.join(sweep_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     env = dict(os.environ, **package_env(), **compile_cache_env(sweep_dir))
@@ -225,9 +226,17 @@ def _run_processes(
                     log_path,
                 )
             time.sleep(0.2)
-    except BaseException:
-        _stop(running)
-        manifest.save()
+    except BaseException as e:
+        try:
+            _stop(running)
+        finally:
+            manifest.save()
+        if isinstance(e, KeyboardInterrupt):
+            stopped = [run.name for run, *_ in running.values() if run.status == "interrupted"]
+            raise KeyboardInterrupt(
+                f"Ctrl-C: stopped the sweep and its {len(stopped)} running runs ({', '.join(stopped) or 'none'}); "
+                "run the same command again to resume them"
+            ) from e
         raise
     finally:
         if previous is not None:
@@ -235,9 +244,26 @@ def _run_processes(
 
 
 def _stop(running: dict[subprocess.Popen, tuple]) -> None:
-    """SIGTERMs the running runs (they save a checkpoint and exit) and waits for them."""
+    """SIGTERMs the running runs (each saves a checkpoint after its current step and exits), waits for them and
+    says what each saved. A Ctrl-C meanwhile (the user's second) is passed on as SIGINT: they stop at once."""
     for proc, (run, *_) in running.items():
         proc.terminate()
         run.status = "interrupted"
-    for proc in running:
-        proc.wait()
+    try:
+        for proc in running:
+            proc.wait()
+    except KeyboardInterrupt:
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        raise
+    for proc, (run, log_path, _) in running.items():
+        if proc.returncode == 0:  # it finished before the signal reached it
+            run.status = "complete"
+            continue
+        with open(log_path, errors="replace") as f:
+            saved = re.findall(r"saved checkpoint (\d+)", f.read())
+        said = f"saved checkpoint {saved[-1]}" if saved else "saved nothing new: it resumes from its latest checkpoint"
+        logging.warning(
+            "run %s: interrupted (exit status %d), %s; its log: %s", run.name, proc.returncode, said, log_path
+        )

@@ -104,17 +104,22 @@ class Checkpointer:
             try:
                 return self.restore(step, abstract_params, abstract_opt_state)
             except Exception as e:  # a corrupt or partial directory: fall back to the one before
-                logging.warning(
-                    "skipping checkpoint %s: it could not be restored (%s: %s)",
-                    os.path.join(self.directory, str(step)),
-                    type(e).__name__,
-                    str(e)[:300],
-                )
+                logging.warning("%s", skipped_line(os.path.join(self.directory, str(step)), e))
         return None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def skipped_line(step_dir: str, error: BaseException, limit: int = 200) -> str:
+    """The one-line warning for a checkpoint that does not restore: its step directory, the reason in a sentence
+    and the first line of the error (cut to ``limit`` characters), not TensorStore's multi-line repr of its spec."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if len(first) > limit:
+        first = first[: limit - 1] + "…"
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return f"skipping checkpoint {step_dir}: it could not be restored, its files are corrupt or incomplete ({detail})"
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -103,6 +103,9 @@ def final_report(workdir: str, last_row: dict[str, Any]) -> str:
         lines.append(
             f"  {name}: M(f) {last['exact_match']:.4f}, loss {last['loss']:.4f} after {int(last['step'])} steps"
         )
+    insertion_line = _insertion_report(workdir)
+    if insertion_line:
+        lines.append(insertion_line)
     written = sorted(
         name + ("/" if os.path.isdir(os.path.join(workdir, name)) else "")
         for name in os.listdir(workdir)
@@ -110,6 +113,26 @@ def final_report(workdir: str, last_row: dict[str, Any]) -> str:
     )
     lines.append("  files: " + ", ".join(written))
     return "\n".join(lines)
+
+
+def _insertion_report(workdir: str) -> str | None:
+    """The final report's line on the run's insertion: the set, its schedule and the inserted updates done (the
+    rows of insertions.csv); a sham fork says it is one and inserted 0 updates. None without an insertion."""
+    import pandas as pd
+
+    insert = (runs.read_config(workdir) or {}).get("insert") or {}
+    if insert.get("at_step") is None:
+        return None
+    times, every = insert.get("times", 1), insert.get("every", 0)
+    schedule = f"step {insert['at_step']}" + (f", {times} times every {every} steps" if times > 1 else "")
+    if insert.get("sham"):
+        return (
+            f"  insertion: sham of set {insert.get('set')!r} at {schedule}: 0 inserted updates (a sham fork "
+            "evaluates on the schedule without inserting; insertions.csv has no rows)"
+        )
+    path = os.path.join(workdir, "insertions.csv")
+    done = len(pd.read_csv(path)) if os.path.isfile(path) and os.path.getsize(path) else 0
+    return f"  insertion: set {insert.get('set')!r} at {schedule}: {done} inserted updates (insertions.csv)"
 
 
 def parse_init_from(value: str) -> tuple[str, int | None]:

@@ -10,6 +10,11 @@ process 0 writes result files; the others keep the same row counts and part name
 same everywhere. A SIGTERM to any of the processes makes every process save the same step: JAX's preemption
 service (started by ``jax.distributed.initialize``) catches the signal, and ``reached_preemption_sync_point``,
 asked after every step, names the first step all processes can still reach.
+
+With one process, a SIGINT (Ctrl-C) does what a SIGTERM does: the loop saves a checkpoint after the current step
+and stops (``Preempted``, whose ``status`` is 130 rather than 143); a second Ctrl-C stops at once, without saving
+(``KeyboardInterrupt``). With several, SIGINT stays Python's KeyboardInterrupt in the process it reaches: JAX's
+preemption notifier listens to SIGTERM only, so no other process would learn of it.
 """
 
 from __future__ import annotations
@@ -48,7 +53,20 @@ class Counters:
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint of the current step was saved."""
+    """SIGTERM or SIGINT (Ctrl-C) arrived; a checkpoint of the current step was saved. ``status``: the exit status
+    of a process that stops for it, as one ended by the signal would have (128 + 15 = 143, 128 + 2 = 130)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signal.Signals(signum)
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum.value
+
+
+# What a stop for each signal is called in the line that says which checkpoint was saved.
+_SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
 
 def is_primary() -> bool:
@@ -96,7 +114,7 @@ class Trainer:
             save_steps=(c.num_steps,),
         )
         self.eval_batch_size = config_lib.eval_batch_size(c)
-        self._preempted = False
+        self._stop_signal: signal.Signals | None = None  # a SIGTERM or SIGINT asked to save and stop
 
     def train(self, start: checkpoint.Restored | None = None, resume_files: bool = True) -> dict[str, Any]:
         """Trains from ``start`` (a restored checkpoint) or from scratch up to ``config.num_steps``.
@@ -117,12 +135,18 @@ class Trainer:
         self.results = RunResults(
             self.workdir, c, run.order, start.meta if resuming else None, write=is_primary(), tag_names=run.tag_names
         )
-        # One process: our own SIGTERM handler. Several: JAX's preemption service owns SIGTERM (a handler of ours
-        # would replace it) and agrees with the other processes on the step to save. It acts only in this loop: a
-        # SIGTERM before it is acted on at the first step, one after it is ignored (the run is ending anyway).
+        # One process: our own SIGTERM and SIGINT handlers. Several: JAX's preemption service owns SIGTERM (a
+        # handler of ours would replace it) and agrees with the other processes on the step to save; SIGINT, which
+        # it does not listen to, stays a KeyboardInterrupt. They act only in this loop: a signal before it is acted
+        # on at the first step, one after it meets the handler there was before. An ignored SIGINT (that of a job
+        # a script started in the background) stays ignored.
         synced = jax.process_count() > 1
         own_handler = not synced and threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if own_handler else None
+        self._stop_signal = None
+        handled = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+        previous_handlers = (
+            {signum: signal.signal(signum, self._on_signal) for signum in handled} if own_handler else {}
+        )
         try:
             with run.context():
                 pending: list = []
@@ -140,14 +164,11 @@ class Trainer:
                         items += self._evaluate(params, name, counters, self._label(counters.step))
                     self._drain(pending)  # results of the previous step, fetched after this one is dispatched
                     pending = items
-                    # read once: a SIGTERM arriving later counts from the next step. The sync point's ids count
+                    # read once: a signal arriving later counts from the next step. The sync point's ids count
                     # this loop's steps from 1: a notice before the first step sets the point at 1, so a resumed
                     # run would never reach it if the ids were the run's own step numbers.
-                    preempted = (
-                        multihost_utils.reached_preemption_sync_point(counters.step - first_step)
-                        if synced
-                        else self._preempted
-                    )
+                    stop_signal = self._asked_to_stop(counters.step - first_step) if synced else self._stop_signal
+                    preempted = stop_signal is not None
                     if preempted or self.checkpointer.should_save(counters.step):
                         self._drain(pending)
                         pending = []
@@ -155,21 +176,41 @@ class Trainer:
                     if preempted:
                         self.checkpointer.wait()
                         raise Preempted(
-                            f"SIGTERM: saved checkpoint {counters.step} in {self.workdir!r}; run "
-                            "`memdyn train` with the same --workdir to resume"
+                            f"{_SIGNAL_NAMES[stop_signal]}: saved checkpoint {counters.step} in {self.workdir!r}; "
+                            "run the same command again to resume from it",
+                            stop_signal,
                         )
                 self._drain(pending)
         finally:
-            if own_handler:
-                signal.signal(signal.SIGTERM, previous_handler)
+            for signum, previous in previous_handlers.items():
+                signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # None: not set from Python
             self.checkpointer.close()
             self.results.close()
         self.params, self.opt_state = params, opt_state
         return self.results.last_row
 
-    def _on_sigterm(self, signum, frame) -> None:
-        logging.warning("SIGTERM received: saving a checkpoint after the current step")
-        self._preempted = True
+    @staticmethod
+    def _asked_to_stop(loop_step: int) -> signal.Signals | None:
+        """Several processes: SIGTERM when every process is to save after this loop step (JAX's preemption sync)."""
+        return signal.SIGTERM if multihost_utils.reached_preemption_sync_point(loop_step) else None
+
+    def _on_signal(self, signum, frame) -> None:
+        """SIGTERM or a first SIGINT: save a checkpoint after the current step and stop. A SIGINT while a stop is
+        already asked for stops at once, without saving. A SIGTERM's exit status (143) wins over a SIGINT's (130):
+        a scheduler that sent it requeues the job on 143."""
+        if signum == signal.SIGINT and self._stop_signal is not None:
+            raise KeyboardInterrupt(
+                "Ctrl-C while stopping: stopped at once, without saving; the same command resumes from the last "
+                "checkpoint"
+            )
+        if self._stop_signal != signal.SIGTERM:
+            self._stop_signal = signal.Signals(signum)
+        if signum == signal.SIGINT:
+            logging.warning(
+                "Ctrl-C: saving a checkpoint after the current step, then stopping (Ctrl-C again: stop now, unsaved)"
+            )
+        else:
+            logging.warning("SIGTERM received: saving a checkpoint after the current step")
 
     def _train_step(self, params, opt_state, step: int, counters: Counters):
         run = self.run

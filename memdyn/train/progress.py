@@ -33,9 +33,14 @@ class Progress:
             num_train_steps=num_steps, writer=self._writer, every_secs=every_secs
         )
 
-    def evaluated(self, step: int, name: str, exact_match: float, loss: float) -> None:
-        """One line per evaluation of a set, as it is recorded."""
-        logging.info("step %d: eval %s  M(f) %.4f  loss %.4f", step, name, exact_match, loss)
+    def evaluated(
+        self, step: int, name: str, exact_match: float, loss: float, at_insertion: str = "", sham: bool = False
+    ) -> None:
+        """One line per evaluation of a set, as it is recorded; at a step with an insertion the two evaluations
+        of the inserted set say which is which (``at_insertion`` of eval.csv: "before" or "after"; ``sham``: the
+        insertion of a sham fork, which inserts nothing)."""
+        label = f"{name} ({at_insertion} {'sham ' if sham else ''}insertion)" if at_insertion else name
+        logging.info("step %d: eval %s  M(f) %.4f  loss %.4f", step, label, exact_match, loss)
 
     def update(self, steps_done: int, loss: float, mem_update: float) -> float:
         """Call after each normal step; returns steps/s over the last reporting interval (NaN before the first)."""

@@ -163,7 +163,14 @@ class RunResults:
             pending.step,
             {f"{pending.name}/exact_match": aggregates["exact_match"], f"{pending.name}/loss": aggregates["loss"]},
         )
-        self.progress.evaluated(pending.step, pending.name, aggregates["exact_match"], aggregates["loss"])
+        self.progress.evaluated(
+            pending.step,
+            pending.name,
+            aggregates["exact_match"],
+            aggregates["loss"],
+            at_insertion=pending.extra.get("at_insertion", ""),
+            sham=bool(self.config.insert.sham),
+        )
 
     def _write_eval(self, pending: PendingEval, name: str, aggregates: dict, per_example: dict) -> None:
         self.csv["eval.csv"].write_scalars(pending.step, {"set": name, **pending.extra, **aggregates, **self.identity})

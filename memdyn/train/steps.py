@@ -37,7 +37,7 @@ from memdyn.model.sizes import ModelShape
 from memdyn.model.transformer import Transformer
 from memdyn.studies.memsinks import masks as memsinks
 from memdyn.studies.pos import counts as pos_lib
-from memdyn.train import checkpoint, objective, optimizer
+from memdyn.train import checkpoint, microbatches, objective, optimizer
 from memdyn.train import metrics as metrics_lib
 
 
@@ -356,11 +356,11 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
     does) and the masked-LM masks.
     """
     prepare, apply = forward_parts(run, memorization_metrics)
-    microbatches = run.config.grad_accum
+    num_microbatches = run.config.grad_accum
 
     def train_step(params, opt_state, batch, update):
         prepared = prepare(batch, update)
-        if microbatches == 1:
+        if num_microbatches == 1:
 
             def loss_fn(p):
                 m = apply(p, batch, prepared)
@@ -368,7 +368,7 @@ def make_train_step(run: Run, memorization_metrics: bool = True) -> Callable:
 
             grads, m = jax.grad(loss_fn, has_aux=True)(params)
         else:
-            grads, m = microbatches.accumulated_grads(apply, params, batch, prepared, microbatches)
+            grads, m = microbatches.accumulated_grads(apply, params, batch, prepared, num_microbatches)
         updates, opt_state = run.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         m = dict(m, grad_norm=optax.tree.norm(grads), lr=run.schedule(update))

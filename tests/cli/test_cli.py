@@ -190,6 +190,99 @@ def test_tensorflow_runs_on_the_cpu_without_cuda_probe_errors():
         pytest.skip("TensorFlow prints no CUDA probe error on this machine: nothing to compare against")
 
 
+# What TensorFlow (and JAX) print while they probe the machine, without a level that hides it
+PROBING = ("absl::InitializeLog", "port.cc", "cudart_stub.cc", "cpu_feature_guard.cc", "cuInit", "initialize backend")
+
+
+def _user_env(**extra: str) -> dict:
+    """A user's shell: none of the settings the tests' helpers add (TF_CPP_MIN_LOG_LEVEL, JAX_PLATFORMS)."""
+    drop = ("TF_CPP_MIN_LOG_LEVEL", "JAX_PLATFORMS", "MEMDYN_VERBOSE")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+@pytest.mark.slow
+def test_a_command_s_first_screen_is_memdyn_s_own(tmp_path):
+    """TensorFlow logs its start-up probing (oneDNN, CUDA drivers) before it reads TF_CPP_MIN_LOG_LEVEL, and
+    TensorFlow's profiler logs it again; the memdyn command drops those lines, and JAX's backend probing, so that a
+    short training's stderr starts with memdyn's own lines. A level the user set is theirs (0: TensorFlow shows
+    everything), and MEMDYN_VERBOSE=1 shows it all too."""
+    import re
+    import subprocess
+    import sys
+
+    def memdyn(*args: str, **env: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "memdyn", *args]
+        return subprocess.run(command, cwd=tmp_path, env=_user_env(**env), capture_output=True, text=True, timeout=600)
+
+    proc = memdyn("train", "--workdir=run", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert not [line for line in lines if any(p in line for p in PROBING)], proc.stderr[:3000]
+    # memdyn's own logs come from Python (file.py:line); TensorFlow's and XLA's from C++ (file.cc:line)
+    assert re.match(r"[IWE]\d{4} [\d:.]+ +\d+ \w+\.py:\d+\] ", lines[0]), proc.stderr[:3000]
+    assert "built the synthetic data" in proc.stderr and ".cc:" not in proc.stderr, proc.stderr[:3000]
+    plain = subprocess.run(  # the control: does TensorFlow print its probing on this machine at all?
+        [sys.executable, "-c", "import tensorflow"], cwd=tmp_path, env=_user_env(), capture_output=True, text=True
+    )
+    if "absl::InitializeLog" not in plain.stderr:
+        pytest.skip("TensorFlow prints no start-up lines on this machine: nothing to show on request")
+    for env in ({"TF_CPP_MIN_LOG_LEVEL": "0"}, {"MEMDYN_VERBOSE": "1"}):
+        shown = memdyn("train", "--workdir=dry", "--dry_run", *TINY, **env)
+        assert shown.returncode == 0 and "absl::InitializeLog" in shown.stderr, (env, shown.stderr[-3000:])
+
+
+def test_the_entry_point_sets_the_level_and_drops_only_the_lines_it_hides():
+    """quiet_tensorflow: TF_CPP_MIN_LOG_LEVEL=3 unless the user set one, and TensorFlow's first import filtered at
+    that level; nothing under MEMDYN_VERBOSE=1 or a level of 0. A launcher calls it after importing JAX, which sets
+    1 where it finds none: that 1 is not the user's. The filter keeps what is not a log line below the level."""
+    import subprocess
+    import sys
+
+    from conftest import run_python
+
+    code = """
+import os, sys
+if JAX:
+    import jax
+from memdyn.cli import main
+main.quiet_tensorflow()
+hooked = [type(f).__name__ for f in sys.meta_path if type(f).__name__ == "_QuietImport"]
+print("LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL"), "HOOKED", len(hooked), "TF", "tensorflow" in sys.modules)
+"""
+    for env, jax, expected in (
+        ({}, False, "LEVEL 3 HOOKED 1 TF False"),
+        ({}, True, "LEVEL 3 HOOKED 1 TF False"),
+        ({"TF_CPP_MIN_LOG_LEVEL": "1"}, False, "LEVEL 1 HOOKED 1 TF False"),
+        ({"TF_CPP_MIN_LOG_LEVEL": "1"}, True, "LEVEL 1 HOOKED 1 TF False"),
+        ({"TF_CPP_MIN_LOG_LEVEL": "0"}, False, "LEVEL 0 HOOKED 0 TF False"),
+        ({"MEMDYN_VERBOSE": "1"}, False, "LEVEL None HOOKED 0 TF False"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", f"JAX = {jax}\n" + code],
+            cwd=REPO,
+            env=_user_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0 and expected in proc.stdout, (env, jax, proc.stdout, proc.stderr[-2000:])
+    caught = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796200350.400956   29735 port.cc:153] oneDNN custom operations are on.\n"
+        "W0000 00:00:1796200350.400957   29735 x.cc:1] a warning\n"
+        "E0000 00:00:1796200350.400958   29735 cuda_platform.cc:52] failed call to cuInit\n"
+        "a line of its own\n"
+    )
+    for level, kept in ((1, ["W0000", "E0000", "a"]), (2, ["E0000", "a"]), (3, ["a"])):
+        proc = run_python(
+            f"import os, sys\nfrom memdyn.cli import main\nprint('before', file=sys.stderr)\n"
+            f"with main._stderr_without_logs_below({level}):\n    os.write(2, {caught.encode()!r})\n"
+            "    print('python', file=sys.stderr)\nprint('after', file=sys.stderr)"
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert [line.split()[0] for line in proc.stderr.splitlines()] == ["before", *kept, "python", "after"]
+
+
 def test_a_flag_of_another_command_is_refused_by_name():
     proc = run_memdyn("eval", "--workdir=/nonexistent", "--set=validation", "--parallel=3")
     assert proc.returncode != 0 and "--parallel is not a flag of `memdyn eval`" in proc.stderr

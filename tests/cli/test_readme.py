@@ -56,6 +56,16 @@ def test_the_documents_have_commands():
     }
 
 
+def test_the_documented_commands_work_from_any_directory():
+    """A packaged config is named (``--config=memsinks:standard``), a launcher run as a module (``python -m
+    memdyn.launch.<study>``): ``--config=configs/<name>.py`` and ``python launch/<study>.py`` work only from the
+    repository's root. Prose may still name the files."""
+    rooted = [
+        f"{doc}: {cmd}" for doc, cmd in ALL if "--config=configs/" in cmd or re.match(r"python3? (\./)?launch/", cmd)
+    ]
+    assert rooted == [], "\n".join(rooted)
+
+
 def _tokens(command: str) -> list[str]:
     """Optional parts ``[--flag=v]`` taken as given; ``...`` placeholders dropped."""
     tokens = [t[1:].removesuffix("]") if t.startswith("[") else t for t in shlex.split(command)]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_memdyn, tiny_config
-from memdyn.data import indexed, run_data
+from memdyn.data import indexed, run_data, token_sources
 from memdyn.extraction import eval_checkpoint, extract_job
 from memdyn.rundir import runs
 from memdyn.train import job as lifecycle
@@ -143,7 +143,9 @@ def test_interrupted_scoring_resumes_to_the_same_file(run_dir, tmp_path, monkeyp
 def test_bad_input_is_named_before_scoring(run_dir, tmp_path):
     np.save(tmp_path / "big.npy", np.full((3, 16), 10_000, np.int64))
     np.save(tmp_path / "short.npy", np.zeros((3, 10), np.int64))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 16), np.int64))
     cases = [
+        ({"tokens": str(tmp_path / "empty.npy")}, "empty.npy' holds no sequences"),
         ({"set_name": "train", "tokens": str(tmp_path / "big.npy")}, "name one source"),
         ({"set_name": "nope"}, "--set='nope' is not a set"),
         ({"tokens": str(tmp_path / "big.npy")}, "outside the model's vocabulary"),
@@ -211,3 +213,35 @@ def test_indexed_files_that_cannot_be_read_are_named(tmp_path):
     indexed.write_indexed(str(tmp_path / "e"), [])
     with pytest.raises(ValueError, match="holds no sequence"):
         indexed.IndexedDataset(str(tmp_path / "e"))
+
+
+def test_an_empty_tokens_file_is_refused_before_any_compute(tmp_path):
+    """0 sequences used to "succeed" with NaN totals; the error names the file (the CLI exits 2 on ValueError)."""
+    path = tmp_path / "none.npy"
+    np.save(path, np.zeros((0, 64), np.int32))
+    with pytest.raises(ValueError, match=r"--tokens='.*none\.npy' holds no sequences \(shape \(0, 64\)\)"):
+        token_sources.open_source(None, length=16, vocab_size=100, tokens=str(path))
+
+
+def test_default_out_is_named_after_the_source_file():
+    """--tokens=tokens.npy at step 1000 gave tokens-tokens-1000.csv; now the file's stem, other sources unchanged."""
+    out = lambda spec, **kw: extract_job.default_out("/w", spec, 1000, **kw)  # noqa: E731
+    assert out({"tokens": "/data/tokens.npy", "shape": [3, 64]}) == "/w/extract/tokens-1000.csv"
+    assert out({"tokens": "/data/pile_sample.npy"}) == "/w/extract/pile_sample-1000.csv"
+    # a stem that names a set of the run keeps the prefix: train-<S>.csv is what `memdyn analyze predict` reads
+    assert out({"tokens": "/data/train.npy"}) == "/w/extract/tokens-train-1000.csv"
+    assert out({"tokens": "/data/special.npy"}, set_names=["special"]) == "/w/extract/tokens-special-1000.csv"
+    assert out({"set": "train"}) == "/w/extract/train-1000.csv"
+    assert out({"indexed": "/d/pile", "rows": [0, 8]}) == "/w/extract/indexed-pile-0_8-1000.csv"
+
+
+def test_progress_counts_sequences_per_second_with_an_eta():
+    now = [0.0]
+    report = extract_job.SequenceProgress(1000, done=100, every_secs=5.0, clock=lambda: now[0])
+    now[0] = 1.0
+    assert report(200) is None  # within the interval
+    now[0] = 10.0
+    line = report(600)
+    assert line == "scored 600 of 1,000 sequences (60.0%), 50.0 sequences/s, ETA 0m08s" and "steps" not in line
+    now[0] = 11.0
+    assert report(1000).startswith("scored 1,000 of 1,000 sequences (100.0%), 400.0 sequences/s, ETA 0m00s")

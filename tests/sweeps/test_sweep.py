@@ -3,7 +3,10 @@
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -416,3 +419,82 @@ def test_child_processes_import_this_memdyn():
 
     root = commands.package_env()["PYTHONPATH"].split(os.pathsep)[0]
     assert os.path.samefile(os.path.join(root, "memdyn", "__init__.py"), memdyn.__file__)
+
+
+def _spawn_sweep(sweep_dir, *flags):
+    """`memdyn sweep` over seeds 0 and 1 of a tiny run long enough to be interrupted, as a process."""
+    overrides = {**TINY, "num_steps": 200, "checkpoint.every": 100, "eval.every": 0}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memdyn",
+            "sweep",
+            f"--workdir={sweep_dir}",
+            *(sweeps.format_flag(k, v) for k, v in overrides.items()),
+            "--sweep=seed=0,1",
+            *flags,
+        ],
+        cwd=REPO,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_rows(proc, *workdirs, rows=3, timeout=300):
+    """Until each workdir's train.csv has ``rows`` rows (the runs are in their step loops)."""
+    start = time.time()
+    while not all(
+        os.path.exists(os.path.join(w, "train.csv")) and len(open(os.path.join(w, "train.csv")).readlines()) > rows
+        for w in workdirs
+    ):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - start < timeout
+        time.sleep(0.01)
+
+
+def _checkpoints(workdir):
+    return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_an_in_process_sweep_after_its_run_saves(tmp_path):
+    sweep_dir = str(tmp_path / "sweep")
+    first = os.path.join(sweep_dir, "seed=0")
+    proc = _spawn_sweep(sweep_dir)
+    _wait_for_rows(proc, first)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    (saved,) = _checkpoints(first)
+    assert 3 <= saved < 100
+    assert f"memdyn sweep: SIGINT (Ctrl-C): saved checkpoint {saved} in {first!r}; run the same command" in err
+    status = {r.name: r.status for r in sweeps.read_runs(os.path.join(sweep_dir, runs.SWEEP_FILE))}
+    assert status == {"seed=0": "interrupted", "seed=1": "pending"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_parallel_sweep_makes_every_running_run_save(tmp_path):
+    """Its runs, in their own sessions, get no Ctrl-C from the terminal: the sweep SIGTERMs them, each saves, and
+    the sweep says what each saved."""
+    sweep_dir = str(tmp_path / "sweep")
+    workdirs = [os.path.join(sweep_dir, f"seed={seed}") for seed in (0, 1)]
+    proc = _spawn_sweep(sweep_dir, "--parallel=2")
+    _wait_for_rows(proc, *workdirs)
+    proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C reaches the sweep's process group only
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    for seed, workdir in enumerate(workdirs):
+        (saved,) = _checkpoints(workdir)
+        assert 3 <= saved < 100
+        assert f"run seed={seed}: interrupted (exit status 143), saved checkpoint {saved}" in err
+        with open(os.path.join(sweep_dir, "logs", f"seed={seed}.log")) as f:
+            assert f"SIGTERM: saved checkpoint {saved}" in f.read()
+    assert err.rstrip().splitlines()[-1] == (
+        "memdyn sweep: Ctrl-C: stopped the sweep and its 2 running runs (seed=0, seed=1); run the same command "
+        "again to resume them"
+    )
+    status = {r.name: r.status for r in sweeps.read_runs(os.path.join(sweep_dir, runs.SWEEP_FILE))}
+    assert status == {"seed=0": "interrupted", "seed=1": "interrupted"}

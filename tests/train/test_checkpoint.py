@@ -1,4 +1,5 @@
-"""Checkpoints: bitwise resume, resharding restore, SIGKILL mid-save, SIGTERM, forks and special-set insertion."""
+"""Checkpoints: bitwise resume, resharding restore, SIGKILL mid-save, SIGTERM and Ctrl-C, forks and special-set
+insertion."""
 
 import json
 import os
@@ -220,6 +221,32 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
     assert any(latest in r.getMessage() for r in caplog.records)
 
 
+def test_a_checkpoint_that_does_not_restore_is_named_in_one_line(caplog):
+    """TensorStore's errors carry their whole spec over many lines: the warning is one line naming the step
+    directory, the reason, and the error's first line at most."""
+    spec = '{"driver": "zarr3", "kvstore": {"driver": "file", "path": "/w/checkpoints/8/state/d/"}}'
+    error = ValueError(
+        'DATA_LOSS: Error reading "params.embed" from "/w/checkpoints/8/state": Error decoding chunk '
+        "[source locations='tensorstore/driver/zarr3/driver.cc:548']\n\ntensorstore_spec=" + spec * 20
+    )
+
+    def restore(step, *_):
+        if step == 8:
+            raise error
+        return checkpoint.Restored(step, None, None, {})
+
+    ckpt = checkpoint.Checkpointer.__new__(checkpoint.Checkpointer)  # no manager: steps and restore stand in
+    ckpt.directory, ckpt.steps, ckpt.restore = "/w/checkpoints", lambda: [4, 8], restore
+    with caplog.at_level("WARNING"):
+        assert ckpt.restore_latest(None, None).step == 4
+    (message,) = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert "\n" not in message and "tensorstore_spec" not in message and len(message) < 350
+    assert message.startswith(
+        "skipping checkpoint /w/checkpoints/8: it could not be restored, its files are corrupt or incomplete "
+        '(ValueError: DATA_LOSS: Error reading "params.embed"'
+    )
+
+
 _RESHARD = r"""
 import json, sys
 sys.path.insert(0, "tests")
@@ -351,6 +378,58 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
     assert len(steps) == 1 and steps[0] >= 3
     assert writers.count_csv_rows(os.path.join(workdir, "train.csv")) == steps[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_stops_with_130_and_the_run_resumes_bitwise(tmp_path):
+    interrupted, clean = str(tmp_path / "interrupted"), str(tmp_path / "clean")
+    flags = ["--config.num_steps=30", "--config.checkpoint.every=20"]
+    train_csv = os.path.join(interrupted, "train.csv")
+    proc = _spawn_train(interrupted, *flags)
+    _wait_for(lambda: os.path.exists(train_csv) and writers.count_csv_rows(train_csv) >= 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]  # 128 + SIGINT
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    steps = [int(n) for n in os.listdir(os.path.join(interrupted, "checkpoints")) if n.isdigit()]
+    assert len(steps) == 1 and 3 <= steps[0] < 20, steps  # between checkpoint.every's saves: Ctrl-C's own
+    said = [line for line in err.splitlines() if "saved checkpoint" in line]
+    assert said == [
+        f"memdyn train: SIGINT (Ctrl-C): saved checkpoint {steps[0]} in {interrupted!r}; run the same command "
+        "again to resume from it"
+    ]
+    assert writers.count_csv_rows(train_csv) == steps[0]
+    resumed = _spawn_train(interrupted, *flags)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and f"from checkpoint {steps[0]}" in err, err[-3000:]
+    reference = _spawn_train(clean, *flags)
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    for name in ("train.csv", "eval.csv", "pos.csv"):
+        a = pd.read_csv(os.path.join(interrupted, name)).drop(columns=VOLATILE, errors="ignore")
+        b = pd.read_csv(os.path.join(clean, name)).drop(columns=VOLATILE, errors="ignore")
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
+
+
+def test_stop_signals_save_then_a_second_ctrl_c_stops_at_once():
+    """The loop's handler: the first SIGINT or SIGTERM asks for a save and a stop (SIGTERM's 143 wins over
+    SIGINT's 130, as a scheduler requeues on it); a SIGINT once a stop is asked for stops at once."""
+    assert loop.Preempted("saved", signal.SIGINT).status == 130 and loop.Preempted("saved").status == 143
+    trainer = loop.Trainer.__new__(loop.Trainer)  # the handler needs no run
+    for first, then, asked in [
+        (signal.SIGINT, signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGTERM, signal.SIGTERM, signal.SIGTERM),
+    ]:
+        trainer._stop_signal = None
+        trainer._on_signal(first, None)
+        assert trainer._stop_signal == first
+        trainer._on_signal(then, None)
+        assert trainer._stop_signal == asked
+    for first in (signal.SIGINT, signal.SIGTERM):
+        trainer._stop_signal = None
+        trainer._on_signal(first, None)
+        with pytest.raises(KeyboardInterrupt, match="without saving"):
+            trainer._on_signal(signal.SIGINT, None)
 
 
 def test_analyze_forgetting_command(reference, tmp_path):

@@ -109,6 +109,24 @@ def test_train_writes_csv_records_and_config(trained_run):
 
 
 @pytest.mark.slow
+def test_a_run_s_files_are_readable_as_the_umask_says(trained_run):
+    """Every file and directory of a run (config.json, train.png, record parts, data stores, checkpoints) has the
+    mode a plain open() or mkdir gives under the umask, as train.csv has: none is tempfile's private 0600 or 0700."""
+    import stat
+
+    from memdyn.rundir import runs
+
+    modes = {}
+    for root, dirs, files in os.walk(trained_run):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            expected = runs.plain_mode(directory=name in dirs)
+            if stat.S_IMODE(os.stat(path).st_mode) != expected:
+                modes[os.path.relpath(path, trained_run)] = oct(stat.S_IMODE(os.stat(path).st_mode))
+    assert modes == {}, f"umask {oct(runs.umask())}"
+
+
+@pytest.mark.slow
 def test_rows_command_matches_what_the_step_trained_on(trained_run):
     records = writers.read_examples(os.path.join(trained_run, "examples"))
     for step in (0, 7):
@@ -202,6 +220,48 @@ def test_a_finished_run_reports_its_evaluations(trained_run):
         and "train.csv" in listed
         and len(listed) == len([n for n in os.listdir(trained_run) if not n.startswith(".")])
     )
+
+
+def test_the_evaluations_around_an_insertion_say_which_is_which(caplog):
+    """The inserted set is evaluated twice at its insertion step: the lines say before and after, as eval.csv's
+    at_insertion does; other evaluations keep their plain line."""
+    from clu import metric_writers
+
+    from memdyn.train.progress import Progress
+
+    progress = Progress(40, metric_writers.MultiWriter([]))
+    with caplog.at_level("INFO"):
+        progress.evaluated(28, "special", 0.25, 3.0, at_insertion="before")
+        progress.evaluated(28, "special", 0.75, 1.0, at_insertion="after")
+        progress.evaluated(30, "special", 0.5, 2.0)
+        progress.evaluated(28, "special", 0.25, 3.0, at_insertion="after", sham=True)
+    lines = [r.getMessage() for r in caplog.records if ": eval " in r.getMessage()]
+    assert lines == [
+        "step 28: eval special (before insertion)  M(f) 0.2500  loss 3.0000",
+        "step 28: eval special (after insertion)  M(f) 0.7500  loss 1.0000",
+        "step 30: eval special  M(f) 0.5000  loss 2.0000",
+        "step 28: eval special (after sham insertion)  M(f) 0.2500  loss 3.0000",
+    ]
+
+
+@pytest.mark.parametrize("sham", [True, False])
+def test_the_final_report_says_what_was_inserted(tmp_path, sham):
+    """A sham fork reports 0 inserted updates and that it is a sham; an insertion fork the rows it inserted."""
+    import json
+
+    from memdyn.train.job import final_report
+
+    insert = {"set": "special", "at_step": 28, "repeats": 2, "times": 1, "every": 0, "eval_every": 5, "sham": sham}
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"num_steps": 40, "insert": insert}, f)
+    header = ",".join(results.INSERT_CSV_COLUMNS)
+    rows = "" if sham else "\n".join(f"28,{u},special,{u},0,1.0,0.5,0.001,1.0" for u in range(2))
+    (tmp_path / "insertions.csv").write_text(header + "\n" + rows)
+    text = final_report(str(tmp_path), {"step": 39, "loss": 5.0, "mem_update": 0.1})
+    if sham:
+        assert "insertion: sham of set 'special' at step 28: 0 inserted updates" in text
+    else:
+        assert "insertion: set 'special' at step 28: 2 inserted updates" in text
 
 
 def test_train_png_draws_every_evaluated_set_but_not_modes_or_insertions(tmp_path):

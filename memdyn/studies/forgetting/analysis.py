@@ -13,8 +13,10 @@ example order and evaluations, no inserted updates. With ``d(t) = M_insert(t) - 
 - ``retained``: mean d over the late evaluations, those at least ``late_fraction`` (default 1/2) of the
   followed span after the last insertion: the insertion's trace once the fast decay is over.
 - a fit ``d(t) = b + a exp(-t / tau)`` after the last insertion, reported (``fit_identified``) only when the
-  data pin it down: >= 6 points, amplitude a above twice its standard error, tau at most half the followed
-  span (the decay happened within the window) and finite standard errors. Otherwise its fields are NaN.
+  data pin it down: >= 6 points, of which >= 3 still deviate (t < 3 tau: the decay term is at least ~5% of
+  a), amplitude a above twice its standard error, tau at most half the followed span (the decay happened
+  within the window) and at least half the smallest step between evaluations (a faster decay is one jump
+  whose shape is unseen), and finite positive standard errors. Otherwise its fields are NaN.
 
 Insertion and sham runs are paired when their configs agree on everything but the insertion's updates and the
 run length (``pair_key``). Conditions (size, insertion step, repeats, spacing) are aggregated over seeds with
@@ -30,6 +32,7 @@ from __future__ import annotations
 import os
 
 import pandas as pd
+from absl import logging
 from ml_collections import config_dict
 
 from memdyn.rundir import runs
@@ -65,8 +68,9 @@ def _load(workdir: str, set_name: str) -> dict:
         if insert["at_step"] is not None
         else []
     )
+    sham = bool(insert.get("sham", False))
     try:
-        curve = forgetting_curve(evals, steps, set_name)
+        curve = forgetting_curve(evals, steps, set_name, sham=sham)
     except ValueError as error:
         raise ValueError(f"{workdir}: {error}") from None
     identity = runs.identity(config, workdir)
@@ -76,7 +80,7 @@ def _load(workdir: str, set_name: str) -> dict:
         "config": config,
         "curve": curve,
         "identity": identity,
-        "sham": bool(insert.get("sham", False)),
+        "sham": sham,
         "key": pair_key(config),
     }
 
@@ -126,11 +130,21 @@ def analyze_runs(
         runs.atomic_write(join("forgetting_conditions.csv"), lambda p: table.to_csv(p, index=False))
         trend = size_trend(summary)
         runs.atomic_write(join("forgetting_trend.csv"), lambda p: trend.to_csv(p, index=False))
-        runs.atomic_write_text(
-            join("forgetting_conditions.md"), conditions_markdown(table) + "\n" + trend_markdown(trend)
-        )
+        if trend.empty:
+            logging.warning("%s", no_trend_line(summary))
+        trend_text = trend_markdown(trend) if not trend.empty else f"\n{no_trend_line(summary)}.\n"
+        runs.atomic_write_text(join("forgetting_conditions.md"), conditions_markdown(table) + "\n" + trend_text)
         runs.atomic_write(join("forgetting.png"), lambda p: plot(curves, summary, table, set_name, p))
     return curves, summary
+
+
+def no_trend_line(summary: pd.DataFrame) -> str:
+    """Why forgetting_trend.csv is empty, in one line."""
+    sizes = sorted(set(summary["size"].astype(str))) if "size" in summary.columns else []
+    return (
+        "forgetting_trend.csv is empty: the size trend needs paired single-insertion runs of at least two sizes "
+        f"(and three runs) at one insertion step; these runs have size(s) {', '.join(sizes) or 'none'}"
+    )
 
 
 def conditions_markdown(table: pd.DataFrame) -> str:

@@ -14,6 +14,11 @@ import pandas as pd
 FIT_FIELDS = ("asymptote", "asymptote_se", "amplitude", "amplitude_se", "tau", "tau_se")
 CONDITION = ["size", "params", "insert_step", "repeats", "times", "every"]
 MIN_FIT_POINTS = 6
+# A decay is seen only on the points where it still deviates from the asymptote: those where the fitted decay
+# term a exp(-t / tau) is at least e^-3 (~5%) of the amplitude, i.e. t < 3 tau. A fit on fewer is one jump and a
+# guess at its shape (one deviating point fits any tau far below the step between evaluations, with zero error).
+MIN_DECAY_POINTS = 3
+DECAY_SPAN_TAUS = 3.0
 LATE_FRACTION = 0.5
 
 
@@ -33,11 +38,14 @@ def pair_key(config: dict) -> str:
     return json.dumps(c, sort_keys=True)
 
 
-def forgetting_curve(evals: pd.DataFrame, insert_steps: list[int], set_name: str = "special") -> pd.DataFrame:
+def forgetting_curve(
+    evals: pd.DataFrame, insert_steps: list[int], set_name: str = "special", sham: bool = False
+) -> pd.DataFrame:
     """The set's evaluations from its first insertion on, one row per step (the state after that step's
-    insertions), with ``insert_step``, ``last_insert_step``, ``num_insertions``, ``steps_since_insert`` (step -
-    last insertion; negative between spaced insertions), ``after_last_insert`` and ``m_before`` (M at the last
-    evaluation before the first insertion, NaN if none)."""
+    insertions), with ``insert_step``, ``last_insert_step``, ``num_insertions`` (0 for a ``sham`` run: its
+    schedule inserts nothing), ``steps_since_insert`` (step - last insertion; negative between spaced
+    insertions), ``after_last_insert`` and ``m_before`` (M at the last evaluation before the first insertion,
+    NaN if none)."""
     if not insert_steps:
         raise ValueError(f"set {set_name!r} was never inserted (config.insert.at_step is None)")
     first, last = insert_steps[0], insert_steps[-1]
@@ -50,7 +58,7 @@ def forgetting_curve(evals: pd.DataFrame, insert_steps: list[int], set_name: str
     curve = rows[~before].drop_duplicates("step", keep="last").sort_values("step", kind="stable").copy()
     curve["insert_step"] = first
     curve["last_insert_step"] = last
-    curve["num_insertions"] = len(insert_steps)
+    curve["num_insertions"] = 0 if sham else len(insert_steps)
     curve["steps_since_insert"] = curve["step"] - last
     curve["after_last_insert"] = curve["step"] >= last
     pre = rows.loc[before].sort_values("step", kind="stable")["exact_match"]
@@ -82,7 +90,16 @@ def fit_decay(t: np.ndarray, d: np.ndarray) -> dict:
         return nan_fit
     se = np.sqrt(np.diag(cov)) if np.all(np.isfinite(cov)) else np.full(3, np.nan)
     b, a, tau = (float(p) for p in params)
-    identified = bool(np.all(np.isfinite(se)) and abs(a) > 2 * se[1] and tau <= span / 2)
+    gaps = np.diff(np.unique(t))
+    decaying = int(np.sum(t - t.min() < DECAY_SPAN_TAUS * tau))
+    identified = bool(
+        np.all(np.isfinite(se))
+        and np.all(se > 0)
+        and abs(a) > 2 * se[1]
+        and tau <= span / 2
+        and tau >= gaps.min() / 2  # a decay within one step between evaluations is one jump, its shape unseen
+        and decaying >= MIN_DECAY_POINTS
+    )
     if not identified:
         return nan_fit
     return {

@@ -196,7 +196,7 @@ def analyze_runs(workdirs: list[str], out_dir: str | None = None) -> tuple[pd.Da
     help="MemSinks vs standard, shared-sink, dedup and placebo training: validation, repeated "
     "and never-seen losses, the gap closed with sinks dropped, 95% CIs over seeds",
     outputs="memsinks_curves.csv, memsinks_summary.csv, memsinks_conditions.csv/.md, memsinks_comparisons.csv, "
-    "memsinks_deletion.csv, memsinks.png",
+    "memsinks_deletion.csv (when a run has deletion.csv), memsinks.png",
 )
 def run(options: Options) -> pd.DataFrame:
     table = analyze_runs(options.workdirs, options.out_dir)[1]

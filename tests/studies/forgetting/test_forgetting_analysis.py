@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from memdyn.studies.forgetting import analysis as forgetting
+from memdyn.studies.forgetting import measures
 
 STEPS = np.arange(100, 601, 10)
 
@@ -97,6 +98,8 @@ def test_sham_pairing_retained_trace_and_identified_fit(tmp_path):
         np.full(len(STEPS), 0.01),  # flat: nothing decays
         np.random.default_rng(0).normal(0.0, 0.01, len(STEPS)),  # noise only
         0.3 * np.exp(-(STEPS - 100) / 5000.0),  # a decay far slower than the window: the asymptote is a guess
+        np.where(STEPS == 100, 0.3, 0.0),  # one deviating point: any tau far below a step fits it exactly
+        np.where(STEPS == 100, 0.3, 0.01) + np.random.default_rng(1).normal(0.0, 0.002, len(STEPS)),
     ],
 )
 def test_unidentified_fits_are_not_reported(tmp_path, difference):
@@ -107,6 +110,23 @@ def test_unidentified_fits_are_not_reported(tmp_path, difference):
     assert not row["fit_identified"]
     assert all(math.isnan(row[k]) for k in forgetting.FIT_FIELDS)
     assert np.isfinite(row["retained"])  # the late mean needs no model
+
+
+def test_one_deviating_point_is_not_an_identified_fit():
+    """The insertion's jump is seen at one evaluation only: a fit with tau = 0.005 steps and tau_se = 0 was
+    reported identified; a decay needs at least 3 deviating points and a tau not far below one step."""
+    t = np.arange(0.0, 281.0, 5.0)
+    d = np.where(t == 0, 0.3, 0.01)
+    fit = measures.fit_decay(t, d)
+    assert not fit["fit_identified"] and all(math.isnan(fit[k]) for k in forgetting.FIT_FIELDS)
+
+
+def test_a_fast_decay_seen_on_a_few_points_stays_identified():
+    """The committed fits (tau 11 to 115 steps, evaluations every 5 steps) keep their identification."""
+    t = np.arange(0.0, 281.0, 5.0)
+    d = 0.01 + 0.015 * np.exp(-t / 11.3) + np.random.default_rng(0).normal(0.0, 0.002, len(t))
+    fit = measures.fit_decay(t, d)
+    assert fit["fit_identified"] and fit["tau"] == pytest.approx(11.3, rel=0.3) and fit["tau_se"] > 0
 
 
 def test_conditions_over_seeds_with_t_intervals(tmp_path):
@@ -133,6 +153,31 @@ def test_conditions_over_seeds_with_t_intervals(tmp_path):
         "forgetting.png",
     } <= set(os.listdir(out))
     assert "nano @ step 100" in (out / "forgetting_conditions.md").read_text()
+
+
+def test_a_sham_reports_no_insertion(tmp_path):
+    """A sham fork inserts nothing: 0 insertions (its schedule stays, to pair it), the insertion fork its own."""
+    sham = write_run(tmp_path / "sham", np.full(len(STEPS), 0.2), sham=True, times=3, every=50)
+    inserted = write_run(tmp_path / "ins", decay(0.05, 0.3, 40.0), times=3, every=50)
+    curves, summary = forgetting.analyze_runs([sham, inserted])
+    rows = summary.set_index("workdir")
+    assert rows.loc[sham, "sham"] and rows.loc[sham, "num_insertions"] == 0
+    assert (rows.loc[sham, "insert_step"], rows.loc[sham, "last_insert_step"]) == (100, 200)
+    assert rows.loc[inserted, "num_insertions"] == 3 and rows.loc[inserted, "control_run"] == sham
+    assert (curves.loc[curves["workdir"] == sham, "num_insertions"] == 0).all()
+
+
+def test_an_empty_trend_is_said_in_one_line(tmp_path, caplog):
+    """Runs of one size give no size trend: forgetting_trend.csv is empty and the log and Markdown say why."""
+    workdirs = [write_run(tmp_path / "sham", np.full(len(STEPS), 0.2), sham=True)]
+    workdirs.append(write_run(tmp_path / "ins", decay(0.05, 0.3, 40.0)))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        forgetting.analyze_runs(workdirs, out_dir=str(out))
+    assert (out / "forgetting_trend.csv").read_text().strip() == ""
+    lines = [r.getMessage() for r in caplog.records if "forgetting_trend.csv is empty" in r.getMessage()]
+    assert len(lines) == 1 and "at least two sizes" in lines[0] and "size(s) nano" in lines[0]
+    assert "needs paired single-insertion runs of at least two sizes" in (out / "forgetting_conditions.md").read_text()
 
 
 def test_spaced_insertions_decay_after_the_last(tmp_path):

@@ -107,3 +107,21 @@ def test_runs_of_another_experiment_are_refused(tmp_path):
     _write_run(tmp_path / "r", 0, "standard", {"validation": [7.0, 3.0]})
     with pytest.raises(ValueError, match="configs/memsinks.py"):
         analysis.analyze_runs([str(tmp_path / "r")])
+
+
+def test_the_command_lists_only_the_files_it_wrote(tmp_path, capsys):
+    """Without deletion files `memdyn analyze memsinks` writes no memsinks_deletion.csv, and does not say it did."""
+    from memdyn.cli import analyze
+    from memdyn.cli.command import Args
+    from memdyn.studies import analyses
+
+    losses = {"validation": [7.0, 3.0], "duplicates": [7.0, 1.0], "control": [7.0, 4.0]}
+    _write_run(tmp_path / "standard/seed=0", 0, "standard", losses)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("not the analysis's")
+    values = dict(workdir=str(tmp_path / "standard/seed=0"), sweep=[], out=str(tmp_path / "out"))
+    analyze.run(analyses()["memsinks"], Args("analyze memsinks", values, set(values)))
+    wrote = capsys.readouterr().out.rsplit("wrote ", 1)[1].split(" in ")[0].split(", ")
+    assert "memsinks_deletion.csv" not in os.listdir(tmp_path / "out")
+    assert sorted(wrote) == sorted(set(os.listdir(tmp_path / "out")) - {"notes.txt"})
+    assert "memsinks_summary.csv" in wrote and "memsinks.png" in wrote
