@@ -10,6 +10,7 @@ Importing this module imports no JAX, TensorFlow or config: parsing does, when a
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -187,10 +188,13 @@ def parse(command: Command, args: list[str], booleans: set[str] = frozenset()) -
         except OSError as error:
             from ml_collections import config_flags
 
+            from memdyn.config import CONFIG_DIR
+
             reason = str(error.__cause__ or error).strip().splitlines()[-1].strip()
+            packaged = sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_"))
             raise UsageError(
                 f"--config={config_flags.get_config_filename(config_flag)}: not a config file or a packaged "
-                f"config ({reason})"
+                f"config ({reason}); the packaged configs: {', '.join(packaged)}"
             ) from None
     return Args(command.name, {f.name: values[f.name].value for f in command.flags}, given, config_flag), rest
 

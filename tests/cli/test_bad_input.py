@@ -160,3 +160,14 @@ def test_the_command_refuses_a_config_importing_a_moved_module_in_one_line(tmp_p
         proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_a_misspelt_config_name_lists_the_packaged_configs():
+    from memdyn.cli import command, main
+
+    train = main.commands()["train"]
+    with pytest.raises(command.UsageError) as error:
+        command.parse(train, ["--config=memorizaton", "--workdir=unused"])
+    message = str(error.value)
+    assert message.startswith("--config=memorizaton: not a config file or a packaged config"), message
+    assert "the packaged configs: base, forgetting, learning_rate, masked_lm, memorization, memsinks" in message
