@@ -80,18 +80,19 @@ def _run_in_process(
 ) -> None:
     from memdyn.train import job, loop  # imports JAX
 
-    with _compile_cache(cache_env):
+    with compilation_cache_in(cache_env["JAX_COMPILATION_CACHE_DIR"]):
         _train_each(todo, total, manifest, job, loop)
 
 
 @contextlib.contextmanager
-def _compile_cache(cache_env: dict[str, str]):
-    """This process's JAX config pointed at the sweep's compilation cache while the sweep runs, then restored."""
+def compilation_cache_in(directory: str):
+    """This process's JAX config pointed at the persistent compilation cache in ``directory`` (every executable
+    cached) while the block runs, then restored: runs of the same programs compile once."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
     settings = {
-        "jax_compilation_cache_dir": cache_env["JAX_COMPILATION_CACHE_DIR"],
+        "jax_compilation_cache_dir": directory,
         "jax_persistent_cache_min_compile_time_secs": 0.0,
         "jax_persistent_cache_min_entry_size_bytes": 0,
     }

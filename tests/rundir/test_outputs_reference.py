@@ -9,7 +9,6 @@ its reason). The page's format is described at its top and parsed here (``parse_
 a fast test.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, tiny_config
+from memdyn.sweeps.local import compilation_cache_in
 
 REFERENCE = os.path.join(REPO, "docs", "reference", "outputs.md")
 TAUS = (0.5, 0.9)  # passed to the analyses: `<tau>` in a column name stands for each of them
@@ -248,7 +248,7 @@ def produced(tmp_path_factory):
     }
     forks = {name: str(runs_dir / name) for name in ("insert", "sham")}
     memsinks = str(runs_dir / "memsinks")
-    with _compilation_cache(str(root / "compile_cache")):  # the forks run the default run's programs
+    with compilation_cache_in(str(root / "compile_cache")):  # the forks run the default run's programs
         job.train(tiny_config(num_steps=8, **data), default)
         # An insertion fork and its sham control, from checkpoint 4
         for name, sham in (("insert", False), ("sham", True)):
@@ -334,30 +334,6 @@ def produced(tmp_path_factory):
                 path = os.path.join(out, file)
                 observed.add(file, path, _csv_columns(path), tau=[f"{t:g}" for t in TAUS])
     return observed
-
-
-@contextlib.contextmanager
-def _compilation_cache(directory: str):
-    """JAX's persistent compilation cache in ``directory`` (every executable cached) while the runs train: runs of
-    the same programs compile once. The previous settings come back afterwards."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {
-        "jax_compilation_cache_dir": directory,
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
-    }
-    previous = {name: getattr(jax.config, name) for name in settings}
-    compilation_cache.reset_cache()
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            jax.config.update(name, value)
-        compilation_cache.reset_cache()
 
 
 # -- the checks ------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import os
 
 import pandas as pd
 import pytest
-from hand_made_runs import IDENTITY, MEM_UPDATE, RECORDS, SPE, VALIDATION, write_run  # noqa: F401
+from hand_made_runs import MEM_UPDATE, RECORDS, SPE, write_run
 
 from memdyn.studies.memorization import analysis as memorization
 
